@@ -1,0 +1,1 @@
+"""Cockpit 2FA: the two-factor authentication engine of a cloud console."""

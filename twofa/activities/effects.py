@@ -1,0 +1,151 @@
+"""The workflow's side effects: activation mails and every DB write of a state change.
+
+Each is idempotent, since Temporal retries them: mails are keyed by (enrollment, code number)
+and derive the same code on a retry; projections carry a version; the rest are absolute writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from temporalio import activity
+
+from twofa.config import Settings
+from twofa.crypto import Keyring
+from twofa.mail import activation_mail, deliver
+from twofa.store import queries
+from twofa.store.db import Database
+from twofa.store.models import Account, Device, SentMail
+from twofa.workflows.messages import (
+    ActivationEffect,
+    CodeMail,
+    DisableEffect,
+    Projection,
+    SessionCut,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Effects:
+    def __init__(self, settings: Settings, db: Database, keyring: Keyring) -> None:
+        self.settings = settings
+        self.db = db
+        self.keyring = keyring
+
+    @activity.defn
+    async def send_activation_code(self, mail: CodeMail) -> str:
+        """Mails code number ``mail.number`` once; returns only its keyed digest (S1, S4)."""
+        code = self.keyring.activation_code(mail.enrollment_id, mail.number)
+        key = f"{mail.enrollment_id}:{mail.number}"
+        async with self.db.read() as db:
+            account = await queries.account_by_id(db, mail.account_id)
+            already_sent = await queries.mail_sent(db, key)
+        if account is None:
+            raise LookupError(f"account {mail.account_id} does not exist")
+        if not already_sent:
+            message_id = f"<activation-{key}@cockpit-2fa>"
+            await deliver(
+                activation_mail(
+                    sender=self.settings.mail_from,
+                    to=account.email,
+                    code=code,
+                    expires_at=mail.expires_at,
+                    message_id=message_id,
+                ),
+                host=self.settings.smtp_host,
+                port=self.settings.smtp_port,
+            )
+            async with self.db.write() as db:
+                if not await queries.mail_sent(db, key):
+                    db.add(
+                        SentMail(
+                            key=key,
+                            account_id=mail.account_id,
+                            message_id=message_id,
+                            sent_at=_now(),
+                        )
+                    )
+            log.info("activation code %d mailed for account %s", mail.number, mail.account_id)
+        return self.keyring.code_digest(code)
+
+    @activity.defn
+    async def save_projection(self, projection: Projection) -> None:
+        async with self.db.write() as db:
+            await queries.save_projection(db, projection, _now())
+            if projection.state == "locked":
+                await queries.finish_challenges(db, projection.account_id, _now())
+
+    @activity.defn
+    async def limit_sessions(self, cut: SessionCut) -> None:
+        """Sessions end at ``cut.at`` exactly, even if the timer that follows fires late (R3)."""
+        async with self.db.write() as db:
+            await queries.limit_sessions(db, cut.account_id, cut.at)
+
+    @activity.defn
+    async def end_sessions(self, cut: SessionCut) -> None:
+        async with self.db.write() as db:
+            ended = await queries.end_sessions(
+                db, cut.account_id, _now(), cut.reason, created_before=cut.at
+            )
+        log.info("auto-logout ended %d session(s) of account %s", ended, cut.account_id)
+
+    @activity.defn
+    async def apply_activation(self, effect: ActivationEffect) -> str:
+        """Moves the drafted PIN, seal and browser into place in one transaction (R7)."""
+        account_id = effect.projection.account_id
+        async with self.db.write() as db:
+            if await db.get(Device, effect.draft_id) is not None:
+                return effect.draft_id  # a retry: done already
+            draft = await queries.take_draft(db, effect.draft_id)
+            account = await db.get(Account, account_id)
+            if draft is None or account is None:
+                raise LookupError(f"activation draft {effect.draft_id} is gone")
+            account.pin_hash = draft.pin_hash
+            account.seal_ciphertext = draft.seal_ciphertext
+            if effect.email:
+                account.email = effect.email
+            db.add(
+                Device(
+                    id=draft.id,
+                    account_id=account_id,
+                    name=draft.device_name,
+                    token_digest=draft.device_token_digest,
+                    enrolled_at=_now(),
+                )
+            )
+            await db.flush()
+            await queries.save_projection(db, effect.projection, _now())
+        log.info("2FA activated for account %s, device %s", account_id, effect.draft_id)
+        return effect.draft_id
+
+    @activity.defn
+    async def apply_disable(self, effect: DisableEffect) -> int:
+        """R10: 2FA off and every trusted browser revoked, at once."""
+        account_id = effect.projection.account_id
+        now = _now()
+        async with self.db.write() as db:
+            revoked = await queries.revoke_devices(db, account_id, now, by=effect.actor)
+            account = await db.get(Account, account_id)
+            if account is not None:
+                account.pin_hash = None
+                account.seal_ciphertext = None
+            await queries.finish_challenges(db, account_id, now)
+            await queries.save_projection(db, effect.projection, now)
+        log.info("2FA disabled for account %s, %d device(s) revoked", account_id, len(revoked))
+        return len(revoked)
+
+    def all(self) -> list[object]:
+        return [
+            self.send_activation_code,
+            self.save_projection,
+            self.limit_sessions,
+            self.end_sessions,
+            self.apply_activation,
+            self.apply_disable,
+        ]

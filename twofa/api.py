@@ -1,0 +1,223 @@
+"""The HTTP API (SPEC "HTTP API contract v1"): a thin mapping of the service layer."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, StrictBool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from twofa.config import Settings
+from twofa.errors import ServiceError
+from twofa.service import CurrentSession, TwoFactorService
+from twofa.store.db import Database
+from twofa.temporal import connect
+from twofa.views import (
+    AccountView,
+    DeviceView,
+    DisabledView,
+    EnabledView,
+    LoginView,
+    SessionView,
+    TwoFactorView,
+)
+
+log = logging.getLogger(__name__)
+Text = Annotated[str, Field(max_length=1024)]
+
+
+class NewAccount(BaseModel):
+    email: Text
+    password: Text
+
+
+class Credentials(BaseModel):
+    email: Text
+    password: Text
+    device_token: Text | None = None
+
+
+class CodeInput(BaseModel):
+    code: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ActivationInput(BaseModel):
+    pin: Annotated[str, Field(max_length=64)]
+    pin_confirmation: Annotated[str, Field(max_length=64)]
+    seal: Text
+    device_name: Text | None = None
+    email: Text | None = None
+
+
+class EnrollInput(BaseModel):
+    device_name: Text | None = None
+
+
+class PinInput(BaseModel):
+    pin: Annotated[str, Field(max_length=64)]
+
+
+class TwoFactorSwitch(BaseModel):
+    enabled: StrictBool
+    confirm: StrictBool = False
+
+
+def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
+    return JSONResponse(ServiceError(status, code, message, **details).body(), status_code=status)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.resolved_database_url)
+        client = await connect(settings)
+        app.state.service = TwoFactorService(settings, db, client)
+        yield
+        await db.dispose()
+
+    app = FastAPI(
+        title="Cockpit 2FA",
+        version="1",
+        summary="Two-factor authentication for Cockpit: enrollment, PIN login, trusted browsers.",
+        lifespan=lifespan,
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def service(request: Request) -> TwoFactorService:
+        return request.app.state.service  # type: ignore[no-any-return]
+
+    def caller(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        """S6: every call carries the service token."""
+        expected = settings.resolved_service_token.encode()
+        given = credentials.credentials.encode() if credentials else b""
+        if not hmac.compare_digest(given, expected):
+            raise ServiceError(401, "invalid_service_token", "A valid service token is required.")
+
+    async def user(
+        svc: Annotated[TwoFactorService, Depends(service)],
+        x_session_token: Annotated[str | None, Header(max_length=1024)] = None,
+    ) -> CurrentSession:
+        """S6: user actions also carry the user's session."""
+        return await svc.current_session(x_session_token)
+
+    Service = Annotated[TwoFactorService, Depends(service)]
+    User = Annotated[CurrentSession, Depends(user)]
+    v1 = {"dependencies": [Depends(caller)], "response_model_exclude_none": True}
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
+        body = error.body()
+        return JSONResponse(
+            {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in body.items()},
+            status_code=error.status,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        field = ".".join(location) or "body"
+        return _error(
+            422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", field=field
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(
+            error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.error("unexpected %s", type(error).__name__)
+        return _error(500, "internal_error", "Something went wrong on our side.")
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz(svc: Service) -> JSONResponse:
+        checks = await svc.health()
+        return JSONResponse(
+            {"status": "ok" if all(checks.values()) else "unavailable", **checks},
+            status_code=200 if all(checks.values()) else 503,
+        )
+
+    @app.post("/v1/accounts", status_code=201, tags=["accounts"], **v1)
+    async def register(body: NewAccount, svc: Service) -> AccountView:
+        return await svc.register(body.email, body.password)
+
+    @app.post("/v1/login", tags=["login"], **v1)
+    async def login(body: Credentials, svc: Service) -> LoginView:
+        return await svc.login(body.email, body.password, body.device_token)
+
+    @app.post("/v1/login/{login_id}/activation-code", tags=["login"], **v1)
+    async def activation_code(login_id: Text, body: CodeInput, svc: Service) -> LoginView:
+        return await svc.submit_code(login_id, body.code)
+
+    @app.post("/v1/login/{login_id}/activate", tags=["login"], **v1)
+    async def activate(login_id: Text, body: ActivationInput, svc: Service) -> LoginView:
+        return await svc.activate(
+            login_id,
+            pin=body.pin,
+            pin_confirmation=body.pin_confirmation,
+            seal=body.seal,
+            device_name=body.device_name,
+            email=body.email,
+        )
+
+    @app.post("/v1/login/{login_id}/enroll-browser", status_code=202, tags=["login"], **v1)
+    async def enroll_browser(login_id: Text, body: EnrollInput, svc: Service) -> LoginView:
+        return await svc.enroll_browser(login_id, body.device_name)
+
+    @app.post("/v1/login/{login_id}/pin", tags=["login"], **v1)
+    async def pin(login_id: Text, body: PinInput, svc: Service) -> LoginView:
+        return await svc.submit_pin(login_id, body.pin)
+
+    @app.get("/v1/session", tags=["session"], **v1)
+    async def session(current: User, svc: Service) -> SessionView:
+        return svc.session_view(current)
+
+    @app.delete("/v1/session", status_code=204, tags=["session"], **v1)
+    async def logout(current: User, svc: Service) -> Response:
+        await svc.logout(current)
+        return Response(status_code=204)
+
+    @app.get("/v1/account/two-factor", tags=["two-factor"], **v1)
+    async def two_factor(current: User, svc: Service) -> TwoFactorView:
+        return await svc.two_factor(current)
+
+    @app.put(
+        "/v1/account/two-factor",
+        tags=["two-factor"],
+        responses={202: {"model": EnabledView}, 200: {"model": DisabledView}},
+        **v1,
+    )
+    async def switch_two_factor(
+        body: TwoFactorSwitch, current: User, svc: Service, response: Response
+    ) -> EnabledView | DisabledView:
+        if body.enabled:
+            response.status_code = 202
+            return await svc.enable(current)
+        return await svc.disable(current, body.confirm)
+
+    @app.get("/v1/account/devices", tags=["devices"], **v1)
+    async def devices(current: User, svc: Service) -> list[DeviceView]:
+        return await svc.devices(current)
+
+    @app.delete("/v1/account/devices/{device_id}", status_code=204, tags=["devices"], **v1)
+    async def delete_device(device_id: Text, current: User, svc: Service) -> Response:
+        await svc.delete_device(current, device_id)
+        return Response(status_code=204)
+
+    return app

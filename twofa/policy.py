@@ -1,0 +1,131 @@
+"""The product document's rules as pure functions, and the policy snapshot a workflow runs under."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: R2: the only characters the second-factor identity accepts in an email address.
+TWO_FACTOR_EMAIL_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@\\._-"
+)
+_EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+")
+_PIN_SHAPE = re.compile(r"[0-9]{4,8}")
+MAX_EMAIL_LENGTH = 254
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 256
+MAX_SEAL_LENGTH = 200
+MAX_DEVICE_NAME_LENGTH = 64
+
+
+class RuleViolation(ValueError):
+    """A rule refused a value; ``field`` names the input, ``code`` is the API error code."""
+
+    def __init__(self, field: str, code: str, message: str, **details: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def check_email_shape(email: str, field: str = "email") -> str:
+    """Any address an account may have: one ``@``, no spaces, a sane length."""
+    email = normalize_email(email)
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL_SHAPE.fullmatch(email):
+        raise RuleViolation(field, "invalid_email", "This is not a valid email address.")
+    return email
+
+
+def check_two_factor_email(email: str, field: str = "email") -> str:
+    """R2: refuse, naming it, the first character the second factor does not support."""
+    email = check_email_shape(email, field)
+    for character in email:
+        if character not in TWO_FACTOR_EMAIL_CHARACTERS:
+            raise RuleViolation(
+                field,
+                "unsupported_email",
+                f"Two-factor authentication does not support the character {character!r} in an "
+                'email address; use only "a-z", "A-Z", "0-9" and "@ \\ . _ -".',
+                character=character,
+            )
+    return email
+
+
+def check_password(password: str) -> str:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise RuleViolation(
+            "password",
+            "invalid_password",
+            f"The password must have between {MIN_PASSWORD_LENGTH} and "
+            f"{MAX_PASSWORD_LENGTH} characters.",
+        )
+    return password
+
+
+def check_pin(pin: str, confirmation: str) -> str:
+    """R6: 4 to 8 digits, at least 2 different ones, typed twice the same."""
+    if not _PIN_SHAPE.fullmatch(pin):
+        raise RuleViolation(
+            "pin", "invalid_pin_format", "The PIN must have between 4 and 8 digits."
+        )
+    if len(set(pin)) < 2:
+        raise RuleViolation(
+            "pin", "invalid_pin_format", "The PIN must contain at least 2 different digits."
+        )
+    if confirmation != pin:
+        raise RuleViolation(
+            "pin_confirmation", "pin_mismatch", "The PIN confirmation does not match the PIN."
+        )
+    return pin
+
+
+def check_seal(seal: str) -> str:
+    """R6: the antiphishing seal is a required secret sentence."""
+    seal = seal.strip()
+    if not seal:
+        raise RuleViolation("seal", "seal_required", "The antiphishing seal is required.")
+    if len(seal) > MAX_SEAL_LENGTH:
+        raise RuleViolation(
+            "seal",
+            "seal_too_long",
+            f"The antiphishing seal has at most {MAX_SEAL_LENGTH} characters.",
+        )
+    return seal
+
+
+def check_device_name(name: str | None) -> str | None:
+    if name is None or not name.strip():
+        return None
+    name = name.strip()
+    if len(name) > MAX_DEVICE_NAME_LENGTH or not name.isprintable():
+        raise RuleViolation(
+            "device_name",
+            "invalid_device_name",
+            f"The device name has at most {MAX_DEVICE_NAME_LENGTH} printable characters.",
+        )
+    return name
+
+
+def password_block_seconds(failures_in_a_row: int) -> int:
+    """S2: 4 failures block 1 minute, each 4 more add a minute, 10 minutes at most."""
+    if failures_in_a_row < 4 or failures_in_a_row % 4:
+        return 0
+    return 60 * min(failures_in_a_row // 4, 10)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Durations and limits a workflow applies; a snapshot in its input, so history shows them."""
+
+    auto_logout_seconds: float = 10
+    code_ttl_seconds: float = 900
+    pin_lock_seconds: float = 900
+    max_code_failures: int = 5
+    max_pin_failures: int = 5
+    locks_before_admin_unlock: int = 3
+    history_event_limit: int = 2000

@@ -1,0 +1,585 @@
+"""Every user operation of Cockpit 2FA, one method each; the API (and later the dashboard) map it.
+
+The hot path (login, PIN, session checks) reads the store's projection of each account's 2FA
+state and calls the account's workflow only for steps that change that state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from anyio import to_thread
+from sqlalchemy import text
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from twofa import errors
+from twofa.config import Settings
+from twofa.crypto import Keyring, new_token
+from twofa.errors import ServiceError
+from twofa.policy import (
+    Policy,
+    RuleViolation,
+    check_device_name,
+    check_email_shape,
+    check_password,
+    check_pin,
+    check_seal,
+    check_two_factor_email,
+    normalize_email,
+    password_block_seconds,
+)
+from twofa.store import queries
+from twofa.store.db import Database
+from twofa.store.models import Account, ActivationDraft, Device, LoginChallenge, Session
+from twofa.views import (
+    AccountView,
+    DeviceView,
+    DisabledView,
+    EnabledView,
+    LoginView,
+    SessionView,
+    TwoFactorView,
+)
+from twofa.workflows.messages import (
+    Activation,
+    ActorRequest,
+    CodeSubmission,
+    CodeVerdict,
+    NewCodeRequest,
+    TwoFactorInput,
+    workflow_id,
+)
+from twofa.workflows.two_factor import TwoFactorWorkflow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Workflow refusals (validator reasons) as the contract's errors.
+_REFUSALS = {
+    "already_enabled": (409, "already_enabled", "Two-factor authentication is already enabled."),
+    "not_enabled": (409, "two_factor_not_enabled", "Two-factor authentication is not enabled."),
+    "not_active": (409, "two_factor_not_active", "Two-factor authentication is not active."),
+    "not_locked": (409, "not_locked", "Two-factor authentication is not locked."),
+    "no_code_expected": (409, "no_code_expected", "No activation code is expected now."),
+    "not_pending_activation": (
+        409,
+        "activation_not_expected",
+        "This account is not waiting for activation; log in again.",
+    ),
+}
+
+
+class Step:
+    """What a login in progress waits for."""
+
+    CODE = "code"
+    ACTIVATION = "activation"
+    PIN = "pin"
+    ENROLL = "enroll"
+    ENROLL_CODE = "enroll_code"
+    ENROLL_PIN = "enroll_pin"
+
+
+@dataclass(frozen=True)
+class CurrentSession:
+    session: Session
+    account: Account
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _violation(error: RuleViolation) -> ServiceError:
+    return ServiceError(422, error.code, error.message, field=error.field, **error.details)
+
+
+def effective_state(account: Account, now: datetime) -> str:
+    """The projection's state, read exactly: a lock whose time has passed is over already."""
+    state = account.two_factor_state
+    if state == "locked" and account.locked_until is not None and account.locked_until <= now:
+        return "active"
+    return state
+
+
+class TwoFactorService:
+    def __init__(self, settings: Settings, db: Database, client: Client) -> None:
+        self.settings = settings
+        self.db = db
+        self.client = client
+        self.keyring = Keyring(settings.pepper_bytes)
+        self.policy = Policy(
+            auto_logout_seconds=settings.auto_logout_seconds,
+            code_ttl_seconds=settings.code_ttl_seconds,
+            pin_lock_seconds=settings.pin_lock_seconds,
+            history_event_limit=settings.history_event_limit,
+        )
+
+    # -- accounts and primary login
+
+    async def register(self, email: str, password: str) -> AccountView:
+        try:
+            email = check_email_shape(email)
+            check_password(password)
+        except RuleViolation as error:
+            raise _violation(error) from None
+        password_hash = await to_thread.run_sync(self.keyring.hash_secret, password)
+        now = utcnow()
+        account = Account(
+            id=str(uuid.uuid4()),
+            email=email,
+            password_hash=password_hash,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.write() as db:
+            if await queries.email_taken(db, email):
+                raise ServiceError(409, "email_taken", "An account with this email already exists.")
+            db.add(account)
+        log.info("account %s registered", account.id)
+        return AccountView(id=account.id, email=account.email, two_factor="disabled")
+
+    async def login(self, email: str, password: str, device_token: str | None) -> LoginView:
+        """Primary password first, throttled per email whether or not it exists (S2, S7)."""
+        email = normalize_email(email)
+        throttle_key = self.keyring.digest("login-throttle", email)
+        now = utcnow()
+        async with self.db.read() as db:
+            throttle = await queries.throttle(db, throttle_key)
+            account = await queries.account_by_email(db, email)
+        if throttle and throttle.blocked_until and throttle.blocked_until > now:
+            retry_after = math.ceil((throttle.blocked_until - now).total_seconds())
+            raise ServiceError(
+                429,
+                "too_many_attempts",
+                "Too many failed logins for this email; try again later.",
+                retry_after=retry_after,
+            )
+        stored_hash = account.password_hash if account else None
+        if not await to_thread.run_sync(self.keyring.verify_secret, stored_hash, password):
+            async with self.db.write() as db:
+                failures = await queries.count_password_failure(db, throttle_key)
+                block = password_block_seconds(failures)
+                if block:
+                    await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
+            raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
+        assert account is not None
+        if throttle:
+            async with self.db.write() as db:
+                await queries.clear_password_failures(db, throttle_key)
+        return await self._second_factor(account, device_token, now)
+
+    async def _second_factor(
+        self, account: Account, device_token: str | None, now: datetime
+    ) -> LoginView:
+        state = effective_state(account, now)
+        if state == "disabled":
+            token, session = await self._open_session(account.id, None, now)
+            return LoginView(
+                outcome="authenticated", session_token=token, expires_at=session.expires_at
+            )
+        if state == "locked":
+            return LoginView(outcome="locked", locked_until=account.locked_until)
+        if state == "pending_code":
+            code_expires_at, code_sent = account.code_expires_at, False
+            if not (account.code_usable and code_expires_at and code_expires_at > now):
+                result = await self._update(
+                    account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=True)
+                )
+                code_expires_at, code_sent = result.code_expires_at, result.code_sent
+            login_id = await self._begin_login(account.id, Step.CODE, now)
+            return LoginView(
+                outcome="activation_code_required",
+                login_id=login_id,
+                code_expires_at=code_expires_at,
+                code_sent=code_sent,
+            )
+        if state == "pending_activation":
+            login_id = await self._begin_login(account.id, Step.ACTIVATION, now)
+            return LoginView(outcome="activation_required", login_id=login_id)
+        device = None
+        if device_token:
+            async with self.db.read() as db:
+                device = await queries.trusted_device(
+                    db, account.id, self.keyring.digest("device", device_token)
+                )
+        if device is None:
+            login_id = await self._begin_login(account.id, Step.ENROLL, now)
+            return LoginView(outcome="browser_not_trusted", login_id=login_id)
+        login_id = await self._begin_login(account.id, Step.PIN, now, device_id=device.id)
+        return LoginView(outcome="pin_required", login_id=login_id, seal=self._seal_of(account))
+
+    # -- the steps of a login in progress
+
+    async def submit_code(self, login_id: str, code: str) -> LoginView:
+        challenge, account = await self._challenge(login_id, Step.CODE, Step.ENROLL_CODE)
+        result = await self._update(
+            account.id,
+            TwoFactorWorkflow.submit_code,
+            CodeSubmission(code_digest=self.keyring.code_digest(code)),
+        )
+        if result.verdict is CodeVerdict.LOCKED:
+            raise errors.locked(result.locked_until)
+        if result.verdict is CodeVerdict.EXPIRED:
+            raise ServiceError(
+                410,
+                "code_expired",
+                "This activation code no longer works; log in again to receive a new one.",
+            )
+        if result.verdict is CodeVerdict.INVALID:
+            message = "Wrong activation code."
+            if result.attempts_left == 0:
+                message += " This code no longer works; log in again to receive a new one."
+            raise ServiceError(400, "invalid_code", message, attempts_left=result.attempts_left)
+        if challenge.step == Step.CODE:
+            await self._advance(challenge, Step.ACTIVATION)
+            return LoginView(outcome="activation_required")
+        await self._advance(challenge, Step.ENROLL_PIN)
+        return LoginView(outcome="pin_required", seal=self._seal_of(account))
+
+    async def activate(
+        self,
+        login_id: str,
+        *,
+        pin: str,
+        pin_confirmation: str,
+        seal: str,
+        device_name: str | None = None,
+        email: str | None = None,
+    ) -> LoginView:
+        """R6, R7: PIN, seal and browser are drafted in the store, then the workflow makes them live."""
+        challenge, account = await self._challenge(login_id, Step.ACTIVATION)
+        try:
+            check_pin(pin, pin_confirmation)
+            seal = check_seal(seal)
+            device_name = check_device_name(device_name)
+            email = check_two_factor_email(email) if email is not None and email.strip() else None
+        except RuleViolation as error:
+            raise _violation(error) from None
+        pin_hash = await to_thread.run_sync(self.keyring.hash_secret, pin)
+        device_token = new_token()
+        draft = ActivationDraft(
+            id=str(uuid.uuid4()),
+            account_id=account.id,
+            pin_hash=pin_hash,
+            seal_ciphertext=self.keyring.seal(seal),
+            device_name=device_name,
+            device_token_digest=self.keyring.digest("device", device_token),
+            created_at=utcnow(),
+        )
+        async with self.db.write() as db:
+            if email and await queries.email_taken(db, email, except_account=account.id):
+                raise ServiceError(
+                    409, "email_taken", "An account with this email already exists.", field="email"
+                )
+            db.add(draft)
+        try:
+            result = await self._update(
+                account.id, TwoFactorWorkflow.activate, Activation(draft_id=draft.id, email=email)
+            )
+        except ServiceError:
+            async with self.db.write() as db:
+                await queries.take_draft(db, draft.id)
+            raise
+        await self._advance(challenge, Step.PIN, device_id=result.device_id)
+        return LoginView(
+            outcome="pin_required",
+            seal=seal,
+            device_id=result.device_id,
+            device_token=device_token,
+        )
+
+    async def enroll_browser(self, login_id: str, device_name: str | None) -> LoginView:
+        """R9: another browser gets an emailed code, then the PIN, and becomes trusted."""
+        challenge, account = await self._challenge(login_id, Step.ENROLL)
+        try:
+            device_name = check_device_name(device_name)
+        except RuleViolation as error:
+            raise _violation(error) from None
+        state = effective_state(account, utcnow())
+        if state == "locked":
+            raise errors.locked(account.locked_until)
+        if state != "active":
+            raise ServiceError(*_REFUSALS["not_active"])
+        result = await self._update(
+            account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=False)
+        )
+        await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
+        return LoginView(outcome="activation_code_required", code_expires_at=result.code_expires_at)
+
+    async def submit_pin(self, login_id: str, pin: str) -> LoginView:
+        """R7, R9: the PIN opens the session; wrong ones are counted by the workflow (S2)."""
+        challenge, account = await self._challenge(login_id, Step.PIN, Step.ENROLL_PIN)
+        now = utcnow()
+        if effective_state(account, now) == "locked":
+            raise errors.locked(account.locked_until)
+        if not (4 <= len(pin) <= 8 and pin.isascii() and pin.isdigit()):
+            raise ServiceError(
+                422, "invalid_pin_format", "The PIN has between 4 and 8 digits.", field="pin"
+            )
+        if not await to_thread.run_sync(self.keyring.verify_secret, account.pin_hash, pin):
+            failure = await self._update(account.id, TwoFactorWorkflow.record_pin_failure)
+            if failure.locked:
+                raise errors.locked(failure.locked_until)
+            raise ServiceError(
+                400, "invalid_pin", "Wrong PIN.", attempts_left=failure.attempts_left
+            )
+        if not await self._finish(challenge, now):
+            raise errors.login_not_found()
+        if account.pin_failures:
+            await self._update(account.id, TwoFactorWorkflow.record_pin_success)
+        device_id, device_token = challenge.device_id, None
+        async with self.db.write() as db:
+            if challenge.step == Step.ENROLL_PIN:
+                device_token = new_token()
+                device_id = str(uuid.uuid4())
+                db.add(
+                    Device(
+                        id=device_id,
+                        account_id=account.id,
+                        name=challenge.device_name,
+                        token_digest=self.keyring.digest("device", device_token),
+                        enrolled_at=now,
+                        last_used_at=now,
+                    )
+                )
+            else:
+                device = await db.get(Device, device_id)
+                if device is None or device.revoked_at is not None:
+                    raise errors.login_not_found()
+                device.last_used_at = now
+        token, session = await self._open_session(account.id, device_id, now)
+        return LoginView(
+            outcome="authenticated",
+            session_token=token,
+            expires_at=session.expires_at,
+            device_id=device_id if device_token else None,
+            device_token=device_token,
+        )
+
+    # -- the user's session and settings
+
+    async def current_session(self, session_token: str | None) -> CurrentSession:
+        if not session_token:
+            raise errors.session_ended()
+        async with self.db.read() as db:
+            session = await queries.open_session(
+                db, self.keyring.digest("session", session_token), utcnow()
+            )
+            account = await queries.account_by_id(db, session.account_id) if session else None
+        if session is None or account is None:
+            raise errors.session_ended()
+        return CurrentSession(session=session, account=account)
+
+    def session_view(self, current: CurrentSession) -> SessionView:
+        return SessionView(
+            account_id=current.account.id,
+            email=current.account.email,
+            expires_at=current.session.expires_at,
+        )
+
+    async def logout(self, current: CurrentSession) -> None:
+        """The "Auto-logout" button: this session ends now (R3)."""
+        async with self.db.write() as db:
+            session = await db.get(Session, current.session.id)
+            if session is not None and session.ended_at is None:
+                session.ended_at = utcnow()
+                session.end_reason = "logout"
+
+    async def two_factor(self, current: CurrentSession) -> TwoFactorView:
+        account, now = current.account, utcnow()
+        state = effective_state(account, now)
+        pending = state in ("pending_code", "pending_activation")
+        return TwoFactorView(
+            state=state,  # type: ignore[arg-type]
+            code_expires_at=account.code_expires_at if state == "pending_code" else None,
+            auto_logout_at=account.auto_logout_at if pending else None,
+            locked_until=account.locked_until if state == "locked" else None,
+            devices=await self.devices(current),
+        )
+
+    async def enable(self, current: CurrentSession) -> EnabledView:
+        """R1, R2, R3: start the account's workflow, which mails the code and plans the logout."""
+        account = current.account
+        if account.two_factor_state != "disabled":
+            raise ServiceError(*_REFUSALS["already_enabled"])
+        try:
+            check_two_factor_email(account.email)
+        except RuleViolation as error:
+            raise _violation(error) from None
+        start = WithStartWorkflowOperation(
+            TwoFactorWorkflow.run,
+            TwoFactorInput(account_id=account.id, policy=self.policy),
+            id=workflow_id(account.id),
+            task_queue=self.settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        result = await self._call(
+            self.client.execute_update_with_start_workflow(
+                TwoFactorWorkflow.enable, start_workflow_operation=start
+            )
+        )
+        log.info("2FA enabled for account %s", account.id)
+        return EnabledView(
+            auto_logout_at=result.auto_logout_at, code_expires_at=result.code_expires_at
+        )
+
+    async def disable(
+        self, current: CurrentSession, confirm: bool, actor: str = "user"
+    ) -> DisabledView:
+        """R10: only with an explicit confirmation; every trusted browser goes with it."""
+        if not confirm:
+            raise ServiceError(
+                400,
+                "confirmation_required",
+                "Disabling two-factor authentication needs an explicit confirmation "
+                '("confirm": true).',
+            )
+        if current.account.two_factor_state == "disabled":
+            return DisabledView(revoked_devices=0)
+        try:
+            result = await self._update(
+                current.account.id, TwoFactorWorkflow.disable, ActorRequest(actor=actor)
+            )
+        except ServiceError as error:
+            if error.code != "two_factor_not_enabled":
+                raise
+            return DisabledView(revoked_devices=0)
+        log.info("2FA disabled for account %s by %s", current.account.id, actor)
+        return DisabledView(revoked_devices=result.revoked_devices)
+
+    async def devices(self, current: CurrentSession) -> list[DeviceView]:
+        async with self.db.read() as db:
+            devices = await queries.active_devices(db, current.account.id)
+        return [
+            DeviceView(id=d.id, name=d.name, enrolled_at=d.enrolled_at, last_used_at=d.last_used_at)
+            for d in devices
+        ]
+
+    async def delete_device(self, current: CurrentSession, device_id: str) -> None:
+        """R11: one browser goes; the others keep working."""
+        async with self.db.write() as db:
+            revoked = await queries.revoke_devices(
+                db, current.account.id, utcnow(), by="user", device_id=device_id
+            )
+        if not revoked:
+            raise ServiceError(404, "device_not_found", "No trusted browser with this id.")
+        log.info("device %s of account %s deleted by its user", device_id, current.account.id)
+
+    async def health(self) -> dict[str, bool]:
+        checks = {"database": False, "temporal": False}
+        try:
+            async with self.db.read() as db:
+                await db.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception:
+            log.exception("health: database does not answer")
+        try:
+            checks["temporal"] = await asyncio.wait_for(
+                self.client.service_client.check_health(), timeout=5
+            )
+        except Exception:
+            log.exception("health: Temporal does not answer")
+        return checks
+
+    # -- helpers
+
+    async def _open_session(
+        self, account_id: str, device_id: str | None, now: datetime
+    ) -> tuple[str, Session]:
+        token = new_token()
+        session = Session(
+            id=str(uuid.uuid4()),
+            account_id=account_id,
+            device_id=device_id,
+            token_digest=self.keyring.digest("session", token),
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.settings.session_ttl_seconds),
+        )
+        async with self.db.write() as db:
+            db.add(session)
+        return token, session
+
+    async def _begin_login(
+        self, account_id: str, step: str, now: datetime, device_id: str | None = None
+    ) -> str:
+        login_id = new_token()
+        async with self.db.write() as db:
+            db.add(
+                LoginChallenge(
+                    id_digest=self.keyring.digest("login", login_id),
+                    account_id=account_id,
+                    step=step,
+                    device_id=device_id,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=self.settings.login_ttl_seconds),
+                )
+            )
+        return login_id
+
+    async def _challenge(self, login_id: str, *steps: str) -> tuple[LoginChallenge, Account]:
+        """The live login ``login_id`` if it waits for one of ``steps`` (R5: the code first)."""
+        async with self.db.read() as db:
+            challenge = await queries.live_challenge(
+                db, self.keyring.digest("login", login_id), utcnow()
+            )
+            account = await queries.account_by_id(db, challenge.account_id) if challenge else None
+        if challenge is None or account is None:
+            raise errors.login_not_found()
+        if challenge.step not in steps:
+            raise errors.wrong_step(challenge.step)
+        return challenge, account
+
+    async def _advance(self, challenge: LoginChallenge, step: str, **values: Any) -> None:
+        async with self.db.write() as db:
+            moved = await queries.advance_challenge(
+                db, challenge.id_digest, challenge.step, step, **values
+            )
+        if not moved:
+            raise errors.login_not_found()
+
+    async def _finish(self, challenge: LoginChallenge, now: datetime) -> bool:
+        async with self.db.write() as db:
+            return await queries.advance_challenge(
+                db, challenge.id_digest, challenge.step, None, finished_at=now
+            )
+
+    def _seal_of(self, account: Account) -> str | None:
+        """R8: shown to its owner at every 2FA login, before the PIN is asked."""
+        return self.keyring.unseal(account.seal_ciphertext) if account.seal_ciphertext else None
+
+    async def _update(self, account_id: str, update: Callable[..., Awaitable[T]], *args: Any) -> T:
+        handle = self.client.get_workflow_handle(workflow_id(account_id))
+        return await self._call(handle.execute_update(update, *args))  # type: ignore[arg-type]
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """A workflow call, with its refusals turned into the contract's errors."""
+        try:
+            return await asyncio.wait_for(call, timeout=self.settings.workflow_call_timeout_seconds)
+        except WorkflowUpdateFailedError as failure:
+            cause = failure.cause
+            reason = cause.type if isinstance(cause, ApplicationError) else None
+            if reason in _REFUSALS:
+                raise ServiceError(*_REFUSALS[reason]) from None
+            log.error("workflow update failed: %s", failure)
+            raise errors.unavailable() from None
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise ServiceError(*_REFUSALS["not_enabled"]) from None
+            log.error("Temporal refused a call: %s", error.status)
+            raise errors.unavailable() from None
+        except TimeoutError:
+            log.error(
+                "workflow call timed out after %ss", self.settings.workflow_call_timeout_seconds
+            )
+            raise errors.unavailable() from None

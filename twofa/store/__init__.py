@@ -1,0 +1,1 @@
+"""The SQL store: typed models, the engine, migrations and every query, in one package."""

@@ -1,0 +1,140 @@
+"""Tables of the store. Secrets appear only as argon2id hashes, keyed digests or ciphertext (S3)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    """An account and the projection of its 2FA state, written by the workflow's activities."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    two_factor_state: Mapped[str] = mapped_column(String(20), default="disabled", index=True)
+    auto_logout_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    code_usable: Mapped[bool] = mapped_column(default=False)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pin_failures: Mapped[int] = mapped_column(Integer, default=0)
+    pin_hash: Mapped[str | None] = mapped_column(String(200))
+    seal_ciphertext: Mapped[str | None] = mapped_column(Text)
+    projection_version: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Device(Base):
+    """A trusted browser; revoked devices stay for the record."""
+
+    __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_account_active", "account_id", "revoked_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(64))
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(20))
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_account_open", "account_id", "ended_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    device_id: Mapped[str | None] = mapped_column(String(36))
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(String(20))
+
+
+class LoginChallenge(Base):
+    """A login in progress: which step it waits for. Its id is kept only as a keyed digest."""
+
+    __tablename__ = "login_challenges"
+
+    id_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    step: Mapped[str] = mapped_column(String(20))
+    device_id: Mapped[str | None] = mapped_column(String(36))
+    device_name: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LoginThrottle(Base):
+    """Primary-password failures per email, whether or not the account exists (S2, S7)."""
+
+    __tablename__ = "login_throttles"
+
+    key_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ActivationDraft(Base):
+    """Credentials typed at activation, held here so they never travel through workflow history."""
+
+    __tablename__ = "activation_drafts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    pin_hash: Mapped[str] = mapped_column(String(200))
+    seal_ciphertext: Mapped[str] = mapped_column(Text)
+    device_name: Mapped[str | None] = mapped_column(String(64))
+    device_token_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SentMail(Base):
+    """One row per activation mail, keyed by (enrollment, code number): retries never resend."""
+
+    __tablename__ = "sent_mails"
+
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    message_id: Mapped[str] = mapped_column(String(200))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,235 @@
+"""Every query of the store, named for what it answers. Writers take an open transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from twofa.store.models import (
+    Account,
+    ActivationDraft,
+    Device,
+    LoginChallenge,
+    LoginThrottle,
+    SentMail,
+    Session,
+)
+from twofa.workflows.messages import Projection
+
+
+async def account_by_id(db: AsyncSession, account_id: str) -> Account | None:
+    return await db.get(Account, account_id)
+
+
+async def account_by_email(db: AsyncSession, email: str) -> Account | None:
+    return await db.scalar(select(Account).where(Account.email == email))
+
+
+async def email_taken(db: AsyncSession, email: str, *, except_account: str | None = None) -> bool:
+    query = select(Account.id).where(Account.email == email)
+    if except_account:
+        query = query.where(Account.id != except_account)
+    return (await db.scalar(query)) is not None
+
+
+async def save_projection(db: AsyncSession, projection: Projection, now: datetime) -> bool:
+    """Apply a workflow's state unless a newer one is there already (retries arrive late)."""
+    result = await db.execute(
+        update(Account)
+        .where(Account.id == projection.account_id)
+        .where(Account.projection_version < projection.version)
+        .values(
+            two_factor_state=projection.state.value,
+            auto_logout_at=projection.auto_logout_at,
+            code_expires_at=projection.code_expires_at,
+            code_usable=projection.code_usable,
+            locked_until=projection.locked_until,
+            pin_failures=projection.pin_failures,
+            projection_version=projection.version,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# -- devices
+
+
+async def active_devices(db: AsyncSession, account_id: str) -> Sequence[Device]:
+    result = await db.scalars(
+        select(Device)
+        .where(Device.account_id == account_id, Device.revoked_at.is_(None))
+        .order_by(Device.enrolled_at)
+    )
+    return result.all()
+
+
+async def trusted_device(db: AsyncSession, account_id: str, token_digest: str) -> Device | None:
+    return await db.scalar(
+        select(Device).where(
+            Device.account_id == account_id,
+            Device.token_digest == token_digest,
+            Device.revoked_at.is_(None),
+        )
+    )
+
+
+async def revoke_devices(
+    db: AsyncSession, account_id: str, now: datetime, by: str, device_id: str | None = None
+) -> list[str]:
+    """Revoke one device or all, and end the sessions they opened; returns the ids revoked."""
+    query = (
+        update(Device)
+        .where(Device.account_id == account_id, Device.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_by=by)
+        .returning(Device.id)
+    )
+    if device_id is not None:
+        query = query.where(Device.id == device_id)
+    revoked = list((await db.scalars(query)).all())
+    if revoked:
+        await db.execute(
+            update(Session)
+            .where(Session.device_id.in_(revoked), Session.ended_at.is_(None))
+            .values(ended_at=now, end_reason="device_revoked")
+        )
+    return revoked
+
+
+# -- sessions
+
+
+async def open_session(db: AsyncSession, token_digest: str, now: datetime) -> Session | None:
+    """A session counts until ``expires_at`` exactly, whatever a timer's lateness (R3)."""
+    return await db.scalar(
+        select(Session).where(
+            Session.token_digest == token_digest,
+            Session.ended_at.is_(None),
+            Session.expires_at > now,
+        )
+    )
+
+
+async def limit_sessions(db: AsyncSession, account_id: str, at: datetime) -> None:
+    await db.execute(
+        update(Session)
+        .where(Session.account_id == account_id, Session.ended_at.is_(None))
+        .where(Session.expires_at > at)
+        .values(expires_at=at)
+    )
+
+
+async def end_sessions(
+    db: AsyncSession, account_id: str, now: datetime, reason: str, *, created_before: datetime
+) -> int:
+    result = await db.execute(
+        update(Session)
+        .where(
+            Session.account_id == account_id,
+            Session.ended_at.is_(None),
+            Session.created_at < created_before,
+        )
+        .values(ended_at=now, end_reason=reason)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def open_sessions(db: AsyncSession, account_id: str, now: datetime) -> Sequence[Session]:
+    result = await db.scalars(
+        select(Session).where(
+            Session.account_id == account_id, Session.ended_at.is_(None), Session.expires_at > now
+        )
+    )
+    return result.all()
+
+
+# -- logins in progress
+
+
+async def live_challenge(db: AsyncSession, id_digest: str, now: datetime) -> LoginChallenge | None:
+    return await db.scalar(
+        select(LoginChallenge).where(
+            LoginChallenge.id_digest == id_digest,
+            LoginChallenge.finished_at.is_(None),
+            LoginChallenge.expires_at > now,
+        )
+    )
+
+
+async def advance_challenge(
+    db: AsyncSession, id_digest: str, from_step: str, to_step: str | None, **values: Any
+) -> bool:
+    """Compare-and-set on the step, so a double-click moves a login on only once."""
+    changes = {"step": to_step or from_step, **values}
+    result = await db.execute(
+        update(LoginChallenge)
+        .where(
+            LoginChallenge.id_digest == id_digest,
+            LoginChallenge.step == from_step,
+            LoginChallenge.finished_at.is_(None),
+        )
+        .values(**changes)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def finish_challenges(db: AsyncSession, account_id: str, now: datetime) -> None:
+    """A lock ends every login in progress of the account (S2)."""
+    await db.execute(
+        update(LoginChallenge)
+        .where(LoginChallenge.account_id == account_id, LoginChallenge.finished_at.is_(None))
+        .values(finished_at=now)
+    )
+
+
+# -- primary-password throttle
+
+
+def _insert_for(db: AsyncSession) -> Any:
+    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
+
+
+async def throttle(db: AsyncSession, key_digest: str) -> LoginThrottle | None:
+    return await db.get(LoginThrottle, key_digest)
+
+
+async def count_password_failure(db: AsyncSession, key_digest: str) -> int:
+    """Atomic increment, so concurrent guesses are all counted; returns failures in a row."""
+    insert = _insert_for(db)
+    statement = insert(LoginThrottle).values(key_digest=key_digest, failures=1)
+    statement = statement.on_conflict_do_update(
+        index_elements=[LoginThrottle.key_digest],
+        set_={"failures": LoginThrottle.failures + 1},
+    ).returning(LoginThrottle.failures)
+    return int((await db.execute(statement)).scalar_one())
+
+
+async def block_logins(db: AsyncSession, key_digest: str, until: datetime) -> None:
+    await db.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.key_digest == key_digest)
+        .values(blocked_until=until)
+    )
+
+
+async def clear_password_failures(db: AsyncSession, key_digest: str) -> None:
+    await db.execute(delete(LoginThrottle).where(LoginThrottle.key_digest == key_digest))
+
+
+# -- activation and mail
+
+
+async def take_draft(db: AsyncSession, draft_id: str) -> ActivationDraft | None:
+    draft = await db.get(ActivationDraft, draft_id)
+    if draft is not None:
+        await db.delete(draft)
+    return draft
+
+
+async def mail_sent(db: AsyncSession, key: str) -> bool:
+    return (await db.get(SentMail, key)) is not None

@@ -1,0 +1,75 @@
+"""The one place a Temporal client is built, and the worker that serves the task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from twofa.activities.effects import Effects
+from twofa.config import Settings
+from twofa.crypto import Keyring
+from twofa.store.db import Database
+from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
+from twofa.workflows.two_factor import TwoFactorWorkflow
+
+log = logging.getLogger(__name__)
+
+
+async def connect(settings: Settings, *, wait: timedelta = timedelta(seconds=60)) -> Client:
+    """Connect, waiting for a server that is still starting (the dev server takes a few seconds)."""
+    deadline = asyncio.get_running_loop().time() + wait.total_seconds()
+    while True:
+        try:
+            return await Client.connect(
+                settings.resolved_temporal_address, namespace=settings.temporal_namespace
+            )
+        except RuntimeError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Register the state attribute on a server that lacks it; a dev server has it already."""
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace,
+                search_attributes={
+                    STATE_SEARCH_ATTRIBUTE: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                },
+            )
+        )
+    except RPCError as error:
+        if error.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
+
+
+def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
+    effects = Effects(settings, db, Keyring(settings.pepper_bytes))
+    return Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=[TwoFactorWorkflow],
+        activities=effects.all(),
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    db = Database(settings.resolved_database_url)
+    client = await connect(settings)
+    await ensure_search_attributes(client, settings.temporal_namespace)
+    log.info(
+        "worker polling %s on %s", settings.temporal_task_queue, settings.resolved_temporal_address
+    )
+    try:
+        await build_worker(client, settings, db).run()
+    finally:
+        await db.dispose()

@@ -1,0 +1,70 @@
+"""What the service layer hands back: the JSON shapes of the HTTP contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+StateName = Literal["disabled", "pending_code", "pending_activation", "active", "locked"]
+
+
+class AccountView(BaseModel):
+    id: str
+    email: str
+    two_factor: StateName
+
+
+class LoginView(BaseModel):
+    """One shape for every login outcome; absent fields are left out of the JSON."""
+
+    outcome: Literal[
+        "authenticated",
+        "activation_code_required",
+        "activation_required",
+        "pin_required",
+        "browser_not_trusted",
+        "locked",
+    ]
+    login_id: str | None = None
+    session_token: str | None = None
+    expires_at: datetime | None = None
+    code_expires_at: datetime | None = None
+    code_sent: bool | None = None
+    seal: str | None = None
+    device_id: str | None = None
+    device_token: str | None = None
+    locked_until: datetime | None = None
+
+
+class SessionView(BaseModel):
+    account_id: str
+    email: str
+    expires_at: datetime
+
+
+class DeviceView(BaseModel):
+    id: str
+    name: str | None
+    enrolled_at: datetime
+    last_used_at: datetime | None
+
+
+class TwoFactorView(BaseModel):
+    state: StateName
+    code_expires_at: datetime | None = None
+    auto_logout_at: datetime | None = None
+    locked_until: datetime | None = None
+    devices: list[DeviceView] = []
+
+
+class EnabledView(BaseModel):
+    state: Literal["pending_code"] = "pending_code"
+    auto_logout_at: datetime
+    code_expires_at: datetime
+
+
+class DisabledView(BaseModel):
+    state: Literal["disabled"] = "disabled"
+    revoked_devices: int

@@ -1,0 +1,1 @@
+"""Temporal workflows: decide, wait and time out; never any I/O."""

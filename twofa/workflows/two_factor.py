@@ -1,0 +1,331 @@
+"""One workflow per account's 2FA life: ``two-factor-<account id>``, from enable to disable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from twofa.activities.effects import Effects
+    from twofa.workflows.messages import (
+        STATE_SEARCH_ATTRIBUTE,
+        Activation,
+        ActivationEffect,
+        ActivationResult,
+        ActorRequest,
+        CodeMail,
+        CodeResult,
+        CodeSubmission,
+        CodeVerdict,
+        DisableEffect,
+        DisableResult,
+        EnableResult,
+        NewCodeRequest,
+        NewCodeResult,
+        PinFailureResult,
+        Progress,
+        Projection,
+        SessionCut,
+        TwoFactorInput,
+        TwoFactorState,
+    )
+
+T = TypeVar("T")
+S = TwoFactorState
+STATE_KEY = SearchAttributeKey.for_keyword(STATE_SEARCH_ATTRIBUTE)
+EFFECT_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+ENABLED = (S.PENDING_CODE, S.PENDING_ACTIVATION, S.ACTIVE, S.LOCKED)
+EXPECTING_CODE = (S.PENDING_CODE, S.ACTIVE)
+
+
+@workflow.defn(name="TwoFactor")
+class TwoFactorWorkflow:
+    @workflow.init
+    def __init__(self, input: TwoFactorInput) -> None:
+        self.account_id = input.account_id
+        self.policy = input.policy
+        self.progress = input.progress or Progress()
+        self._lock = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, input: TwoFactorInput) -> None:
+        while True:
+            seen = self.progress.version
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda seen=seen: self.progress.version != seen or self._should_leave(),
+                    timeout=self._time_to_deadline(),
+                )
+            async with self._lock:
+                await self._on_deadlines()
+            if self.progress.state is S.DISABLED and workflow.all_handlers_finished():
+                return
+            if self._history_is_long() and workflow.all_handlers_finished():
+                workflow.continue_as_new(replace(input, progress=self.progress))
+
+    # -- updates: request/response steps; validators keep refused requests out of history
+
+    @workflow.update
+    async def enable(self) -> EnableResult:
+        async with self._lock:
+            self._require(S.NEW, reason="already_enabled")
+            p = self.progress
+            now = workflow.now()
+            p.enrollment_id = str(workflow.uuid4())
+            p.auto_logout_at = now + timedelta(seconds=self.policy.auto_logout_seconds)
+            await self._effect(
+                Effects.limit_sessions, SessionCut(self.account_id, p.auto_logout_at)
+            )
+            await self._issue_code()
+            await self._move_to(S.PENDING_CODE)
+            assert p.code_expires_at is not None
+            return EnableResult(auto_logout_at=p.auto_logout_at, code_expires_at=p.code_expires_at)
+
+    @enable.validator
+    def _validate_enable(self) -> None:
+        self._require(S.NEW, reason="already_enabled")
+
+    @workflow.update
+    async def issue_new_code(self, request: NewCodeRequest) -> NewCodeResult:
+        async with self._lock:
+            self._require(*EXPECTING_CODE, reason="no_code_expected")
+            p = self.progress
+            if request.reuse_fresh and self._code_usable() and p.code_expires_at is not None:
+                return NewCodeResult(code_expires_at=p.code_expires_at, code_sent=False)
+            await self._issue_code()
+            await self._project()
+            assert p.code_expires_at is not None
+            return NewCodeResult(code_expires_at=p.code_expires_at, code_sent=True)
+
+    @issue_new_code.validator
+    def _validate_issue_new_code(self, request: NewCodeRequest) -> None:
+        self._require(*EXPECTING_CODE, reason="no_code_expected")
+
+    @workflow.update
+    async def submit_code(self, submission: CodeSubmission) -> CodeResult:
+        async with self._lock:
+            self._require(*EXPECTING_CODE, S.LOCKED, reason="no_code_expected")
+            p = self.progress
+            if p.state is S.LOCKED:
+                return CodeResult(CodeVerdict.LOCKED, locked_until=p.locked_until)
+            if not self._code_usable():
+                await self._burn_code()
+                return CodeResult(CodeVerdict.EXPIRED)
+            assert p.code_digest is not None
+            if hmac.compare_digest(p.code_digest, submission.code_digest):
+                p.code_digest = None
+                await self._move_to(S.PENDING_ACTIVATION if p.state is S.PENDING_CODE else p.state)
+                return CodeResult(CodeVerdict.ACCEPTED)
+            p.code_failures += 1
+            attempts_left = max(self.policy.max_code_failures - p.code_failures, 0)
+            if attempts_left == 0:
+                await self._burn_code()
+            return CodeResult(CodeVerdict.INVALID, attempts_left=attempts_left)
+
+    @submit_code.validator
+    def _validate_submit_code(self, submission: CodeSubmission) -> None:
+        self._require(*EXPECTING_CODE, S.LOCKED, reason="no_code_expected")
+
+    @workflow.update
+    async def activate(self, activation: Activation) -> ActivationResult:
+        async with self._lock:
+            self._require(S.PENDING_ACTIVATION, reason="not_pending_activation")
+            p = self.progress
+            p.state = S.ACTIVE
+            p.code_digest = None
+            p.code_expires_at = None
+            device_id: str = await self._effect(
+                Effects.apply_activation,
+                ActivationEffect(self._next_projection(), activation.draft_id, activation.email),
+            )
+            self._publish_state()
+            return ActivationResult(device_id=device_id)
+
+    @activate.validator
+    def _validate_activate(self, activation: Activation) -> None:
+        self._require(S.PENDING_ACTIVATION, reason="not_pending_activation")
+
+    @workflow.update
+    async def record_pin_failure(self) -> PinFailureResult:
+        async with self._lock:
+            self._require(S.ACTIVE, S.LOCKED, reason="not_active")
+            p = self.progress
+            if p.state is S.LOCKED:
+                return PinFailureResult(attempts_left=0, locked=True, locked_until=p.locked_until)
+            p.pin_failures += 1
+            attempts_left = max(self.policy.max_pin_failures - p.pin_failures, 0)
+            if attempts_left:
+                await self._project()
+                return PinFailureResult(attempts_left=attempts_left, locked=False)
+            p.pin_failures = 0
+            p.locks_in_a_row += 1
+            p.code_digest = None
+            if p.locks_in_a_row >= self.policy.locks_before_admin_unlock:
+                p.locked_until = None  # held until an admin unlocks it
+            else:
+                p.locked_until = workflow.now() + timedelta(seconds=self.policy.pin_lock_seconds)
+            await self._move_to(S.LOCKED)
+            return PinFailureResult(attempts_left=0, locked=True, locked_until=p.locked_until)
+
+    @record_pin_failure.validator
+    def _validate_record_pin_failure(self) -> None:
+        self._require(S.ACTIVE, S.LOCKED, reason="not_active")
+
+    @workflow.update
+    async def record_pin_success(self) -> None:
+        async with self._lock:
+            self._require(S.ACTIVE, reason="not_active")
+            self.progress.pin_failures = 0
+            self.progress.locks_in_a_row = 0
+            await self._project()
+
+    @record_pin_success.validator
+    def _validate_record_pin_success(self) -> None:
+        self._require(S.ACTIVE, reason="not_active")
+
+    @workflow.update
+    async def unlock(self, request: ActorRequest) -> None:
+        async with self._lock:
+            self._require(S.LOCKED, reason="not_locked")
+            self._unlock()
+            self.progress.locks_in_a_row = 0
+            await self._move_to(S.ACTIVE)
+
+    @unlock.validator
+    def _validate_unlock(self, request: ActorRequest) -> None:
+        self._require(S.LOCKED, reason="not_locked")
+
+    @workflow.update
+    async def disable(self, request: ActorRequest) -> DisableResult:
+        async with self._lock:
+            self._require(*ENABLED, reason="not_enabled")
+            self.progress = Progress(state=S.DISABLED, version=self.progress.version)
+            revoked: int = await self._effect(
+                Effects.apply_disable, DisableEffect(self._next_projection(), request.actor)
+            )
+            self._publish_state()
+            return DisableResult(revoked_devices=revoked)
+
+    @disable.validator
+    def _validate_disable(self, request: ActorRequest) -> None:
+        self._require(*ENABLED, reason="not_enabled")
+
+    @workflow.query
+    def progress_now(self) -> Progress:
+        return self.progress
+
+    # -- timers
+
+    def _deadlines(self) -> list[datetime]:
+        p = self.progress
+        deadlines = []
+        if p.auto_logout_at and not p.auto_logout_done:
+            deadlines.append(p.auto_logout_at)
+        if p.code_digest and p.code_expires_at:
+            deadlines.append(p.code_expires_at)
+        if p.state is S.LOCKED and p.locked_until:
+            deadlines.append(p.locked_until)
+        return deadlines
+
+    def _time_to_deadline(self) -> timedelta | None:
+        deadlines = self._deadlines()
+        if not deadlines:
+            return None
+        return max(min(deadlines) - workflow.now(), timedelta(milliseconds=1))
+
+    def _should_leave(self) -> bool:
+        due = any(d <= workflow.now() for d in self._deadlines())
+        return due or self.progress.state is S.DISABLED or self._history_is_long()
+
+    async def _on_deadlines(self) -> None:
+        p = self.progress
+        now = workflow.now()
+        if p.auto_logout_at and not p.auto_logout_done and now >= p.auto_logout_at:
+            await self._effect(Effects.end_sessions, SessionCut(self.account_id, p.auto_logout_at))
+            p.auto_logout_done = True
+        if p.code_digest and p.code_expires_at and now >= p.code_expires_at:
+            await self._burn_code()
+        if p.state is S.LOCKED and p.locked_until and now >= p.locked_until:
+            self._unlock()
+            await self._move_to(S.ACTIVE)
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self.policy.history_event_limit
+        )
+
+    # -- helpers
+
+    def _require(self, *states: TwoFactorState, reason: str) -> None:
+        """Checked by validators, and again under the lock: another handler may have run since."""
+        if self.progress.state not in states:
+            raise ApplicationError(
+                f"2FA is {self.progress.state.value}", type=reason, non_retryable=True
+            )
+
+    def _code_usable(self) -> bool:
+        p = self.progress
+        return bool(p.code_digest and p.code_expires_at and workflow.now() < p.code_expires_at)
+
+    def _unlock(self) -> None:
+        self.progress.locked_until = None
+        self.progress.pin_failures = 0
+
+    async def _issue_code(self) -> None:
+        p = self.progress
+        p.code_number += 1
+        p.code_failures = 0
+        p.code_expires_at = workflow.now() + timedelta(seconds=self.policy.code_ttl_seconds)
+        p.code_digest = await self._effect(
+            Effects.send_activation_code,
+            CodeMail(self.account_id, p.enrollment_id, p.code_number, p.code_expires_at),
+        )
+
+    async def _burn_code(self) -> None:
+        """The current code stops working: expired, or too many wrong tries (R4, S2)."""
+        if self.progress.code_digest is not None:
+            self.progress.code_digest = None
+            await self._project()
+
+    async def _move_to(self, state: TwoFactorState) -> None:
+        self.progress.state = state
+        await self._project()
+        self._publish_state()
+
+    def _next_projection(self) -> Projection:
+        p = self.progress
+        p.version += 1
+        return Projection(
+            account_id=self.account_id,
+            state=p.state,
+            version=p.version,
+            auto_logout_at=p.auto_logout_at,
+            code_expires_at=p.code_expires_at,
+            code_usable=p.code_digest is not None,
+            locked_until=p.locked_until,
+            pin_failures=p.pin_failures,
+        )
+
+    async def _project(self) -> None:
+        await self._effect(Effects.save_projection, self._next_projection())
+
+    def _publish_state(self) -> None:
+        workflow.upsert_search_attributes([STATE_KEY.value_set(self.progress.state.value)])
+
+    async def _effect(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
+        return await workflow.execute_activity_method(
+            activity, arg, start_to_close_timeout=timedelta(seconds=30), retry_policy=EFFECT_RETRY
+        )
