@@ -1,6 +1,7 @@
-"""The HTTP API (SPEC "HTTP API contract v1"): a thin mapping of the service layer."""
+"""The HTTP API (SPEC "HTTP API contract v1"): a thin mapping of the service layer.
 
-from __future__ import annotations
+No postponed annotations here: FastAPI resolves the dependencies declared inside create_app.
+"""
 
 import hmac
 import logging

@@ -257,7 +257,7 @@ class TwoFactorService:
         device_name: str | None = None,
         email: str | None = None,
     ) -> LoginView:
-        """R6, R7: PIN, seal and browser are drafted in the store, then the workflow makes them live."""
+        """R6, R7: PIN, seal and browser are drafted in the store; the workflow makes them live."""
         challenge, account = await self._challenge(login_id, Step.ACTIVATION)
         try:
             check_pin(pin, pin_confirmation)

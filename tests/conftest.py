@@ -1,0 +1,157 @@
+"""Real parts for every test: a Temporal dev server, an SMTP sink, SQLite, the worker and the API.
+
+All run on loopback in this test session; timers are shortened through settings, never faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from tests.journey import Api
+from twofa.api import create_app
+from twofa.config import Settings
+from twofa.devstack import start_smtp_sink, temporal_binary
+from twofa.store.db import Database, migrate
+from twofa.temporal import build_worker
+from twofa.workflows.two_factor import STATE_KEY
+
+SERVICE_TOKEN = "test-service-token-0123456789"
+PEPPER = "test-pepper-do-not-use-in-production"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LogCapture(logging.Handler):
+    """Every log line of the session, to prove no secret reaches a log (S4)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session")
+def logs() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    yield capture
+    root.removeHandler(capture)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+async def temporal() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=[STATE_KEY],
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL"],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smtp(data_dir: Path) -> Iterator[int]:
+    port = free_port()
+    controller = start_smtp_sink(data_dir / "mail", "127.0.0.1", port)
+    yield port
+    controller.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(data_dir: Path, temporal: WorkflowEnvironment, smtp: int) -> Settings:
+    settings = Settings(
+        data_dir=data_dir,
+        temporal_address=temporal.client.service_client.config.target_host,
+        smtp_port=smtp,
+        service_token=SERVICE_TOKEN,
+        pepper=PEPPER,
+        auto_logout_seconds=1.5,
+        workflow_call_timeout_seconds=20,
+    )
+    migrate(settings.resolved_database_url)
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def database(base_settings: Settings) -> AsyncIterator[Database]:
+    db = Database(base_settings.resolved_database_url)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture(scope="session")
+async def worker(
+    temporal: WorkflowEnvironment, base_settings: Settings, database: Database, logs: LogCapture
+) -> AsyncIterator[None]:
+    async with build_worker(temporal.client, base_settings, database):
+        yield
+
+
+@pytest.fixture(scope="session")
+def client(temporal: WorkflowEnvironment) -> Client:
+    return temporal.client
+
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture(scope="session")
+async def start_api(
+    base_settings: Settings, worker: None, data_dir: Path
+) -> AsyncIterator[ApiFactory]:
+    """Starts (once per distinct settings) a real uvicorn server on a loopback port."""
+    servers: dict[tuple[tuple[str, Any], ...], Api] = {}
+    tasks: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> Api:
+        key = tuple(sorted(overrides.items()))
+        if key not in servers:
+            settings = base_settings.model_copy(update={"api_port": free_port(), **overrides})
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    create_app(settings), host="127.0.0.1", port=settings.api_port, log_level="info"
+                )
+            )
+            task = asyncio.create_task(server.serve())
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+            tasks.append((server, task))
+            servers[key] = Api(f"http://127.0.0.1:{settings.api_port}", SERVICE_TOKEN, data_dir)
+        return servers[key]
+
+    yield start
+    for server, task in tasks:
+        server.should_exit = True
+        await task
+    for api in servers.values():
+        await api.close()
+
+
+@pytest.fixture
+async def api(start_api: ApiFactory) -> Api:
+    return await start_api()

@@ -1,0 +1,158 @@
+"""A test's view of Cockpit 2FA: the HTTP API as a backend calls it, and the mail a user reads."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from twofa.devstack import read_mails
+
+CODE_LINE = re.compile(r"^Activation code: (\S+)\r?$", re.MULTILINE)
+
+
+@dataclass
+class User:
+    """One person and the secrets they hold, so a test can look for them where they must not be."""
+
+    email: str
+    password: str = field(default_factory=lambda: f"pw-{uuid.uuid4().hex}")
+    pin: str = "27182818"
+    seal: str = field(default_factory=lambda: f"my seal is a blue heron {uuid.uuid4().hex[:6]}")
+    account_id: str = ""
+    session_token: str | None = None
+    device_token: str | None = None
+    device_id: str | None = None
+    codes: list[str] = field(default_factory=list)
+
+    def secrets(self) -> list[str]:
+        found = [self.password, self.pin, self.seal, *self.codes]
+        return [s for s in (*found, self.session_token, self.device_token) if s]
+
+
+def new_user(prefix: str = "user") -> User:
+    return User(email=f"{prefix}.{uuid.uuid4().hex[:12]}@example.com")
+
+
+class Api:
+    def __init__(self, base_url: str, service_token: str, data_dir: Path) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {service_token}"}, timeout=60
+        )
+        self.mail_dir = data_dir / "mail"
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def call(
+        self, method: str, path: str, user: User | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if user is not None and user.session_token:
+            headers["X-Session-Token"] = user.session_token
+        return await self.http.request(method, path, headers=headers, **kwargs)
+
+    # -- the journey's steps, each asserting its success status
+
+    async def register(self, user: User) -> User:
+        r = await self.call(
+            "POST", "/v1/accounts", json={"email": user.email, "password": user.password}
+        )
+        assert r.status_code == 201, r.text
+        user.account_id = r.json()["id"]
+        return user
+
+    async def login(self, user: User, device_token: str | None = None) -> httpx.Response:
+        body = {"email": user.email, "password": user.password}
+        token = device_token if device_token is not None else user.device_token
+        if token:
+            body["device_token"] = token
+        return await self.call("POST", "/v1/login", json=body)
+
+    async def login_ok(self, user: User, device_token: str | None = None) -> dict[str, Any]:
+        r = await self.login(user, device_token)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["outcome"] == "authenticated":
+            user.session_token = body["session_token"]
+        return body
+
+    async def enable(self, user: User) -> dict[str, Any]:
+        r = await self.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+        assert r.status_code == 202, r.text
+        return dict(r.json())
+
+    async def submit_code(self, login_id: str, code: str) -> httpx.Response:
+        return await self.call("POST", f"/v1/login/{login_id}/activation-code", json={"code": code})
+
+    async def activate(self, login_id: str, user: User, **extra: Any) -> httpx.Response:
+        body = {"pin": user.pin, "pin_confirmation": user.pin, "seal": user.seal, **extra}
+        return await self.call("POST", f"/v1/login/{login_id}/activate", json=body)
+
+    async def pin(self, login_id: str, pin: str) -> httpx.Response:
+        return await self.call("POST", f"/v1/login/{login_id}/pin", json={"pin": pin})
+
+    def mails_to(self, email: str) -> list[str]:
+        return [
+            m.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+            for m in read_mails(self.mail_dir)
+            if m["To"] == email
+        ]
+
+    async def code_mail(self, user: User, count: int = 1, timeout: float = 20) -> str:
+        """Waits until ``count`` activation mails reached the user; returns the newest code."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            mails = self.mails_to(user.email)
+            if len(mails) >= count:
+                match = CODE_LINE.search(mails[-1])
+                assert match, mails[-1]
+                code = match.group(1)
+                if code not in user.codes:
+                    user.codes.append(code)
+                return code
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"no mail #{count} for {user.email}"
+            )
+            await asyncio.sleep(0.05)
+
+    # -- whole stretches of the journey
+
+    async def registered_and_logged_in(self, user: User) -> User:
+        await self.register(user)
+        await self.login_ok(user)
+        return user
+
+    async def enabled(self, user: User) -> dict[str, Any]:
+        await self.registered_and_logged_in(user)
+        return await self.enable(user)
+
+    async def activated(self, user: User, **extra: Any) -> User:
+        """Register, enable, log in, validate the code, activate, log in with the PIN."""
+        await self.enabled(user)
+        code = await self.code_mail(user)
+        login = await self.login_ok(user)
+        assert login["outcome"] == "activation_code_required", login
+        r = await self.submit_code(login["login_id"], code)
+        assert r.status_code == 200 and r.json() == {"outcome": "activation_required"}, r.text
+        r = await self.activate(login["login_id"], user, **extra)
+        assert r.status_code == 200, r.text
+        user.device_token = r.json()["device_token"]
+        user.device_id = r.json()["device_id"]
+        r = await self.pin(login["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+        user.session_token = r.json()["session_token"]
+        return user
+
+    async def pin_login(self, user: User) -> dict[str, Any]:
+        login = await self.login_ok(user)
+        assert login["outcome"] == "pin_required", login
+        r = await self.pin(login["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+        user.session_token = r.json()["session_token"]
+        return dict(r.json())
