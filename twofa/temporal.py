@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from datetime import timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -59,17 +60,24 @@ def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
         task_queue=settings.temporal_task_queue,
         workflows=[TwoFactorWorkflow],
         activities=effects.all(),
+        graceful_shutdown_timeout=timedelta(seconds=10),
     )
 
 
 async def run_worker(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then let running activities finish (graceful shutdown)."""
     db = Database(settings.resolved_database_url)
     client = await connect(settings)
     await ensure_search_attributes(client, settings.temporal_namespace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     log.info(
         "worker polling %s on %s", settings.temporal_task_queue, settings.resolved_temporal_address
     )
     try:
-        await build_worker(client, settings, db).run()
+        async with build_worker(client, settings, db):
+            await stop.wait()
     finally:
         await db.dispose()

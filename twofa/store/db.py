@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -105,6 +104,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision; run on every start."""
+    from alembic import command  # imported here: only the migrating process needs it
+
     if make_url(url).get_backend_name() == "sqlite":
         database = make_url(url).database
         if database:
