@@ -184,7 +184,9 @@ class TwoFactorService:
     ) -> LoginView:
         state = effective_state(account, now)
         if state == "disabled":
-            token, session = await self._open_session(account.id, None, now)
+            token, session = self._new_session(account.id, None, now)
+            async with self.db.write() as db:
+                db.add(session)
             return LoginView(
                 outcome="authenticated", session_token=token, expires_at=session.expires_at
             )
@@ -334,12 +336,14 @@ class TwoFactorService:
             raise ServiceError(
                 400, "invalid_pin", "Wrong PIN.", attempts_left=failure.attempts_left
             )
-        if not await self._finish(challenge, now):
-            raise errors.login_not_found()
         if account.pin_failures:
             await self._update(account.id, TwoFactorWorkflow.record_pin_success)
         device_id, device_token = challenge.device_id, None
-        async with self.db.write() as db:
+        async with self.db.write() as db:  # one transaction: a double-click opens one session
+            if not await queries.advance_challenge(
+                db, challenge.id_digest, challenge.step, None, finished_at=now
+            ):
+                raise errors.login_not_found()
             if challenge.step == Step.ENROLL_PIN:
                 device_token = new_token()
                 device_id = str(uuid.uuid4())
@@ -358,7 +362,8 @@ class TwoFactorService:
                 if device is None or device.revoked_at is not None:
                     raise errors.login_not_found()
                 device.last_used_at = now
-        token, session = await self._open_session(account.id, device_id, now)
+            token, session = self._new_session(account.id, device_id, now)
+            db.add(session)
         return LoginView(
             outcome="authenticated",
             session_token=token,
@@ -494,9 +499,10 @@ class TwoFactorService:
 
     # -- helpers
 
-    async def _open_session(
+    def _new_session(
         self, account_id: str, device_id: str | None, now: datetime
     ) -> tuple[str, Session]:
+        """A session row to add in the caller's transaction, and the token only its owner gets."""
         token = new_token()
         session = Session(
             id=str(uuid.uuid4()),
@@ -506,8 +512,6 @@ class TwoFactorService:
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.session_ttl_seconds),
         )
-        async with self.db.write() as db:
-            db.add(session)
         return token, session
 
     async def _begin_login(
@@ -547,12 +551,6 @@ class TwoFactorService:
             )
         if not moved:
             raise errors.login_not_found()
-
-    async def _finish(self, challenge: LoginChallenge, now: datetime) -> bool:
-        async with self.db.write() as db:
-            return await queries.advance_challenge(
-                db, challenge.id_digest, challenge.step, None, finished_at=now
-            )
 
     def _seal_of(self, account: Account) -> str | None:
         """R8: shown to its owner at every 2FA login, before the PIN is asked."""
