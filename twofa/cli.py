@@ -13,7 +13,11 @@ import uvicorn
 
 from twofa.config import Settings
 
-app = typer.Typer(help="Cockpit 2FA: two-factor authentication engine.", no_args_is_help=True)
+app = typer.Typer(
+    help="Cockpit 2FA: two-factor authentication engine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 def _logging() -> None:
@@ -75,3 +79,32 @@ def migrate() -> None:
     from twofa.store.db import migrate as run_migrations
 
     run_migrations(Settings().resolved_database_url)
+
+
+audit_app = typer.Typer(help="The hash-chained audit log (SPEC S5).", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Exit 0 when the chain is intact; exit 1 naming the first bad record."""
+    from twofa import audit
+    from twofa.store.db import Database
+
+    async def check() -> tuple[int, audit.Break | None]:
+        db = Database(Settings().resolved_database_url)
+        try:
+            async with db.read() as session:
+                return await audit.verify(session)
+        finally:
+            await db.dispose()
+
+    count, broken = asyncio.run(check())
+    if broken is not None:
+        typer.echo(
+            f"audit chain BROKEN at record {broken.seq}: {broken.reason} "
+            f"({count} records before it hold)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"audit chain intact: {count} records")

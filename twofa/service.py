@@ -22,7 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from twofa import errors
+from twofa import audit, errors
 from twofa.config import Settings
 from twofa.crypto import Keyring, new_token
 from twofa.errors import ServiceError
@@ -146,6 +146,7 @@ class TwoFactorService:
             if await queries.email_taken(db, email):
                 raise ServiceError(409, "email_taken", "An account with this email already exists.")
             db.add(account)
+            await audit.append(db, "account_registered", account_id=account.id, actor="user")
         log.info("account %s registered", account.id)
         return AccountView(id=account.id, email=account.email, two_factor="disabled")
 
@@ -159,6 +160,9 @@ class TwoFactorService:
             account = await queries.account_by_email(db, email)
         if throttle and throttle.blocked_until and throttle.blocked_until > now:
             retry_after = math.ceil((throttle.blocked_until - now).total_seconds())
+            await self._audit(
+                "login_refused", account.id if account else None, email=email, reason="blocked"
+            )
             raise ServiceError(
                 429,
                 "too_many_attempts",
@@ -172,6 +176,16 @@ class TwoFactorService:
                 block = password_block_seconds(failures)
                 if block:
                     await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
+                await audit.append(
+                    db,
+                    "login_failed",
+                    account_id=account.id if account else None,
+                    actor="user",
+                    email=email,
+                    reason="invalid_credentials",
+                    failures_in_a_row=failures,
+                    blocked_seconds=block,
+                )
             raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
         assert account is not None
         if throttle:
@@ -187,10 +201,14 @@ class TwoFactorService:
             token, session = self._new_session(account.id, None, now)
             async with self.db.write() as db:
                 db.add(session)
+                await audit.append(
+                    db, "login_succeeded", account_id=account.id, actor="user", second_factor=False
+                )
             return LoginView(
                 outcome="authenticated", session_token=token, expires_at=session.expires_at
             )
         if state == "locked":
+            await self._audit("login_refused", account.id, reason="locked")
             return LoginView(outcome="locked", locked_until=account.locked_until)
         if state == "pending_code":
             code_expires_at, code_sent = account.code_expires_at, False
@@ -230,6 +248,13 @@ class TwoFactorService:
             TwoFactorWorkflow.submit_code,
             CodeSubmission(code_digest=self.keyring.code_digest(code)),
         )
+        if result.verdict is not CodeVerdict.ACCEPTED:
+            await self._audit(
+                "code_rejected",
+                account.id,
+                verdict=result.verdict.value,
+                attempts_left=result.attempts_left,
+            )
         if result.verdict is CodeVerdict.LOCKED:
             raise errors.locked(result.locked_until)
         if result.verdict is CodeVerdict.EXPIRED:
@@ -331,6 +356,12 @@ class TwoFactorService:
             )
         if not await to_thread.run_sync(self.keyring.verify_secret, account.pin_hash, pin):
             failure = await self._update(account.id, TwoFactorWorkflow.record_pin_failure)
+            await self._audit(
+                "pin_rejected",
+                account.id,
+                attempts_left=failure.attempts_left,
+                locked=failure.locked,
+            )
             if failure.locked:
                 raise errors.locked(failure.locked_until)
             raise ServiceError(
@@ -357,6 +388,15 @@ class TwoFactorService:
                         last_used_at=now,
                     )
                 )
+                await audit.append(
+                    db,
+                    "device_enrolled",
+                    account_id=account.id,
+                    actor="user",
+                    device_id=device_id,
+                    name=challenge.device_name,
+                    at_activation=False,
+                )
             else:
                 device = await db.get(Device, device_id)
                 if device is None or device.revoked_at is not None:
@@ -364,6 +404,14 @@ class TwoFactorService:
                 device.last_used_at = now
             token, session = self._new_session(account.id, device_id, now)
             db.add(session)
+            await audit.append(
+                db,
+                "login_succeeded",
+                account_id=account.id,
+                actor="user",
+                second_factor=True,
+                device_id=device_id,
+            )
         return LoginView(
             outcome="authenticated",
             session_token=token,
@@ -400,6 +448,7 @@ class TwoFactorService:
             if session is not None and session.ended_at is None:
                 session.ended_at = utcnow()
                 session.end_reason = "logout"
+                await audit.append(db, "logged_out", account_id=session.account_id, actor="user")
 
     async def two_factor(self, current: CurrentSession) -> TwoFactorView:
         account, now = current.account, utcnow()
@@ -475,7 +524,7 @@ class TwoFactorService:
         """R11: one browser goes; the others keep working."""
         async with self.db.write() as db:
             revoked = await queries.revoke_devices(
-                db, current.account.id, utcnow(), by="user", device_id=device_id
+                db, current.account.id, utcnow(), actor="user", reason="user", device_id=device_id
             )
         if not revoked:
             raise ServiceError(404, "device_not_found", "No trusted browser with this id.")
@@ -517,6 +566,7 @@ class TwoFactorService:
     async def _begin_login(
         self, account_id: str, step: str, now: datetime, device_id: str | None = None
     ) -> str:
+        """A login in progress after the right password; audited with the step it waits for."""
         login_id = new_token()
         async with self.db.write() as db:
             db.add(
@@ -529,7 +579,15 @@ class TwoFactorService:
                     expires_at=now + timedelta(seconds=self.settings.login_ttl_seconds),
                 )
             )
+            await audit.append(
+                db, "login_password_accepted", account_id=account_id, actor="user", next_step=step
+            )
         return login_id
+
+    async def _audit(self, event: str, account_id: str | None, **details: Any) -> None:
+        """An audit record for a refusal, which changes nothing else."""
+        async with self.db.write() as db:
+            await audit.append(db, event, account_id=account_id, actor="user", **details)
 
     async def _challenge(self, login_id: str, *steps: str) -> tuple[LoginChallenge, Account]:
         """The live login ``login_id`` if it waits for one of ``steps`` (R5: the code first)."""
@@ -549,6 +607,15 @@ class TwoFactorService:
             moved = await queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, step, **values
             )
+            if moved:
+                await audit.append(
+                    db,
+                    "login_step_passed",
+                    account_id=challenge.account_id,
+                    actor="user",
+                    passed=challenge.step,
+                    next_step=step,
+                )
         if not moved:
             raise errors.login_not_found()
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
+from twofa import audit
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.mail import activation_mail, deliver
@@ -71,28 +73,41 @@ class Effects:
                             sent_at=_now(),
                         )
                     )
+                    await audit.append(
+                        db,
+                        "code_issued",
+                        account_id=mail.account_id,
+                        number=mail.number,
+                        expires_at=mail.expires_at,
+                    )
             log.info("activation code %d mailed for account %s", mail.number, mail.account_id)
         return self.keyring.code_digest(code)
 
     @activity.defn
     async def save_projection(self, projection: Projection) -> None:
         async with self.db.write() as db:
-            await queries.save_projection(db, projection, _now())
-            if projection.state == "locked":
-                await queries.finish_challenges(db, projection.account_id, _now())
+            await _project(db, projection)
 
     @activity.defn
     async def limit_sessions(self, cut: SessionCut) -> None:
         """Sessions end at ``cut.at`` exactly, even if the timer that follows fires late (R3)."""
         async with self.db.write() as db:
-            await queries.limit_sessions(db, cut.account_id, cut.at)
+            await queries.limit_sessions(db, cut.account_id, cut.at, cut.opened_before)
 
     @activity.defn
     async def end_sessions(self, cut: SessionCut) -> None:
         async with self.db.write() as db:
             ended = await queries.end_sessions(
-                db, cut.account_id, _now(), cut.reason, created_before=cut.at
+                db, cut.account_id, _now(), "auto_logout", created_before=cut.opened_before
             )
+            if ended:
+                await audit.append(
+                    db,
+                    "sessions_ended",
+                    account_id=cut.account_id,
+                    reason="auto_logout",
+                    count=ended,
+                )
         log.info("auto-logout ended %d session(s) of account %s", ended, cut.account_id)
 
     @activity.defn
@@ -119,24 +134,36 @@ class Effects:
                     enrolled_at=_now(),
                 )
             )
-            await db.flush()
-            await queries.save_projection(db, effect.projection, _now())
+            await audit.append(
+                db,
+                "device_enrolled",
+                account_id=account_id,
+                actor="user",
+                device_id=draft.id,
+                name=draft.device_name,
+                at_activation=True,
+            )
+            if effect.email:
+                await audit.append(db, "email_changed", account_id=account_id, actor="user")
+            await _project(db, effect.projection)
         log.info("2FA activated for account %s, device %s", account_id, effect.draft_id)
         return effect.draft_id
 
     @activity.defn
     async def apply_disable(self, effect: DisableEffect) -> int:
         """R10: 2FA off and every trusted browser revoked, at once."""
-        account_id = effect.projection.account_id
+        account_id, actor = effect.projection.account_id, effect.projection.actor
         now = _now()
         async with self.db.write() as db:
-            revoked = await queries.revoke_devices(db, account_id, now, by=effect.actor)
+            revoked = await queries.revoke_devices(
+                db, account_id, now, actor=actor, reason="disable"
+            )
             account = await db.get(Account, account_id)
             if account is not None:
                 account.pin_hash = None
                 account.seal_ciphertext = None
             await queries.finish_challenges(db, account_id, now)
-            await queries.save_projection(db, effect.projection, now)
+            await _project(db, effect.projection)
         log.info("2FA disabled for account %s, %d device(s) revoked", account_id, len(revoked))
         return len(revoked)
 
@@ -149,3 +176,27 @@ class Effects:
             self.apply_activation,
             self.apply_disable,
         ]
+
+
+async def _project(db: AsyncSession, projection: Projection) -> None:
+    """Saves a projection; a state change is audited, and a lock ends every login in progress."""
+    account = await queries.account_by_id(db, projection.account_id)
+    before = account.two_factor_state if account else None
+    if not await queries.save_projection(db, projection, _now()) or before == projection.state:
+        return
+    if projection.state == "locked":
+        await queries.finish_challenges(db, projection.account_id, _now())
+        event = "two_factor_locked"
+    elif before == "locked" and projection.state == "active":
+        event = "two_factor_unlocked"
+    else:
+        event = "two_factor_state_changed"
+    await audit.append(
+        db,
+        event,
+        account_id=projection.account_id,
+        actor=projection.actor,
+        before=before,
+        after=projection.state.value,
+        locked_until=projection.locked_until,
+    )

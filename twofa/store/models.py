@@ -138,3 +138,18 @@ class SentMail(Base):
     )
     message_id: Mapped[str] = mapped_column(String(200))
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditRecord(Base):
+    """One link of the hash-chained audit log (S5); never updated, never deleted."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    account_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    actor: Mapped[str] = mapped_column(String(300))
+    event: Mapped[str] = mapped_column(String(40))
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

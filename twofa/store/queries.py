@@ -10,6 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from twofa import audit
 from twofa.store.models import (
     Account,
     ActivationDraft,
@@ -80,25 +81,43 @@ async def trusted_device(db: AsyncSession, account_id: str, token_digest: str) -
 
 
 async def revoke_devices(
-    db: AsyncSession, account_id: str, now: datetime, by: str, device_id: str | None = None
+    db: AsyncSession,
+    account_id: str,
+    now: datetime,
+    *,
+    actor: str,
+    reason: str,
+    device_id: str | None = None,
 ) -> list[str]:
-    """Revoke one device or all, and end the sessions they opened; returns the ids revoked."""
+    """Revoke one device or all, end the sessions they opened, and audit each; returns the ids."""
     query = (
         update(Device)
         .where(Device.account_id == account_id, Device.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_by=by)
-        .returning(Device.id)
+        .values(revoked_at=now, revoked_by=actor)
+        .returning(Device.id, Device.name)
     )
     if device_id is not None:
         query = query.where(Device.id == device_id)
-    revoked = list((await db.scalars(query)).all())
-    if revoked:
+    revoked = (await db.execute(query)).all()
+    for device in revoked:
+        await audit.append(
+            db,
+            "device_removed",
+            account_id=account_id,
+            actor=actor,
+            at=now,
+            device_id=device.id,
+            name=device.name,
+            reason=reason,
+        )
+    ids = [device.id for device in revoked]
+    if ids:
         await db.execute(
             update(Session)
-            .where(Session.device_id.in_(revoked), Session.ended_at.is_(None))
+            .where(Session.device_id.in_(ids), Session.ended_at.is_(None))
             .values(ended_at=now, end_reason="device_revoked")
         )
-    return revoked
+    return ids
 
 
 # -- sessions
@@ -115,11 +134,13 @@ async def open_session(db: AsyncSession, token_digest: str, now: datetime) -> Se
     )
 
 
-async def limit_sessions(db: AsyncSession, account_id: str, at: datetime) -> None:
+async def limit_sessions(
+    db: AsyncSession, account_id: str, at: datetime, opened_before: datetime
+) -> None:
     await db.execute(
         update(Session)
         .where(Session.account_id == account_id, Session.ended_at.is_(None))
-        .where(Session.expires_at > at)
+        .where(Session.created_at < opened_before, Session.expires_at > at)
         .values(expires_at=at)
     )
 

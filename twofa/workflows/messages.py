@@ -42,6 +42,7 @@ class Progress:
 
     state: TwoFactorState = TwoFactorState.NEW
     enrollment_id: str = ""
+    enabled_at: datetime | None = None
     auto_logout_at: datetime | None = None
     auto_logout_done: bool = False
     code_number: int = 0
@@ -137,6 +138,7 @@ class Projection:
     code_usable: bool = False
     locked_until: datetime | None = None
     pin_failures: int = 0
+    actor: str = "user"
 
 
 @dataclass
@@ -149,9 +151,11 @@ class CodeMail:
 
 @dataclass
 class SessionCut:
+    """Sessions opened before ``opened_before`` (2FA's enabling) end at ``at`` (R3)."""
+
     account_id: str
     at: datetime
-    reason: str = "auto_logout"
+    opened_before: datetime
 
 
 @dataclass
@@ -164,4 +168,3 @@ class ActivationEffect:
 @dataclass
 class DisableEffect:
     projection: Projection
-    actor: str = "user"

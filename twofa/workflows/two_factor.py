@@ -83,9 +83,10 @@ class TwoFactorWorkflow:
             p = self.progress
             now = workflow.now()
             p.enrollment_id = str(workflow.uuid4())
+            p.enabled_at = now
             p.auto_logout_at = now + timedelta(seconds=self.policy.auto_logout_seconds)
             await self._effect(
-                Effects.limit_sessions, SessionCut(self.account_id, p.auto_logout_at)
+                Effects.limit_sessions, SessionCut(self.account_id, p.auto_logout_at, now)
             )
             await self._issue_code()
             await self._move_to(S.PENDING_CODE)
@@ -200,7 +201,7 @@ class TwoFactorWorkflow:
             self._require(S.LOCKED, reason="not_locked")
             self._unlock()
             self.progress.locks_in_a_row = 0
-            await self._move_to(S.ACTIVE)
+            await self._move_to(S.ACTIVE, actor=request.actor)
 
     @unlock.validator
     def _validate_unlock(self, request: ActorRequest) -> None:
@@ -212,7 +213,7 @@ class TwoFactorWorkflow:
             self._require(*ENABLED, reason="not_enabled")
             self.progress = Progress(state=S.DISABLED, version=self.progress.version)
             revoked: int = await self._effect(
-                Effects.apply_disable, DisableEffect(self._next_projection(), request.actor)
+                Effects.apply_disable, DisableEffect(self._next_projection(actor=request.actor))
             )
             self._publish_state()
             return DisableResult(revoked_devices=revoked)
@@ -252,13 +253,16 @@ class TwoFactorWorkflow:
         p = self.progress
         now = workflow.now()
         if p.auto_logout_at and not p.auto_logout_done and now >= p.auto_logout_at:
-            await self._effect(Effects.end_sessions, SessionCut(self.account_id, p.auto_logout_at))
+            assert p.enabled_at is not None
+            await self._effect(
+                Effects.end_sessions, SessionCut(self.account_id, p.auto_logout_at, p.enabled_at)
+            )
             p.auto_logout_done = True
         if p.code_digest and p.code_expires_at and now >= p.code_expires_at:
             await self._burn_code()
         if p.state is S.LOCKED and p.locked_until and now >= p.locked_until:
             self._unlock()
-            await self._move_to(S.ACTIVE)
+            await self._move_to(S.ACTIVE, actor="system")
 
     def _history_is_long(self) -> bool:
         info = workflow.info()
@@ -300,12 +304,12 @@ class TwoFactorWorkflow:
             self.progress.code_digest = None
             await self._project()
 
-    async def _move_to(self, state: TwoFactorState) -> None:
+    async def _move_to(self, state: TwoFactorState, actor: str = "user") -> None:
         self.progress.state = state
-        await self._project()
+        await self._project(actor)
         self._publish_state()
 
-    def _next_projection(self) -> Projection:
+    def _next_projection(self, actor: str = "user") -> Projection:
         p = self.progress
         p.version += 1
         return Projection(
@@ -317,10 +321,11 @@ class TwoFactorWorkflow:
             code_usable=p.code_digest is not None,
             locked_until=p.locked_until,
             pin_failures=p.pin_failures,
+            actor=actor,
         )
 
-    async def _project(self) -> None:
-        await self._effect(Effects.save_projection, self._next_projection())
+    async def _project(self, actor: str = "user") -> None:
+        await self._effect(Effects.save_projection, self._next_projection(actor))
 
     def _publish_state(self) -> None:
         workflow.upsert_search_attributes([STATE_KEY.value_set(self.progress.state.value)])
