@@ -210,11 +210,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if body.enabled:
             response.status_code = 202
             return await svc.enable(current)
-        return await svc.disable(current, body.confirm)
+        return await svc.disable(current.account, body.confirm)
 
     @app.get("/v1/account/devices", tags=["devices"], **v1)
     async def devices(current: User, svc: Service) -> list[DeviceView]:
-        return await svc.devices(current)
+        return await svc.devices(current.account.id)
 
     @app.delete("/v1/account/devices/{device_id}", status_code=204, tags=["devices"], **v1)
     async def delete_device(device_id: Text, current: User, svc: Service) -> Response:

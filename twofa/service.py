@@ -153,23 +153,47 @@ class TwoFactorService:
     async def login(self, email: str, password: str, device_token: str | None) -> LoginView:
         """Primary password first, throttled per email whether or not it exists (S2, S7)."""
         email = normalize_email(email)
-        throttle_key = self.keyring.digest("login-throttle", email)
+        async with self.db.read() as db:
+            account = await queries.account_by_email(db, email)
+        await self.password_gate(
+            "login", email, password, account.password_hash if account else None,
+            account_id=account.id if account else None,
+        )  # fmt: skip
+        assert account is not None
+        return await self._second_factor(account, device_token, utcnow())
+
+    async def password_gate(
+        self,
+        scope: str,
+        email: str,
+        password: str,
+        stored_hash: str | None,
+        *,
+        account_id: str | None = None,
+        actor: str = "user",
+    ) -> None:
+        """S2 for every password login (users', operators'): 4 failures in a row block a while.
+
+        Counted per (scope, email) whether or not the email exists, and with the same work and
+        answers either way, so a refusal never tells whether an email exists (S7).
+        """
+        throttle_key = self.keyring.digest(f"{scope}-throttle", email)
         now = utcnow()
         async with self.db.read() as db:
             throttle = await queries.throttle(db, throttle_key)
-            account = await queries.account_by_email(db, email)
         if throttle and throttle.blocked_until and throttle.blocked_until > now:
             retry_after = math.ceil((throttle.blocked_until - now).total_seconds())
-            await self._audit(
-                "login_refused", account.id if account else None, email=email, reason="blocked"
-            )
+            async with self.db.write() as db:
+                await audit.append(
+                    db, f"{scope}_refused", account_id=account_id, actor=actor, email=email,
+                    reason="blocked",
+                )  # fmt: skip
             raise ServiceError(
                 429,
                 "too_many_attempts",
                 "Too many failed logins for this email; try again later.",
                 retry_after=retry_after,
             )
-        stored_hash = account.password_hash if account else None
         if not await to_thread.run_sync(self.keyring.verify_secret, stored_hash, password):
             async with self.db.write() as db:
                 failures = await queries.count_password_failure(db, throttle_key)
@@ -178,20 +202,18 @@ class TwoFactorService:
                     await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
                 await audit.append(
                     db,
-                    "login_failed",
-                    account_id=account.id if account else None,
-                    actor="user",
+                    f"{scope}_failed",
+                    account_id=account_id,
+                    actor=actor,
                     email=email,
                     reason="invalid_credentials",
                     failures_in_a_row=failures,
                     blocked_seconds=block,
                 )
             raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
-        assert account is not None
         if throttle:
             async with self.db.write() as db:
                 await queries.clear_password_failures(db, throttle_key)
-        return await self._second_factor(account, device_token, now)
 
     async def _second_factor(
         self, account: Account, device_token: str | None, now: datetime
@@ -213,7 +235,7 @@ class TwoFactorService:
         if state == "pending_code":
             code_expires_at, code_sent = account.code_expires_at, False
             if not (account.code_usable and code_expires_at and code_expires_at > now):
-                result = await self._update(
+                result = await self.call_workflow(
                     account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=True)
                 )
                 code_expires_at, code_sent = result.code_expires_at, result.code_sent
@@ -243,7 +265,7 @@ class TwoFactorService:
 
     async def submit_code(self, login_id: str, code: str) -> LoginView:
         challenge, account = await self._challenge(login_id, Step.CODE, Step.ENROLL_CODE)
-        result = await self._update(
+        result = await self.call_workflow(
             account.id,
             TwoFactorWorkflow.submit_code,
             CodeSubmission(code_digest=self.keyring.code_digest(code)),
@@ -311,7 +333,7 @@ class TwoFactorService:
                 )
             db.add(draft)
         try:
-            result = await self._update(
+            result = await self.call_workflow(
                 account.id, TwoFactorWorkflow.activate, Activation(draft_id=draft.id, email=email)
             )
         except ServiceError:
@@ -338,7 +360,7 @@ class TwoFactorService:
             raise errors.locked(account.locked_until)
         if state != "active":
             raise ServiceError(*_REFUSALS["not_active"])
-        result = await self._update(
+        result = await self.call_workflow(
             account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=False)
         )
         await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
@@ -355,7 +377,7 @@ class TwoFactorService:
                 422, "invalid_pin_format", "The PIN has between 4 and 8 digits.", field="pin"
             )
         if not await to_thread.run_sync(self.keyring.verify_secret, account.pin_hash, pin):
-            failure = await self._update(account.id, TwoFactorWorkflow.record_pin_failure)
+            failure = await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_failure)
             await self._audit(
                 "pin_rejected",
                 account.id,
@@ -368,7 +390,7 @@ class TwoFactorService:
                 400, "invalid_pin", "Wrong PIN.", attempts_left=failure.attempts_left
             )
         if account.pin_failures:
-            await self._update(account.id, TwoFactorWorkflow.record_pin_success)
+            await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_success)
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
             if not await queries.advance_challenge(
@@ -459,7 +481,7 @@ class TwoFactorService:
             code_expires_at=account.code_expires_at if state == "pending_code" else None,
             auto_logout_at=account.auto_logout_at if pending else None,
             locked_until=account.locked_until if state == "locked" else None,
-            devices=await self.devices(current),
+            devices=await self.devices(account.id),
         )
 
     async def enable(self, current: CurrentSession) -> EnabledView:
@@ -488,9 +510,7 @@ class TwoFactorService:
             auto_logout_at=result.auto_logout_at, code_expires_at=result.code_expires_at
         )
 
-    async def disable(
-        self, current: CurrentSession, confirm: bool, actor: str = "user"
-    ) -> DisabledView:
+    async def disable(self, account: Account, confirm: bool, actor: str = "user") -> DisabledView:
         """R10: only with an explicit confirmation; every trusted browser goes with it."""
         if not confirm:
             raise ServiceError(
@@ -499,22 +519,22 @@ class TwoFactorService:
                 "Disabling two-factor authentication needs an explicit confirmation "
                 '("confirm": true).',
             )
-        if current.account.two_factor_state == "disabled":
+        if account.two_factor_state == "disabled":
             return DisabledView(revoked_devices=0)
         try:
-            result = await self._update(
-                current.account.id, TwoFactorWorkflow.disable, ActorRequest(actor=actor)
+            result = await self.call_workflow(
+                account.id, TwoFactorWorkflow.disable, ActorRequest(actor=actor)
             )
         except ServiceError as error:
             if error.code != "two_factor_not_enabled":
                 raise
             return DisabledView(revoked_devices=0)
-        log.info("2FA disabled for account %s by %s", current.account.id, actor)
+        log.info("2FA disabled for account %s by %s", account.id, actor)
         return DisabledView(revoked_devices=result.revoked_devices)
 
-    async def devices(self, current: CurrentSession) -> list[DeviceView]:
+    async def devices(self, account_id: str) -> list[DeviceView]:
         async with self.db.read() as db:
-            devices = await queries.active_devices(db, current.account.id)
+            devices = await queries.active_devices(db, account_id)
         return [
             DeviceView(id=d.id, name=d.name, enrolled_at=d.enrolled_at, last_used_at=d.last_used_at)
             for d in devices
@@ -623,7 +643,9 @@ class TwoFactorService:
         """R8: shown to its owner at every 2FA login, before the PIN is asked."""
         return self.keyring.unseal(account.seal_ciphertext) if account.seal_ciphertext else None
 
-    async def _update(self, account_id: str, update: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def call_workflow(
+        self, account_id: str, update: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
         handle = self.client.get_workflow_handle(workflow_id(account_id))
         return await self._call(handle.execute_update(update, *args))  # type: ignore[arg-type]
 

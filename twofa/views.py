@@ -68,3 +68,83 @@ class EnabledView(BaseModel):
 class DisabledView(BaseModel):
     state: Literal["disabled"] = "disabled"
     revoked_devices: int
+
+
+class OperatorView(BaseModel):
+    id: str
+    email: str
+    role: Literal["admin", "auditor"]
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail and the workflow name this operator."""
+        return f"{self.role}:{self.email}"
+
+    @property
+    def can_act(self) -> bool:
+        return self.role == "admin"
+
+
+class DayCount(BaseModel):
+    day: str
+    event: str
+    count: int
+
+
+class OverviewView(BaseModel):
+    states: dict[str, int]
+    funnel: dict[str, int]
+    per_day: list[DayCount]
+    locked_now: list[AccountRow]
+
+
+class AccountRow(BaseModel):
+    id: str
+    email: str
+    state: StateName
+    created_at: datetime
+    updated_at: datetime
+    locked_until: datetime | None = None
+
+
+class AccountPage(BaseModel):
+    rows: list[AccountRow]
+    total: int
+    page: int
+    page_size: int
+
+
+class SessionRow(BaseModel):
+    id: str
+    device_id: str | None
+    created_at: datetime
+    expires_at: datetime
+
+
+class AccountDetail(BaseModel):
+    account: AccountRow
+    auto_logout_at: datetime | None
+    code_expires_at: datetime | None
+    pin_failures: int
+    devices: list[DeviceView]
+    sessions: list[SessionRow]
+
+
+class TimelineRow(BaseModel):
+    """One step of an account's workflow history, told without any payload but the state."""
+
+    time: datetime
+    run: int
+    step: str
+    details: str
+
+
+class AuditRow(BaseModel):
+    seq: int
+    time: datetime
+    actor: str
+    event: str
+    details: str
+
+
+OverviewView.model_rebuild()

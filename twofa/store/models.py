@@ -37,12 +37,17 @@ class Account(Base):
     """An account and the projection of its 2FA state, written by the workflow's activities."""
 
     __tablename__ = "accounts"
+    __table_args__ = (
+        Index("ix_accounts_state_email", "two_factor_state", "email"),
+        Index("ix_accounts_created_at", "created_at"),
+        Index("ix_accounts_updated_at", "updated_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    two_factor_state: Mapped[str] = mapped_column(String(20), default="disabled", index=True)
+    two_factor_state: Mapped[str] = mapped_column(String(20), default="disabled")
     auto_logout_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     code_usable: Mapped[bool] = mapped_column(default=False)
@@ -144,6 +149,7 @@ class AuditRecord(Base):
     """One link of the hash-chained audit log (S5); never updated, never deleted."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_event_at", "event", "at"),)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -153,3 +159,27 @@ class AuditRecord(Base):
     details: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Operator(Base):
+    """A dashboard user: an admin acts, an auditor only reads (S6)."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OperatorSession(Base):
+    __tablename__ = "operator_sessions"
+
+    token_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator_id: Mapped[str] = mapped_column(
+        ForeignKey("operators.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,358 @@
+"""What admins and auditors do (the dashboard maps it): watch, read history, and act.
+
+Auditors read everything admins read; every action checks the role here, in the service layer,
+so a hidden button is never the only guard (S6). Actions reach the account's workflow and the
+audit trail with the operator as actor.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from anyio import to_thread
+from google.protobuf.json_format import MessageToDict
+from sqlalchemy import Select, func, select
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+
+from twofa import audit
+from twofa.crypto import new_token
+from twofa.errors import ServiceError
+from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
+from twofa.service import TwoFactorService, effective_state, utcnow
+from twofa.store import queries
+from twofa.store.models import Account, AuditRecord, Operator, OperatorSession
+from twofa.views import (
+    AccountDetail,
+    AccountPage,
+    AccountRow,
+    AuditRow,
+    DayCount,
+    DisabledView,
+    OperatorView,
+    OverviewView,
+    SessionRow,
+    TimelineRow,
+)
+from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE, ActorRequest, workflow_id
+from twofa.workflows.two_factor import TwoFactorWorkflow
+
+Role = Literal["admin", "auditor"]
+SortKey = Literal["email", "created_at", "updated_at", "state"]
+OPERATOR_SESSION_TTL = timedelta(hours=8)
+MAX_PAGE_SIZE = 200
+#: The enrollment funnel: each step and the state an account reaches by it.
+FUNNEL = (
+    ("enabled", "pending_code"),
+    ("code validated", "pending_activation"),
+    ("activated", "active"),
+)
+#: The audit events the overview counts per day.
+DAILY_EVENTS = ("device_enrolled", "pin_rejected", "two_factor_locked")
+_SORT_COLUMNS = {
+    "email": Account.email,
+    "created_at": Account.created_at,
+    "updated_at": Account.updated_at,
+    "state": Account.two_factor_state,
+}
+_TIMELINE_STEPS = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "run started",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: "request accepted",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED: "request answered",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: "effect scheduled",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "effect done",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "effect failed, retried",
+    EventType.EVENT_TYPE_TIMER_STARTED: "timer set",
+    EventType.EVENT_TYPE_TIMER_FIRED: "timer fired",
+    EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES: "state changed",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW: "continued as new run",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: "run finished (2FA disabled)",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED: "run terminated",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED: "run failed",
+}
+
+
+def _row(account: Account, now: datetime) -> AccountRow:
+    return AccountRow(
+        id=account.id,
+        email=account.email,
+        state=effective_state(account, now),  # type: ignore[arg-type]
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+        locked_until=account.locked_until if account.two_factor_state == "locked" else None,
+    )
+
+
+def read_only() -> ServiceError:
+    return ServiceError(403, "read_only", "Auditors can read everything but change nothing.")
+
+
+class AdminService:
+    def __init__(self, users: TwoFactorService) -> None:
+        self.users = users
+        self.db = users.db
+        self.keyring = users.keyring
+
+    # -- operators and their sessions
+
+    async def create_operator(self, email: str, role: Role, password: str) -> OperatorView:
+        try:
+            email = check_email_shape(email)
+            check_password(password)
+        except RuleViolation as error:
+            raise ServiceError(422, error.code, error.message, field=error.field) from None
+        if role not in ("admin", "auditor"):
+            raise ServiceError(422, "invalid_role", "The role is admin or auditor.", field="role")
+        operator = Operator(
+            id=str(uuid.uuid4()),
+            email=email,
+            password_hash=await to_thread.run_sync(self.keyring.hash_secret, password),
+            role=role,
+            created_at=utcnow(),
+        )
+        async with self.db.write() as db:
+            if await db.scalar(select(Operator.id).where(Operator.email == email)):
+                raise ServiceError(409, "email_taken", "An operator with this email exists.")
+            db.add(operator)
+            await audit.append(db, "operator_created", actor="cli", operator=email, role=role)
+        return OperatorView(id=operator.id, email=email, role=role)
+
+    async def sign_in(self, email: str, password: str) -> tuple[str, OperatorView]:
+        """Throttled like users' logins (S2); returns a session token and who signed in."""
+        email = normalize_email(email)
+        async with self.db.read() as db:
+            operator = await db.scalar(select(Operator).where(Operator.email == email))
+        await self.users.password_gate(
+            "operator_login",
+            email,
+            password,
+            operator.password_hash if operator else None,
+            actor=f"operator:{email}",
+        )
+        assert operator is not None
+        token, now = new_token(), utcnow()
+        async with self.db.write() as db:
+            db.add(
+                OperatorSession(
+                    token_digest=self.keyring.digest("operator-session", token),
+                    operator_id=operator.id,
+                    created_at=now,
+                    expires_at=now + OPERATOR_SESSION_TTL,
+                )
+            )
+            await audit.append(db, "operator_signed_in", actor=f"{operator.role}:{email}")
+        return token, OperatorView(id=operator.id, email=operator.email, role=operator.role)  # type: ignore[arg-type]
+
+    async def operator(self, token: str | None) -> OperatorView:
+        """The operator of a live dashboard session; sessions expire after 8 hours."""
+        if not token:
+            raise ServiceError(401, "signed_out", "Sign in to the dashboard.")
+        async with self.db.read() as db:
+            row = (
+                await db.execute(
+                    select(Operator)
+                    .join(OperatorSession, OperatorSession.operator_id == Operator.id)
+                    .where(
+                        OperatorSession.token_digest
+                        == self.keyring.digest("operator-session", token),
+                        OperatorSession.ended_at.is_(None),
+                        OperatorSession.expires_at > utcnow(),
+                    )
+                )
+            ).scalar_one_or_none()
+        if row is None:
+            raise ServiceError(401, "signed_out", "This dashboard session has ended.")
+        return OperatorView(id=row.id, email=row.email, role=row.role)  # type: ignore[arg-type]
+
+    async def sign_out(self, token: str) -> None:
+        async with self.db.write() as db:
+            session = await db.get(OperatorSession, self.keyring.digest("operator-session", token))
+            if session is not None and session.ended_at is None:
+                session.ended_at = utcnow()
+
+    # -- reading (admins and auditors)
+
+    async def overview(self, days: int = 30) -> OverviewView:
+        now = utcnow()
+        since = now - timedelta(days=days)
+        async with self.db.read() as db:
+            states = dict(
+                (
+                    await db.execute(
+                        select(Account.two_factor_state, func.count()).group_by(
+                            Account.two_factor_state
+                        )
+                    )
+                ).tuples()
+            )
+            funnel = {}
+            for step, state in FUNNEL:
+                funnel[step] = int(
+                    await db.scalar(
+                        select(func.count(func.distinct(AuditRecord.account_id))).where(
+                            AuditRecord.event == "two_factor_state_changed",
+                            AuditRecord.details.contains(f'"after": "{state}"'),
+                        )
+                    )
+                    or 0
+                )
+            day = func.date(AuditRecord.at)
+            per_day = (
+                await db.execute(
+                    select(day, AuditRecord.event, func.count())
+                    .where(AuditRecord.event.in_(DAILY_EVENTS), AuditRecord.at >= since)
+                    .group_by(day, AuditRecord.event)
+                    .order_by(day)
+                )
+            ).tuples()
+            locked = await db.scalars(
+                select(Account)
+                .where(Account.two_factor_state == "locked")
+                .order_by(Account.email)
+                .limit(MAX_PAGE_SIZE)
+            )
+            locked_now = [r for r in (_row(a, now) for a in locked) if r.state == "locked"]
+        return OverviewView(
+            states={s: states.get(s, 0) for s in _STATES},
+            funnel=funnel,
+            per_day=[DayCount(day=str(d), event=e, count=c) for d, e, c in per_day],
+            locked_now=locked_now,
+        )
+
+    async def accounts(
+        self,
+        *,
+        search: str = "",
+        state: str | None = None,
+        sort: SortKey = "email",
+        descending: bool = False,
+        page: int = 1,
+        page_size: int = 50,
+    ) -> AccountPage:
+        """One page of accounts, filtered, sorted and paged in the database (indexed)."""
+        page, page_size = max(page, 1), min(max(page_size, 1), MAX_PAGE_SIZE)
+        query: Select[tuple[Account]] = select(Account)
+        prefix = normalize_email(search)
+        if prefix:  # a prefix range, which the unique email index answers
+            query = query.where(Account.email >= prefix, Account.email < prefix + "\uffff")
+        if state:
+            query = query.where(Account.two_factor_state == state)
+        column = _SORT_COLUMNS[sort]
+        order = column.desc() if descending else column.asc()
+        async with self.db.read() as db:
+            total = int(await db.scalar(select(func.count()).select_from(query.subquery())) or 0)
+            rows = await db.scalars(
+                query.order_by(order, Account.id).offset((page - 1) * page_size).limit(page_size)
+            )
+            now = utcnow()
+            return AccountPage(
+                rows=[_row(a, now) for a in rows], total=total, page=page, page_size=page_size
+            )
+
+    async def account(self, account_id: str) -> AccountDetail:
+        now = utcnow()
+        async with self.db.read() as db:
+            account = await queries.account_by_id(db, account_id)
+            if account is None:
+                raise ServiceError(404, "account_not_found", "No account with this id.")
+            sessions = await queries.open_sessions(db, account_id, now)
+        pending = account.two_factor_state in ("pending_code", "pending_activation")
+        return AccountDetail(
+            account=_row(account, now),
+            auto_logout_at=account.auto_logout_at if pending else None,
+            code_expires_at=account.code_expires_at
+            if account.two_factor_state == "pending_code"
+            else None,
+            pin_failures=account.pin_failures,
+            devices=await self.users.devices(account.id),
+            sessions=[
+                SessionRow(
+                    id=s.id, device_id=s.device_id, created_at=s.created_at, expires_at=s.expires_at
+                )
+                for s in sessions
+            ],
+        )
+
+    async def audit_trail(self, account_id: str) -> list[AuditRow]:
+        async with self.db.read() as db:
+            records = await audit.history(db, account_id)
+        return [
+            AuditRow(seq=r.seq, time=r.at, actor=r.actor, event=r.event, details=r.details)
+            for r in records
+        ]
+
+    async def timeline(self, account_id: str) -> list[TimelineRow]:
+        """Every run of the account's workflow (enrollments, continue-as-new), oldest first."""
+        client = self.users.client
+        wid = workflow_id(account_id)
+        runs = [r async for r in client.list_workflows(f'WorkflowId = "{wid}"')]
+        runs.sort(key=lambda r: r.start_time)
+        rows: list[TimelineRow] = []
+        for number, run in enumerate(runs, start=1):
+            history = await client.get_workflow_handle(wid, run_id=run.run_id).fetch_history()
+            for event in history.events:
+                step = _TIMELINE_STEPS.get(event.event_type)
+                if step is not None:
+                    rows.append(
+                        TimelineRow(
+                            time=event.event_time.ToDatetime(UTC),
+                            run=number,
+                            step=step,
+                            details=_event_details(event),
+                        )
+                    )
+        return rows
+
+    # -- acting (admins only)
+
+    async def revoke_device(self, operator: OperatorView, account_id: str, device_id: str) -> None:
+        """R11: one browser revoked by an admin; the others keep working."""
+        if not operator.can_act:
+            raise read_only()
+        async with self.db.write() as db:
+            revoked = await queries.revoke_devices(
+                db, account_id, utcnow(), actor=operator.actor, reason="admin", device_id=device_id
+            )
+        if not revoked:
+            raise ServiceError(404, "device_not_found", "No trusted browser with this id.")
+
+    async def unlock(self, operator: OperatorView, account_id: str) -> None:
+        if not operator.can_act:
+            raise read_only()
+        await self.users.call_workflow(
+            account_id, TwoFactorWorkflow.unlock, ActorRequest(actor=operator.actor)
+        )
+
+    async def disable(self, operator: OperatorView, account_id: str) -> DisabledView:
+        if not operator.can_act:
+            raise read_only()
+        async with self.db.read() as db:
+            account = await queries.account_by_id(db, account_id)
+        if account is None:
+            raise ServiceError(404, "account_not_found", "No account with this id.")
+        return await self.users.disable(account, confirm=True, actor=operator.actor)
+
+
+_STATES = ("disabled", "pending_code", "pending_activation", "active", "locked")
+
+
+def _event_details(event: HistoryEvent) -> str:
+    """Names and durations only: payloads stay out of the timeline (S4)."""
+    kind = event.WhichOneof("attributes")
+    attributes = getattr(event, kind) if kind else None
+    if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+        return str(attributes.accepted_request.input.name)
+    if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        return str(attributes.activity_type.name)
+    if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
+        return f"{attributes.start_to_fire_timeout.ToTimedelta().total_seconds():g} s"
+    if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+        payload = attributes.search_attributes.indexed_fields.get(STATE_SEARCH_ATTRIBUTE)
+        return f"now {json.loads(payload.data)}" if payload else ""
+    if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
+        outcome = MessageToDict(attributes.outcome)
+        return "refused" if "failure" in outcome else "done"
+    return ""
