@@ -186,7 +186,9 @@ class AdminService:
                             Account.two_factor_state
                         )
                     )
-                ).tuples()
+                )
+                .tuples()
+                .all()
             )
             funnel = {}
             for step, state in FUNNEL:

@@ -7,11 +7,18 @@ import contextlib
 import logging
 import signal
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import typer
 import uvicorn
 
 from twofa.config import Settings
+
+if TYPE_CHECKING:
+    from twofa.admin import AdminService
+    from twofa.service import TwoFactorService
 
 app = typer.Typer(
     help="Cockpit 2FA: two-factor authentication engine.",
@@ -108,3 +115,82 @@ def audit_verify() -> None:
         )
         raise typer.Exit(1)
     typer.echo(f"audit chain intact: {count} records")
+
+
+admin_app = typer.Typer(
+    help="Dashboard operators: admins act, auditors read.", no_args_is_help=True
+)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("create")
+def admin_create(
+    email: str = typer.Option(..., help="the operator's email"),
+    role: str = typer.Option(..., help="admin or auditor"),
+) -> None:
+    """Create a dashboard operator; the password is prompted, or read from stdin when piped."""
+    import sys
+
+    from twofa.errors import ServiceError
+
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+
+    async def create() -> None:
+        async with _services() as (_, admin):
+            await admin.create_operator(email, role, password)  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(create())
+    except ServiceError as error:
+        typer.echo(f"refused: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{role} {email} created")
+
+
+@app.command()
+def seed(accounts: int = typer.Option(200, min=1, help="how many demo accounts")) -> None:
+    """Demo data: accounts in every 2FA state, with real workflows (Temporal must be up)."""
+    from rich.progress import Progress
+
+    from twofa.seed import DEMO_PASSWORD, DEMO_PIN
+    from twofa.seed import seed as run_seed
+
+    async def go() -> dict[str, int]:
+        async with _services() as (users, _):
+            with Progress() as progress:
+                task = progress.add_task("Seeding accounts", total=accounts)
+                return await run_seed(
+                    users.db,
+                    users.client,
+                    users.keyring,
+                    users.policy,
+                    users.settings.temporal_task_queue,
+                    accounts,
+                    advance=lambda n: progress.advance(task, n),
+                )
+
+    tally = asyncio.run(go())
+    typer.echo(", ".join(f"{state}: {n}" for state, n in tally.items()))
+    typer.echo(f"every seeded account's password is {DEMO_PASSWORD!r}, its PIN {DEMO_PIN!r}")
+
+
+@asynccontextmanager
+async def _services() -> AsyncIterator[tuple[TwoFactorService, AdminService]]:
+    """The service layer on the configured database and Temporal server, migrated first."""
+    from twofa.admin import AdminService
+    from twofa.service import TwoFactorService
+    from twofa.store.db import Database
+    from twofa.store.db import migrate as run_migrations
+    from twofa.temporal import connect
+
+    settings = Settings()
+    run_migrations(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        users = TwoFactorService(settings, db, await connect(settings))
+        yield users, AdminService(users)
+    finally:
+        await db.dispose()
