@@ -6,11 +6,12 @@ import asyncio
 import logging
 import signal
 from datetime import timedelta
+from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import Worker
 
 from twofa.activities.effects import Effects
@@ -23,14 +24,42 @@ from twofa.workflows.two_factor import TwoFactorWorkflow
 log = logging.getLogger(__name__)
 
 
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """Namespace, TLS (mTLS client certificate, private CA) and API key of a real cluster.
+
+    TLS is on when asked for, or implied by a certificate, a CA or an API key (Temporal Cloud
+    refuses API keys over plain text).
+    """
+    tls_files = (
+        settings.temporal_tls_client_cert,
+        settings.temporal_tls_client_key,
+        settings.temporal_tls_server_ca,
+    )
+    if bool(settings.temporal_tls_client_cert) != bool(settings.temporal_tls_client_key):
+        raise ValueError("TWOFA_TEMPORAL_TLS_CLIENT_CERT and _CLIENT_KEY go together")
+    tls: bool | TLSConfig = settings.temporal_tls or bool(settings.temporal_api_key)
+    if any(tls_files) or settings.temporal_tls_server_name:
+        cert, key, ca = (path.read_bytes() if path else None for path in tls_files)
+        tls = TLSConfig(
+            server_root_ca_cert=ca,
+            client_cert=cert,
+            client_private_key=key,
+            domain=settings.temporal_tls_server_name,
+        )
+    return {
+        "namespace": settings.temporal_namespace,
+        "tls": tls,
+        "api_key": settings.temporal_api_key,
+    }
+
+
 async def connect(settings: Settings, *, wait: timedelta = timedelta(seconds=60)) -> Client:
     """Connect, waiting for a server that is still starting (the dev server takes a few seconds)."""
     deadline = asyncio.get_running_loop().time() + wait.total_seconds()
+    options = connect_options(settings)
     while True:
         try:
-            return await Client.connect(
-                settings.resolved_temporal_address, namespace=settings.temporal_namespace
-            )
+            return await Client.connect(settings.resolved_temporal_address, **options)
         except RuntimeError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
