@@ -1,13 +1,18 @@
-"""Real parts for every test: a Temporal dev server, an SMTP sink, SQLite, the worker and the API.
+"""Real parts for every test: a Temporal dev server, an SMTP sink, the database, worker and API.
 
 All run on loopback in this test session; timers are shortened through settings, never faked.
+The database is SQLite, or with ``TWOFA_TEST_DATABASE=postgresql`` a PostgreSQL server started
+from Debian's packages: the same tests run on both backends (``make test`` runs both).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ import uvicorn
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from tests import postgres
 from tests.journey import Api
 from twofa.api import create_app
 from twofa.config import Settings
@@ -80,10 +86,44 @@ def smtp(data_dir: Path) -> Iterator[int]:
     controller.stop()
 
 
+BACKEND = os.environ.get("TWOFA_TEST_DATABASE", "sqlite")
+
+
 @pytest.fixture(scope="session")
-def base_settings(data_dir: Path, temporal: WorkflowEnvironment, smtp: int) -> Settings:
+def database_url(data_dir: Path) -> Iterator[str]:
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{data_dir / 'twofa.db'}"
+        return
+    assert BACKEND == "postgresql", f"unknown TWOFA_TEST_DATABASE {BACKEND!r}"
+    directory = Path(tempfile.mkdtemp(prefix="twofa-postgres-"))
+    directory.chmod(0o755)
+    try:
+        with postgres.postgres_server(directory / "server") as url:
+            yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stored_bytes(database_url: str, data_dir: Path) -> Callable[[], bytes]:
+    """Everything the database holds, raw, to prove what it never stores in plaintext."""
+
+    def read() -> bytes:
+        if BACKEND == "postgresql":
+            return postgres.dump(database_url)
+        files = (data_dir / "twofa.db", data_dir / "twofa.db-wal")
+        return b"".join(f.read_bytes() for f in files if f.exists())
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def base_settings(
+    data_dir: Path, database_url: str, temporal: WorkflowEnvironment, smtp: int
+) -> Settings:
     settings = Settings(
         data_dir=data_dir,
+        database_url=database_url,
         temporal_address=temporal.client.service_client.config.target_host,
         smtp_port=smtp,
         service_token=SERVICE_TOKEN,

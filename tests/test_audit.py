@@ -5,24 +5,24 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from tests.journey import Api, new_user
 from twofa import audit
-from twofa.config import Settings
-from twofa.store.db import Database, migrate
+from twofa.store.db import Database, migrate, sync_url
+from twofa.store.models import AuditRecord
 
 TWOFA = str(Path(sys.executable).parent / "twofa")
 
 
-def verify(database_file: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TWOFA_DATABASE_URL": f"sqlite:///{database_file}"}
+def verify(url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TWOFA_DATABASE_URL": url}
     return subprocess.run(
         [TWOFA, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -74,12 +74,52 @@ async def test_refusals_are_audited(api: Api, database: Database) -> None:
     assert "wrong!!!" not in failed[0].details
 
 
+def _sql(url: str, *statements: str) -> list[tuple[object, ...]]:
+    """Runs SQL straight on the database, around the application: how a tamperer would."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as connection:
+            rows: list[tuple[object, ...]] = []
+            for statement in statements:
+                result = connection.execute(text(statement))
+                rows = [tuple(r) for r in result] if result.returns_rows else []
+            return rows
+    finally:
+        engine.dispose()
+
+
+def _create_database(url: str, name: str, template: str | None = None) -> str:
+    engine = create_engine(sync_url(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        connection.execute(text(f'CREATE DATABASE "{name}"{clause}'))
+    engine.dispose()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _empty(url: str, name: str, tmp_path: Path) -> str:
+    """A new, migrated database beside the test session's, on the same backend."""
+    if url.startswith("sqlite"):
+        fresh = f"sqlite:///{tmp_path / name}.db"
+    else:
+        fresh = _create_database(url, name)
+    migrate(fresh)
+    return fresh
+
+
+def _clone(url: str, name: str, tmp_path: Path) -> str:
+    """A copy of the database at ``url``, to tamper with."""
+    if url.startswith("sqlite"):
+        copy = tmp_path / f"{name}.db"
+        shutil.copy(make_url(url).database, copy)  # type: ignore[arg-type]
+        return f"sqlite:///{copy}"
+    return _create_database(url, name, template=make_url(url).database)
+
+
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def chain(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A database with 20 audit records, written by 4 processes at once."""
-    path = tmp_path_factory.mktemp("audit") / "chain.db"
-    url = f"sqlite:///{path}"
-    migrate(url)
+    url = _empty(database_url, "audit_chain", tmp_path_factory.mktemp("audit"))
     script = (
         "import asyncio, sys\n"
         "from twofa import audit\n"
@@ -94,65 +134,55 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     writers = [subprocess.Popen([sys.executable, "-c", script, url, str(n)]) for n in range(4)]
     assert [w.wait(timeout=60) for w in writers] == [0, 0, 0, 0]
-    return path
+    return url
 
 
-def test_concurrent_writers_keep_one_intact_chain(chain: Path) -> None:
+def test_concurrent_writers_keep_one_intact_chain(chain: str) -> None:
     result = verify(chain)
     assert result.returncode == 0, result.stderr
     assert "intact: 20 records" in result.stdout
-    rows = sqlite3.connect(chain).execute("SELECT seq FROM audit_log ORDER BY seq").fetchall()
+    rows = _sql(chain, "SELECT seq FROM audit_log ORDER BY seq")
     assert [seq for (seq,) in rows] == list(range(1, 21))
 
 
-def _edit(c: sqlite3.Connection) -> None:
-    c.execute("UPDATE audit_log SET actor = 'someone else' WHERE seq = 7")
-
-
-def _delete(c: sqlite3.Connection) -> None:
-    c.execute("DELETE FROM audit_log WHERE seq = 7")
-
-
-def _insert(c: sqlite3.Connection) -> None:
-    c.execute("UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 7")
-    c.execute("UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1000")
-    c.execute(
+TAMPERING = {
+    "edit": ["UPDATE audit_log SET actor = 'someone else' WHERE seq = 7"],
+    "delete": ["DELETE FROM audit_log WHERE seq = 7"],
+    "insert": [
+        "UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 7",
+        "UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1000",
         "INSERT INTO audit_log (seq, at, account_id, actor, event, details, prev_hash, hash) "
         "SELECT 7, at, account_id, 'forger', event, details, prev_hash, hash "
-        "FROM audit_log WHERE seq = 8"
-    )
+        "FROM audit_log WHERE seq = 8",
+    ],
+    "reorder": [
+        "UPDATE audit_log SET seq = -1 WHERE seq = 7",
+        "UPDATE audit_log SET seq = 7 WHERE seq = 8",
+        "UPDATE audit_log SET seq = 8 WHERE seq = -1",
+    ],
+}
 
 
-def _reorder(c: sqlite3.Connection) -> None:
-    c.execute("UPDATE audit_log SET seq = -1 WHERE seq = 7")
-    c.execute("UPDATE audit_log SET seq = 7 WHERE seq = 8")
-    c.execute("UPDATE audit_log SET seq = 8 WHERE seq = -1")
-
-
-@pytest.mark.parametrize("tamper", [_edit, _delete, _insert, _reorder])
-def test_verify_names_the_first_tampered_record(
-    chain: Path, tmp_path: Path, tamper: Callable[[sqlite3.Connection], None]
-) -> None:
-    copy = tmp_path / "tampered.db"
-    shutil.copy(chain, copy)
-    with sqlite3.connect(copy) as connection:
-        tamper(connection)
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+def test_verify_names_the_first_tampered_record(chain: str, tmp_path: Path, tampering: str) -> None:
+    copy = _clone(chain, f"tampered_{tampering}", tmp_path)
+    _sql(copy, *TAMPERING[tampering])
     result = verify(copy)
     assert result.returncode == 1, result.stdout
     assert "BROKEN at record 7" in result.stderr, result.stderr
 
 
-async def test_append_in_a_failed_transaction_leaves_no_record(base_settings: Settings) -> None:
-    db = Database(base_settings.resolved_database_url)
+async def test_append_in_a_failed_transaction_leaves_no_record(database: Database) -> None:
     with pytest.raises(RuntimeError):
-        async with db.write() as s:
+        async with database.write() as s:
             await audit.append(s, "never_happened")
             raise RuntimeError("the change fails")
-    async with db.read() as s:
+    async with database.read() as s:
         _, broken = await audit.verify(s)
-        assert broken is None
-    await db.dispose()
-    rows = sqlite3.connect(base_settings.data_dir / "twofa.db").execute(
-        "SELECT count(*) FROM audit_log WHERE event = 'never_happened'"
-    )
-    assert rows.fetchone() == (0,)
+        found = await s.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.event == "never_happened")
+        )
+    assert broken is None
+    assert found == 0

@@ -1,0 +1,87 @@
+"""A throwaway PostgreSQL server from Debian's packages, on loopback, for one test session."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise FileNotFoundError(
+            "PostgreSQL is not installed: apt-get install postgresql (make test does it as root)"
+        )
+    return found[-1]
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """initdb refuses root: run the server as Debian's postgres user when we are root."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextmanager
+def postgres_server(directory: Path) -> Iterator[str]:
+    """Yields a plain ``postgresql://`` URL to a fresh database; stops the server afterwards."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data, sockets = directory / "data", directory / "sockets"
+    sockets.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+        shutil.chown(sockets, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        _as_postgres(
+            [_bin("initdb"), "-D", str(data), "-U", "twofa", "--auth=trust", "-E", "UTF8"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    options = (
+        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                _bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-w",
+                "-l",
+                str(directory / "log"),
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            [_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "twofa", "twofa"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://twofa@127.0.0.1:{port}/twofa"
+    finally:
+        subprocess.run(
+            _as_postgres([_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+        )
+
+
+def dump(url: str) -> bytes:
+    """Every row of the database as text, to look for secrets that must not be stored."""
+    return subprocess.run(
+        [_bin("pg_dump"), "--data-only", url], check=True, capture_output=True
+    ).stdout
