@@ -1,0 +1,115 @@
+"""Several worker processes share the task queue; killing one loses nothing (issues 3 and 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import uuid
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from tests.conftest import ApiFactory, free_port
+from tests.journey import Api, new_user
+from tests.processes import TWOFA, environment, started, wait_for_http
+from twofa.config import Settings
+from twofa.store.db import Database
+from twofa.store.models import Device, SentMail
+
+
+async def _one_device_one_mail_per_code(
+    database: Database, api: Api, account_id: str, email: str
+) -> None:
+    async with database.read() as db:
+        devices = await db.scalar(
+            select(func.count())
+            .select_from(Device)
+            .where(Device.account_id == account_id, Device.revoked_at.is_(None))
+        )
+        codes = await db.scalar(
+            select(func.count()).select_from(SentMail).where(SentMail.account_id == account_id)
+        )
+    assert devices == 1
+    assert len(api.mails_to(email)) == codes
+
+
+async def test_a_journey_survives_a_killed_worker(
+    start_api: ApiFactory, base_settings: Settings, database: Database, tmp_path: Path
+) -> None:
+    queue = f"workers-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    env = environment(base_settings, temporal_task_queue=queue)
+    with (
+        started([TWOFA, "worker"], env, tmp_path / "a.log") as first,
+        started([TWOFA, "worker"], env, tmp_path / "b.log") as second,
+    ):
+        await asyncio.sleep(2)  # both polling
+        user = new_user()
+        await api.enabled(user)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        code = await api.code_mail(user)
+        login = await api.login_ok(user)
+        r = await api.submit_code(login["login_id"], code)
+        assert r.status_code == 200, r.text
+        r = await api.activate(login["login_id"], user)
+        assert r.status_code == 200, r.text
+        r = await api.pin(login["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+        assert second.poll() is None
+    await _one_device_one_mail_per_code(database, api, user.account_id, user.email)
+
+
+async def test_workers_killed_at_each_step_lose_nothing(
+    start_api: ApiFactory, base_settings: Settings, database: Database, tmp_path: Path
+) -> None:
+    """SIGKILL the only worker after enable, after the code, and while activation runs."""
+    queue = f"crash-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    env = environment(base_settings, temporal_task_queue=queue)
+    logs = iter(tmp_path / f"worker-{n}.log" for n in range(10))
+
+    def restart() -> AbstractContextManager[subprocess.Popen[bytes]]:
+        return started([TWOFA, "worker"], env, next(logs))
+
+    user = new_user()
+    await api.registered_and_logged_in(user)
+    with restart() as worker:
+        await asyncio.sleep(1)
+        await api.enable(user)
+        worker.send_signal(signal.SIGKILL)
+    with restart() as worker:
+        code = await api.code_mail(user)
+        login = await api.login_ok(user)
+        r = await api.submit_code(login["login_id"], code)
+        assert r.status_code == 200, r.text
+        worker.send_signal(signal.SIGKILL)
+    with restart() as worker:
+        activation = asyncio.create_task(api.activate(login["login_id"], user))
+        await asyncio.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    with restart():
+        r = await activation  # the update was durable: the new worker finishes it
+        assert r.status_code == 200, r.text
+        r = await api.pin(login["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+    await _one_device_one_mail_per_code(database, api, user.account_id, user.email)
+
+
+async def test_the_api_runs_with_several_uvicorn_workers(
+    base_settings: Settings, worker: None, tmp_path: Path, data_dir: Path
+) -> None:
+    port = free_port()
+    env = environment(base_settings, api_port=str(port))
+    with started([TWOFA, "api", "--workers", "2"], env, tmp_path / "api.log"):
+        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/healthz")
+        api = Api(f"http://127.0.0.1:{port}", base_settings.resolved_service_token, data_dir)
+        try:
+            users = await asyncio.gather(*(api.activated(new_user()) for _ in range(4)))
+            for user in users:
+                await api.pin_login(user)
+        finally:
+            await api.close()
