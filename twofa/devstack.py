@@ -1,24 +1,49 @@
-"""The embedded default: a Temporal dev server, the worker, the API and an SMTP sink, supervised."""
+"""The embedded default: Temporal dev server, worker, API, dashboard and SMTP sink, supervised."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import shlex
 import shutil
+import signal
 import sys
 import time
 import uuid
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SMTPSession
 from honcho.manager import Manager
+from honcho.process import Popen, Process
 
 from twofa.config import Settings
 from twofa.store.db import migrate
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervising process dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Supervisor(Manager):
+    """honcho's manager, whose children also stop when it is killed without a chance to clean up.
+
+    honcho puts each child in its own session, so a SIGKILL of ``make run``'s process group
+    would leave them running with their ports bound; the parent-death signal prevents that.
+    """
+
+    def add_process(self, name: str, cmd: str, **options: Any) -> Process:
+        process: Process = super().add_process(name, cmd, **options)
+        process._child_ctor = functools.partial(Popen, preexec_fn=_die_with_parent)
+        return process
 
 
 def temporal_binary() -> str:
@@ -80,7 +105,7 @@ def up(settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
     twofa = shlex.quote(str(Path(sys.executable).parent / "twofa"))
-    manager = Manager()
+    manager = Supervisor()
     lines = []
     if settings.embedded_temporal:
         command = [temporal_binary(), "server", "start-dev", *dev_server_args(settings)]
@@ -99,9 +124,12 @@ def up(settings: Settings) -> int:
         )
     manager.add_process("worker", f"exec {twofa} worker")
     manager.add_process("api", f"exec {twofa} api")
+    manager.add_process("dashboard", f"exec {twofa} dashboard")
     lines += [
         f"HTTP API             http://{settings.host}:{settings.api_port}"
         f"  (docs http://{settings.host}:{settings.api_port}/docs)",
+        f"Dashboard            http://{settings.host}:{settings.dashboard_port}"
+        "  (operators: twofa admin create --email E --role admin|auditor)",
         f"Database             {_safe_url(settings.resolved_database_url)}",
         f"Service token        {settings.resolved_service_token}",
     ]
