@@ -30,6 +30,7 @@ from twofa.views import (
     SessionView,
     TwoFactorView,
 )
+from twofa.web import router as pages
 
 log = logging.getLogger(__name__)
 Text = Annotated[str, Field(max_length=1024)]
@@ -221,4 +222,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await svc.delete_device(current, device_id)
         return Response(status_code=204)
 
+    app.include_router(pages)  # the end users' pages at /, without the service token
     return app
