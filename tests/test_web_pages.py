@@ -391,6 +391,7 @@ async def test_expired_code_means_logging_in_again(start_api: ApiFactory) -> Non
 
 # -- the real browser
 
+
 async def test_document_in_a_real_browser(start_api: ApiFactory, tmp_path: Path) -> None:
     """Chromium walks the product document: enable, auto-logout, code, activation with a refused
     PIN first, PIN login with the seal, a second browser enrolled, one deleted, 2FA disabled."""
