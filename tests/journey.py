@@ -6,6 +6,7 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +98,18 @@ class Api:
     async def pin(self, login_id: str, pin: str) -> httpx.Response:
         return await self.call("POST", f"/v1/login/{login_id}/pin", json={"pin": pin})
 
+    def messages_to(self, email: str) -> list[EmailMessage]:
+        """The sink's messages to ``email``, comparing parsed addresses (quoting aside)."""
+        return [
+            m
+            for m in read_mails(self.mail_dir)
+            if any(f"{a.username}@{a.domain}" == email for a in getattr(m["To"], "addresses", ()))
+        ]
+
     def mails_to(self, email: str) -> list[str]:
         return [
             m.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-            for m in read_mails(self.mail_dir)
-            if m["To"] == email
+            for m in self.messages_to(email)
         ]
 
     async def code_mail(self, user: User, count: int = 1, timeout: float = 20) -> str:

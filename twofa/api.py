@@ -116,7 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     Service = Annotated[TwoFactorService, Depends(service)]
     User = Annotated[CurrentSession, Depends(user)]
-    v1 = {"dependencies": [Depends(caller)], "response_model_exclude_none": True}
+    v1: dict[str, Any] = {"dependencies": [Depends(caller)]}
+    #: A login's outcome carries only the fields that outcome has (SPEC's outcome table).
+    login_step = {**v1, "response_model_exclude_none": True}
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
@@ -159,15 +161,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def register(body: NewAccount, svc: Service) -> AccountView:
         return await svc.register(body.email, body.password)
 
-    @app.post("/v1/login", tags=["login"], **v1)
+    @app.post("/v1/login", tags=["login"], **login_step)
     async def login(body: Credentials, svc: Service) -> LoginView:
         return await svc.login(body.email, body.password, body.device_token)
 
-    @app.post("/v1/login/{login_id}/activation-code", tags=["login"], **v1)
+    @app.post("/v1/login/{login_id}/activation-code", tags=["login"], **login_step)
     async def activation_code(login_id: Text, body: CodeInput, svc: Service) -> LoginView:
         return await svc.submit_code(login_id, body.code)
 
-    @app.post("/v1/login/{login_id}/activate", tags=["login"], **v1)
+    @app.post("/v1/login/{login_id}/activate", tags=["login"], **login_step)
     async def activate(login_id: Text, body: ActivationInput, svc: Service) -> LoginView:
         return await svc.activate(
             login_id,
@@ -178,11 +180,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             email=body.email,
         )
 
-    @app.post("/v1/login/{login_id}/enroll-browser", status_code=202, tags=["login"], **v1)
+    @app.post("/v1/login/{login_id}/enroll-browser", status_code=202, tags=["login"], **login_step)
     async def enroll_browser(login_id: Text, body: EnrollInput, svc: Service) -> LoginView:
         return await svc.enroll_browser(login_id, body.device_name)
 
-    @app.post("/v1/login/{login_id}/pin", tags=["login"], **v1)
+    @app.post("/v1/login/{login_id}/pin", tags=["login"], **login_step)
     async def pin(login_id: Text, body: PinInput, svc: Service) -> LoginView:
         return await svc.submit_pin(login_id, body.pin)
 

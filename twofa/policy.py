@@ -42,9 +42,12 @@ def check_email_shape(email: str, field: str = "email") -> str:
 
 
 def check_two_factor_email(email: str, field: str = "email") -> str:
-    """R2: refuse, naming it, the first character the second factor does not support."""
-    email = check_email_shape(email, field)
-    for character in email:
+    """R2: refuse, naming it, the first character the second factor does not support.
+
+    The characters are checked as typed, before lowercasing, which could turn a foreign letter
+    (the Kelvin sign) into an allowed one or rename it.
+    """
+    for character in email.strip():
         if character not in TWO_FACTOR_EMAIL_CHARACTERS:
             raise RuleViolation(
                 field,
@@ -53,7 +56,7 @@ def check_two_factor_email(email: str, field: str = "email") -> str:
                 'email address; use only "a-z", "A-Z", "0-9" and "@ \\ . _ -".',
                 character=character,
             )
-    return email
+    return check_email_shape(email, field)
 
 
 def check_password(password: str) -> str:

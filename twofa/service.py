@@ -56,6 +56,7 @@ from twofa.workflows.messages import (
     CodeSubmission,
     CodeVerdict,
     NewCodeRequest,
+    Progress,
     TwoFactorInput,
     workflow_id,
 )
@@ -179,10 +180,15 @@ class TwoFactorService:
         """
         throttle_key = self.keyring.digest(f"{scope}-throttle", email)
         now = utcnow()
-        async with self.db.read() as db:
-            throttle = await queries.throttle(db, throttle_key)
-        if throttle and throttle.blocked_until and throttle.blocked_until > now:
-            retry_after = math.ceil((throttle.blocked_until - now).total_seconds())
+        async with self.db.write() as db:  # counted before checking: parallel guesses count too
+            throttle = await queries.throttle(db, throttle_key, for_update=True)
+            blocked_until = throttle.blocked_until if throttle else None
+            if blocked_until is None or blocked_until <= now:
+                failures = await queries.count_password_failure(db, throttle_key)
+                block = password_block_seconds(failures)
+                if block:
+                    await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
+        if blocked_until is not None and blocked_until > now:
             async with self.db.write() as db:
                 await audit.append(
                     db, f"{scope}_refused", account_id=account_id, actor=actor, email=email,
@@ -192,28 +198,24 @@ class TwoFactorService:
                 429,
                 "too_many_attempts",
                 "Too many failed logins for this email; try again later.",
-                retry_after=retry_after,
+                retry_after=math.ceil((blocked_until - now).total_seconds()),
             )
-        if not await to_thread.run_sync(self.keyring.verify_secret, stored_hash, password):
-            async with self.db.write() as db:
-                failures = await queries.count_password_failure(db, throttle_key)
-                block = password_block_seconds(failures)
-                if block:
-                    await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
-                await audit.append(
-                    db,
-                    f"{scope}_failed",
-                    account_id=account_id,
-                    actor=actor,
-                    email=email,
-                    reason="invalid_credentials",
-                    failures_in_a_row=failures,
-                    blocked_seconds=block,
-                )
-            raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
-        if throttle:
+        if await to_thread.run_sync(self.keyring.verify_secret, stored_hash, password):
             async with self.db.write() as db:
                 await queries.clear_password_failures(db, throttle_key)
+            return
+        async with self.db.write() as db:
+            await audit.append(
+                db,
+                f"{scope}_failed",
+                account_id=account_id,
+                actor=actor,
+                email=email,
+                reason="invalid_credentials",
+                failures_in_a_row=failures,
+                blocked_seconds=block,
+            )
+        raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
 
     async def _second_factor(
         self, account: Account, device_token: str | None, now: datetime
@@ -367,7 +369,11 @@ class TwoFactorService:
         return LoginView(outcome="activation_code_required", code_expires_at=result.code_expires_at)
 
     async def submit_pin(self, login_id: str, pin: str) -> LoginView:
-        """R7, R9: the PIN opens the session; wrong ones are counted by the workflow (S2)."""
+        """R7, R9: the PIN opens the session; wrong ones are counted by the workflow (S2).
+
+        PIN checks of one account run one at a time: a guess waits for the verdict on the one
+        before, so the fifth wrong PIN locks before a sixth can be tried.
+        """
         challenge, account = await self._challenge(login_id, Step.PIN, Step.ENROLL_PIN)
         now = utcnow()
         if effective_state(account, now) == "locked":
@@ -376,6 +382,25 @@ class TwoFactorService:
             raise ServiceError(
                 422, "invalid_pin_format", "The PIN has between 4 and 8 digits.", field="pin"
             )
+        lease = now + timedelta(seconds=self.settings.workflow_call_timeout_seconds + 10)
+        async with self.db.write() as db:
+            claimed = await queries.claim_pin_check(db, account.id, now, lease)
+        if not claimed:
+            raise ServiceError(
+                429,
+                "pin_check_in_progress",
+                "Another PIN of this account is being checked; try again in a moment.",
+                retry_after=1,
+            )
+        try:
+            return await self._check_pin(challenge, account, pin, now)
+        finally:
+            async with self.db.write() as db:
+                await queries.release_pin_check(db, account.id)
+
+    async def _check_pin(
+        self, challenge: LoginChallenge, account: Account, pin: str, now: datetime
+    ) -> LoginView:
         if not await to_thread.run_sync(self.keyring.verify_secret, account.pin_hash, pin):
             failure = await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_failure)
             await self._audit(
@@ -389,10 +414,16 @@ class TwoFactorService:
             raise ServiceError(
                 400, "invalid_pin", "Wrong PIN.", attempts_left=failure.attempts_left
             )
-        if account.pin_failures:
+        if account.pin_failures or account.pin_locks_in_a_row:
             await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_success)
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
+            current = await queries.account_by_id(db, account.id)
+            state = effective_state(current, now) if current else "disabled"
+            if current is not None and state == "locked":  # locked while the PIN was checked
+                raise errors.locked(current.locked_until)
+            if state != "active":
+                raise errors.login_not_found()
             if not await queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, None, finished_at=now
             ):
@@ -495,7 +526,12 @@ class TwoFactorService:
             raise _violation(error) from None
         start = WithStartWorkflowOperation(
             TwoFactorWorkflow.run,
-            TwoFactorInput(account_id=account.id, policy=self.policy),
+            TwoFactorInput(
+                account_id=account.id,
+                policy=self.policy,
+                # versions go on from the last run's, so its projections are not taken as stale
+                progress=Progress(version=account.projection_version),
+            ),
             id=workflow_id(account.id),
             task_queue=self.settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

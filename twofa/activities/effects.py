@@ -51,7 +51,7 @@ class Effects:
         if account is None:
             raise LookupError(f"account {mail.account_id} does not exist")
         if not already_sent:
-            message_id = f"<activation-{key}@cockpit-2fa>"
+            message_id = f"<activation-{mail.enrollment_id}.{mail.number}@cockpit-2fa>"
             await deliver(
                 activation_mail(
                     sender=self.settings.mail_from,

@@ -53,6 +53,9 @@ class Account(Base):
     code_usable: Mapped[bool] = mapped_column(default=False)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pin_failures: Mapped[int] = mapped_column(Integer, default=0)
+    pin_locks_in_a_row: Mapped[int] = mapped_column(Integer, default=0)
+    #: One PIN check at a time per account, so parallel guesses cannot outrun the counter (S2).
+    pin_check_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pin_hash: Mapped[str | None] = mapped_column(String(200))
     seal_ciphertext: Mapped[str | None] = mapped_column(Text)
     projection_version: Mapped[int] = mapped_column(Integer, default=0)
@@ -72,7 +75,7 @@ class Device(Base):
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    revoked_by: Mapped[str | None] = mapped_column(String(20))
+    revoked_by: Mapped[str | None] = mapped_column(String(300))  # an actor, as in audit
 
 
 class Session(Base):

@@ -51,11 +51,29 @@ async def save_projection(db: AsyncSession, projection: Projection, now: datetim
             code_usable=projection.code_usable,
             locked_until=projection.locked_until,
             pin_failures=projection.pin_failures,
+            pin_locks_in_a_row=projection.locks_in_a_row,
             projection_version=projection.version,
             updated_at=now,
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def claim_pin_check(
+    db: AsyncSession, account_id: str, now: datetime, until: datetime
+) -> bool:
+    """Takes the account's one PIN-check slot until ``until``, unless another check holds it."""
+    result = await db.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .where((Account.pin_check_until.is_(None)) | (Account.pin_check_until <= now))
+        .values(pin_check_until=until)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def release_pin_check(db: AsyncSession, account_id: str) -> None:
+    await db.execute(update(Account).where(Account.id == account_id).values(pin_check_until=None))
 
 
 # -- devices
@@ -215,8 +233,14 @@ def _insert_for(db: AsyncSession) -> Any:
     return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
 
 
-async def throttle(db: AsyncSession, key_digest: str) -> LoginThrottle | None:
-    return await db.get(LoginThrottle, key_digest)
+async def throttle(
+    db: AsyncSession, key_digest: str, *, for_update: bool = False
+) -> LoginThrottle | None:
+    """The email's failure count; ``for_update`` holds the row until the transaction ends."""
+    query = select(LoginThrottle).where(LoginThrottle.key_digest == key_digest)
+    if for_update:
+        query = query.with_for_update()
+    return await db.scalar(query)
 
 
 async def count_password_failure(db: AsyncSession, key_digest: str) -> int:

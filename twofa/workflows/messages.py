@@ -138,6 +138,7 @@ class Projection:
     code_usable: bool = False
     locked_until: datetime | None = None
     pin_failures: int = 0
+    locks_in_a_row: int = 0
     actor: str = "user"
 
 

@@ -321,6 +321,7 @@ class TwoFactorWorkflow:
             code_usable=p.code_digest is not None,
             locked_until=p.locked_until,
             pin_failures=p.pin_failures,
+            locks_in_a_row=p.locks_in_a_row,
             actor=actor,
         )
 
