@@ -30,7 +30,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("API", "TEMPORAL", "TEMPORAL_UI", "SMTP")}
+    ports = {name: free_port() for name in ("API", "TEMPORAL", "TEMPORAL_UI", "SMTP", "DASHBOARD")}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TWOFA_")},
         "TWOFA_DATA_DIR": str(tmp_path / "data"),
@@ -53,11 +53,22 @@ def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> N
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.5)
         assert r.json() == {"status": "ok", "database": True, "temporal": True}
+        dashboard = f"http://127.0.0.1:{ports['DASHBOARD']}"
+        while True:  # streamlit's own health endpoint: the dashboard serves pages
+            try:
+                if httpx.get(f"{dashboard}/_stcore/health", timeout=2).text == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.5)
         printed = output.read_text()
         token = (tmp_path / "data" / "service-token").read_text().strip()
         assert f"Service token        {token}" in printed
         for port in ports.values():
             assert f":{port}" in printed
+        assert f"Dashboard            {dashboard}" in printed
         r = httpx.post(
             f"http://127.0.0.1:{ports['API']}/v1/accounts",
             headers={"Authorization": f"Bearer {token}"},
@@ -69,7 +80,7 @@ def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> N
         process.wait(timeout=30)
     printed = output.read_text()
     children = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", printed)]
-    assert len(children) == 4, printed
+    assert len(children) == 5, printed
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)

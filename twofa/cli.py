@@ -35,7 +35,7 @@ def _logging() -> None:
 
 @app.command()
 def up() -> None:
-    """Start everything on loopback: Temporal dev server, SMTP sink, worker and API."""
+    """Start everything on loopback: Temporal dev server, SMTP sink, worker, API and dashboard."""
     from twofa.devstack import up as run_up
 
     raise typer.Exit(run_up(Settings()))
@@ -64,6 +64,30 @@ def api(workers: int = typer.Option(1, help="uvicorn worker processes")) -> None
         workers=workers,
         log_level="info",
     )
+
+
+@app.command()
+def dashboard() -> None:
+    """Run the Streamlit dashboard for admins and auditors (replaces this process)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from twofa.store.db import migrate as run_migrations
+
+    settings = Settings()
+    run_migrations(settings.resolved_database_url)
+    script = Path(__file__).parent / "dashboard" / "app.py"
+    args = [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.address", settings.host,
+        "--server.port", str(settings.dashboard_port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    os.environ.setdefault("STREAMLIT_CLIENT_TOOLBAR_MODE", "viewer")  # no developer menu
+    sys.stdout.flush()
+    os.execv(sys.executable, args)  # exec: signals from `twofa up` reach streamlit itself
 
 
 @app.command("smtp-sink")

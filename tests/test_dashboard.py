@@ -1,0 +1,619 @@
+"""Issue 4: the Streamlit dashboard, on the session's real database, Temporal server and worker.
+
+Every page is driven with Streamlit's ``AppTest`` as an admin and as an auditor: admins act
+through confirmation dialogs and the effect is checked in the store and through the HTTP API;
+auditors see the same data, get no buttons, and the service layer refuses them anyway. One test
+drives Debian's chromium with playwright against ``streamlit run`` on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pytest
+from playwright.async_api import Page, async_playwright
+from playwright.async_api import expect as page_expect
+from streamlit.testing.v1 import AppTest
+from temporalio.client import Client
+
+from tests.conftest import free_port
+from tests.journey import Api, User, new_user
+from tests.processes import environment
+from twofa.admin import AdminService
+from twofa.config import Settings
+from twofa.dashboard import runtime, ui
+from twofa.errors import ServiceError
+from twofa.service import TwoFactorService
+from twofa.store.db import Database
+from twofa.views import AuditRow, OperatorView, TimelineRow
+
+APP = Path(ui.__file__).parent / "app.py"
+PASSWORD = "correct horse battery staple"
+Role = Literal["admin", "auditor"]
+ROLES: tuple[Role, ...] = ("admin", "auditor")
+ACTION_KEYS = ("unlock", "disable")
+
+
+@dataclass
+class Operator:
+    view: OperatorView
+    token: str
+
+
+@pytest.fixture(scope="module")
+def dashboard_env(base_settings: Settings) -> Iterator[dict[str, str]]:
+    """The TWOFA_* variables of this test session, set while this module runs.
+
+    The dashboard reads ``Settings()`` itself, like under ``streamlit run``; the runtime is
+    reset before and after so it is built from exactly these settings.
+    """
+    env = {k: v for k, v in environment(base_settings).items() if k.startswith("TWOFA_")}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith("TWOFA_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        runtime.reset()
+        yield env
+        runtime.reset()
+
+
+@pytest.fixture(scope="module")
+def admin_service(base_settings: Settings, database: Database, client: Client) -> AdminService:
+    """The test's own service layer, on the test loop, to set up and to check effects."""
+    return AdminService(TwoFactorService(base_settings, database, client))
+
+
+async def _operator(service: AdminService, role: Role) -> Operator:
+    email = f"{role}.{uuid.uuid4().hex[:10]}@ops.example.com"
+    view = await service.create_operator(email, role, PASSWORD)
+    token, signed_in = await service.sign_in(email, PASSWORD)
+    assert signed_in == view
+    return Operator(view, token)
+
+
+@pytest.fixture(scope="module")
+async def operators(admin_service: AdminService) -> dict[Role, Operator]:
+    return {role: await _operator(admin_service, role) for role in ROLES}
+
+
+# -- driving AppTest without blocking the test loop (the worker runs on it)
+
+
+async def run(at: AppTest) -> AppTest:
+    await asyncio.to_thread(at.run, timeout=90)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+async def open_page(
+    operator: Operator | None, screen: str | None = None, account_id: str | None = None
+) -> AppTest:
+    """A fresh browser session: signed in with ``operator``'s token, then on ``screen``."""
+    at = AppTest.from_file(str(APP), default_timeout=90)
+    if operator is not None:
+        at.session_state[ui.TOKEN_KEY] = operator.token
+    if account_id is not None:
+        at.session_state[ui.ACCOUNT_KEY] = account_id
+    await run(at)
+    if screen is not None:
+        at.switch_page(f"screens/{screen}")
+        await run(at)
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page says, in one string to search."""
+    parts: list[str] = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [str(e.value) for e in at.error] + [str(e.value) for e in at.warning]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(parts)
+
+
+def keys(at: AppTest) -> set[str]:
+    return {b.key for b in at.button if b.key}
+
+
+def table_values(at: AppTest) -> list[list[Any]]:
+    return [frame.value.values.tolist() for frame in at.dataframe]
+
+
+async def locked_user(api: Api) -> User:
+    """An activated user who typed five wrong PINs: 2FA locked (S2)."""
+    user = await api.activated(new_user("locked"))
+    for attempt in range(5):
+        login = await api.login_ok(user)
+        assert login["outcome"] == "pin_required", login
+        r = await api.pin(login["login_id"], "11112222")
+        assert r.status_code == (423 if attempt == 4 else 400), r.text
+    return user
+
+
+# -- signed out
+
+
+async def test_signed_out_visitor_sees_only_the_sign_in_form(dashboard_env: dict[str, str]) -> None:
+    at = await open_page(None)
+    assert [t.label for t in at.text_input] == ["Email", "Password"]
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.sidebar.children
+    assert not at.metric and not at.dataframe
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("screens/accounts.py")  # no other page is even registered
+
+
+async def test_a_dead_token_is_dropped_and_the_form_says_why(
+    dashboard_env: dict[str, str], operators: dict[Role, Operator]
+) -> None:
+    at = await open_page(Operator(operators["admin"].view, "not-a-live-token"))
+    assert [t.label for t in at.text_input] == ["Email", "Password"]
+    assert "session has ended" in texts(at)
+    assert ui.TOKEN_KEY not in at.session_state
+
+
+async def test_wrong_passwords_are_refused_then_throttled(
+    dashboard_env: dict[str, str], admin_service: AdminService
+) -> None:
+    operator = await _operator(admin_service, "admin")
+    at = await open_page(None)
+    for attempt in range(5):
+        at.text_input(key="sign_in_email").input(operator.view.email)
+        at.text_input(key="sign_in_password").input("not the password")
+        at.button[0].click()
+        await run(at)
+        shown = texts(at)
+        if attempt < 4:
+            assert "401 invalid_credentials" in shown, shown
+        else:  # four failures in a row block sign-ins for a minute (S2)
+            assert "429 too_many_attempts" in shown and "Try again in" in shown, shown
+        assert ui.TOKEN_KEY not in at.session_state
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_sign_in_and_sign_out(
+    role: Role, dashboard_env: dict[str, str], admin_service: AdminService
+) -> None:
+    operator = await _operator(admin_service, role)
+    at = await open_page(None)
+    at.text_input(key="sign_in_email").input(operator.view.email)
+    at.text_input(key="sign_in_password").input(PASSWORD)
+    at.button[0].click()
+    await run(at)
+    assert [t.value for t in at.title] == ["Overview"]
+    token = at.session_state[ui.TOKEN_KEY]
+    assert (await admin_service.operator(token)).role == role
+    sidebar = "\n".join(str(m.value) for m in at.sidebar.markdown)
+    sidebar += "\n".join(str(c.value) for c in at.sidebar.caption)
+    assert operator.view.email in sidebar
+    assert ("read-only" in sidebar) == (role == "auditor")
+    at.button(key="sign_out").click()
+    await run(at)
+    assert [t.label for t in at.text_input] == ["Email", "Password"]
+    assert "Signed out." in texts(at)
+    with pytest.raises(ServiceError) as refused:
+        await admin_service.operator(token)
+    assert refused.value.status == 401
+
+
+# -- overview
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_overview_counts_charts_and_locked_accounts(
+    role: Role, api: Api, dashboard_env: dict[str, str], operators: dict[Role, Operator]
+) -> None:
+    user = await locked_user(api)
+    at = await open_page(operators[role])
+    assert [t.value for t in at.title] == ["Overview"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"Accounts", *(ui.state_label(s) for s in ui.STATE_LABELS)}
+    assert int(metrics[ui.state_label("locked")].replace(",", "")) >= 1
+    assert int(metrics["Accounts"].replace(",", "")) >= 1
+    assert len(list(_walk(at.main, "vega_lite_chart"))) == 3
+    locked = [row[0] for row in table_values(at)[0]]
+    assert user.email in locked
+    # both roles may open a locked account from here
+    at.selectbox(key="overview_locked_choice").select_index(locked.index(user.email))
+    at.button(key="overview_open_locked").click()
+    await run(at)
+    assert user.email in [s.value for s in at.subheader]
+
+
+def _walk(node: Any, kind: str) -> Iterator[Any]:
+    if getattr(node, "type", None) == kind:
+        yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _walk(child, kind)
+
+
+# -- accounts
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_accounts_search_filter_sort_paginate_and_open(
+    role: Role,
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    prefix = f"page{uuid.uuid4().hex[:8]}"
+    emails = sorted(f"{prefix}.{n:03d}@example.com" for n in range(52))
+    await asyncio.gather(*(admin_service.users.register(e, PASSWORD) for e in emails[:-1]))
+    activated = await api.activated(new_user(prefix))  # the 52nd, with 2FA active
+    emails[-1] = activated.email
+    emails.sort()
+
+    at = await open_page(operators[role], "accounts.py")
+    assert [t.value for t in at.title] == ["Accounts"]
+    at.text_input(key="accounts_search").input(prefix)
+    await run(at)
+    assert "52 accounts match" in texts(at) and "page 1 of 2" in texts(at)
+    assert [row[0] for row in table_values(at)[0]] == emails[:50]
+
+    at.button(key="accounts_next").click()
+    await run(at)
+    assert "page 2 of 2" in texts(at)
+    assert [row[0] for row in table_values(at)[0]] == emails[50:]
+
+    at.radio(key="accounts_order").set_value("Descending")  # a new question: back to page 1
+    await run(at)
+    assert "page 1 of 2" in texts(at)
+    assert [row[0] for row in table_values(at)[0]] == emails[::-1][:50]
+
+    at.selectbox(key="accounts_state").set_value("active")
+    await run(at)
+    assert "1 account matches" in texts(at)
+    assert [row[0] for row in table_values(at)[0]] == [activated.email]
+
+    at.selectbox(key="accounts_state").set_value("locked")
+    await run(at)
+    assert "No account matches." in texts(at) and not at.dataframe
+
+    at.selectbox(key="accounts_state").set_value("all")
+    at.selectbox(key="accounts_sort").set_value("created_at")
+    at.radio(key="accounts_order").set_value("Descending")
+    await run(at)
+    assert table_values(at)[0][0][0] == activated.email  # the newest first
+
+    at.button(key="accounts_open").click()  # the first row is selected by default
+    await run(at)
+    assert [t.value for t in at.title] == ["Account"]
+    assert activated.email in [s.value for s in at.subheader]
+    assert at.session_state[ui.ACCOUNT_KEY] == activated.account_id
+
+    at.switch_page("screens/accounts.py")  # the question is still there on the way back
+    await run(at)
+    assert at.text_input(key="accounts_search").value == prefix
+
+
+# -- one account, read by both roles
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_account_page_shows_state_timers_devices_sessions(
+    role: Role, api: Api, dashboard_env: dict[str, str], operators: dict[Role, Operator]
+) -> None:
+    name = "Firefox ![pixel](http://127.0.0.1:9/p) :red[laptop]"  # users choose these names
+    user = await api.activated(new_user(), device_name=name)
+    at = await open_page(operators[role], "account.py", user.account_id)
+    shown = texts(at)
+    assert user.email in shown
+    assert f"2FA state={ui.state_label('active')}" in shown
+    assert "Trusted browsers (1)" in shown
+    assert f"**{ui.md(name)}**" in shown and name not in shown  # shown literally, not rendered
+    assert "Open sessions (" in shown
+    assert table_values(at)[0], "the session opened by the PIN login is listed"
+    if role == "admin":
+        assert {f"revoke_{user.device_id}", *ACTION_KEYS} <= keys(at)
+        assert not at.button(key="disable").disabled and at.button(key="unlock").disabled
+    else:
+        assert not [k for k in keys(at) if k.startswith("revoke_") or k in ACTION_KEYS]
+        assert "Auditors read everything here but change nothing." in shown
+    for secret in user.secrets():
+        assert secret not in shown
+
+
+async def test_locked_account_shows_when_it_unlocks(
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    user = await locked_user(api)
+    at = await open_page(operators["auditor"], "account.py", user.account_id)
+    shown = texts(at)
+    assert f"2FA state={ui.state_label('locked')}" in shown
+    assert "Wrong PINs in a row" in shown
+    unlocks = next(m.value for m in at.metric if m.label == "Unlocks")
+    assert unlocks.startswith("in 1") and unlocks.endswith(" min"), unlocks  # in 15 or 14 min
+    detail = await admin_service.account(user.account_id)
+    assert f"{ui.when(detail.account.locked_until)} UTC" in shown
+
+
+# -- admin actions through the confirmation dialog
+
+
+async def confirm(at: AppTest, button_key: str, label: str) -> AppTest:
+    """Clicks an action button, checks the dialog asks first, then confirms."""
+    at.button(key=button_key).click()
+    await run(at)
+    assert at.button(key="confirm_action").label == label
+    at.button(key="confirm_action").click()
+    return await run(at)
+
+
+async def test_admin_revokes_one_device_and_it_no_longer_connects(
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    user = await api.activated(new_user())
+    at = await open_page(operators["admin"], "account.py", user.account_id)
+
+    at.button(key=f"revoke_{user.device_id}").click()  # Cancel changes nothing
+    await run(at)
+    at.button(key="cancel_action").click()
+    await run(at)
+    assert [d.id for d in await admin_service.users.devices(user.account_id)] == [user.device_id]
+    assert "confirm_action" not in keys(at)
+
+    await confirm(at, f"revoke_{user.device_id}", "Revoke browser")
+    assert "can no longer connect" in texts(at)
+    assert "Trusted browsers (0)" in texts(at)
+    assert await admin_service.users.devices(user.account_id) == []
+    trail = await admin_service.audit_trail(user.account_id)
+    assert ("device_removed", operators["admin"].view.actor) in [(r.event, r.actor) for r in trail]
+    login = await api.login_ok(user)
+    assert login["outcome"] == "browser_not_trusted", login
+
+
+async def test_admin_unlocks_a_locked_account(
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    user = await locked_user(api)
+    at = await open_page(operators["admin"], "account.py", user.account_id)
+    assert not at.button(key="unlock").disabled
+    await confirm(at, "unlock", "Unlock")
+    assert "Unlocked" in texts(at)
+    assert f"2FA state={ui.state_label('active')}" in texts(at)
+    assert (await admin_service.account(user.account_id)).account.state == "active"
+    await api.pin_login(user)  # the PIN works again
+    trail = await admin_service.audit_trail(user.account_id)
+    assert operators["admin"].view.actor in {r.actor for r in trail}
+
+
+async def test_admin_disables_two_factor(
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    user = await api.activated(new_user())
+    at = await open_page(operators["admin"], "account.py", user.account_id)
+    await confirm(at, "disable", "Disable 2FA")
+    assert "2FA disabled; 1 trusted browser(s) revoked." in texts(at)
+    detail = await admin_service.account(user.account_id)
+    assert detail.account.state == "disabled" and detail.devices == []
+    assert at.button(key="disable").disabled
+    login = await api.login_ok(user)
+    assert login["outcome"] == "authenticated", login  # no second factor any more
+
+
+async def test_auditor_cannot_act_even_around_the_page(
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    user = await locked_user(api)
+    auditor = operators["auditor"].view
+    for call in (
+        admin_service.revoke_device(auditor, user.account_id, user.device_id or ""),
+        admin_service.unlock(auditor, user.account_id),
+        admin_service.disable(auditor, user.account_id),
+    ):
+        with pytest.raises(ServiceError) as refused:
+            await call
+        assert (refused.value.status, refused.value.code) == (403, "read_only")
+
+    # a forged confirmation (no button leads there) is refused by the service, and shown
+    at = await open_page(operators["auditor"], "account.py", user.account_id)
+    for pending in (
+        {"kind": "revoke", "device_id": user.device_id, "name": "forged"},
+        {"kind": "unlock"},
+        {"kind": "disable"},
+    ):
+        at.session_state[ui.PENDING_KEY] = {**pending, "account_id": user.account_id}
+        await run(at)
+        at.button(key="confirm_action").click()
+        await run(at)
+        assert "403 read_only" in "\n".join(str(e.value) for e in at.error)
+        at.button(key="cancel_action").click()
+        await run(at)
+    detail = await admin_service.account(user.account_id)
+    assert detail.account.state == "locked"
+    assert [d.id for d in detail.devices] == [user.device_id]
+
+
+# -- history
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_history_timeline_beside_audit_trail_with_downloads(
+    role: Role,
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    user = await api.activated(new_user())
+    at = await open_page(operators[role], "history.py", user.account_id)
+    assert [t.value for t in at.title] == ["History"]
+    timeline, trail = table_values(at)
+    steps = [row[2] for row in timeline]
+    assert steps[0] == "run started" and "timer set" in steps and "request answered" in steps
+    assert any(row[3] == "now active" for row in timeline)
+    events = [row[3] for row in trail]
+    for event in ("account_registered", "code_issued", "device_enrolled", "login_succeeded"):
+        assert event in events
+    labels = [(b.key, b.label) for b in at.get("download_button")]
+    assert labels == [
+        ("timeline_json", "Download JSON"),
+        ("timeline_csv", "Download CSV"),
+        ("audit_json", "Download JSON"),
+        ("audit_csv", "Download CSV"),
+    ]
+    shown = texts(at) + json.dumps(timeline + trail, default=str)
+    for secret in user.secrets():
+        assert secret not in shown
+
+    # what the buttons hand over: the same records, as JSON and as CSV
+    rows = await admin_service.timeline(user.account_id)
+    records = await admin_service.audit_trail(user.account_id)
+    assert [r["step"] for r in json.loads(ui.as_json(rows))] == [r.step for r in rows]
+    read = list(csv.DictReader(io.StringIO(ui.as_csv(records, AuditRow))))
+    assert [int(r["seq"]) for r in read] == [r.seq for r in records]
+    assert list(read[0]) == list(AuditRow.model_fields)
+    assert ui.as_csv([], TimelineRow).strip() == ",".join(TimelineRow.model_fields)
+
+
+# -- a real browser against `streamlit run`
+
+
+@pytest.fixture
+async def served_dashboard(
+    base_settings: Settings, tmp_path: Path, worker: None
+) -> AsyncIterator[str]:
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", "127.0.0.1",
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env=environment(base_settings), stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(240):
+                assert process.poll() is None, log.read_text()
+                try:
+                    if (await http.get(f"{url}/_stcore/health")).text == "ok":
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+            else:
+                raise AssertionError(f"streamlit did not answer:\n{log.read_text()}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, 20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+async def test_browser_admin_revokes_a_device_and_the_api_refuses_it(
+    api: Api,
+    served_dashboard: str,
+    admin_service: AdminService,
+    tmp_path: Path,
+) -> None:
+    user = await api.activated(new_user("browser"))
+    admin = await admin_service.create_operator(
+        f"admin.{uuid.uuid4().hex[:10]}@ops.example.com", "admin", PASSWORD
+    )
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    step = 0
+
+    async def snap(page: Page, name: str) -> None:
+        """Once the script run is over and nothing stale is left on screen."""
+        nonlocal step
+        step += 1
+        await page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
+        await page_expect(page.locator("[data-stale='true']")).to_have_count(0)
+        await page.screenshot(path=shots / f"{step:02d}-{name}.png", full_page=True)
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(45_000)
+            await page.goto(served_dashboard)
+            email = page.get_by_role("textbox", name="Email")
+            await email.wait_for()
+            await snap(page, "sign-in-form")
+
+            await email.fill(admin.email)
+            await page.get_by_role("textbox", name="Password").fill(PASSWORD)
+            await page.get_by_role("button", name="Sign in").click()
+            await page_expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+            await page_expect(page.get_by_text("Enrollment funnel")).to_be_visible()
+            await page_expect(page.locator(".vega-embed")).to_have_count(3)
+            await snap(page, "overview")
+
+            await page.get_by_role("link", name="Accounts").click()
+            search = page.get_by_role("textbox", name="Email starts with")
+            await search.fill(user.email)
+            await search.press("Enter")
+            await page_expect(page.get_by_text("1 account matches")).to_be_visible()
+            await page_expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+            await snap(page, "accounts-search")
+
+            await page.get_by_role("button", name="Open account").click()
+            await page_expect(page.get_by_role("heading", name=user.email)).to_be_visible()
+            await page_expect(page.get_by_text("Trusted browsers (1)")).to_be_visible()
+            await snap(page, "account")
+
+            await page.get_by_role("button", name="Revoke").click()
+            dialog = page.get_by_role("dialog")
+            await page_expect(dialog.get_by_text("will no longer connect")).to_be_visible()
+            await snap(page, "confirmation-dialog")
+
+            await dialog.get_by_role("button", name="Revoke browser").click()
+            await page_expect(page.get_by_text("can no longer connect")).to_be_visible()
+            await page_expect(page.get_by_text("Trusted browsers (0)")).to_be_visible()
+            await snap(page, "revoked")
+        finally:
+            await browser.close()
+
+    login = await api.login_ok(user)  # the device token no longer opens the PIN step
+    assert login["outcome"] == "browser_not_trusted", login
+    assert len(list(shots.glob("*.png"))) == 6

@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: admins watch account states and act, auditors read (issue 4)."""

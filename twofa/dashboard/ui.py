@@ -1,0 +1,212 @@
+"""What every dashboard page shares: the signed-in operator, service calls, and time formatting.
+
+Pages never query the store or Temporal themselves: every read and action goes through
+``AdminService`` on the runtime's loop, so the dashboard applies the same rules as the API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import streamlit as st
+from pydantic import BaseModel
+
+from twofa.admin import AdminService
+from twofa.dashboard.runtime import get_runtime
+from twofa.errors import ServiceError
+from twofa.views import OperatorView
+
+T = TypeVar("T")
+
+HERE = Path(__file__).parent
+SCREENS = HERE / "screens"
+TOKEN_KEY = "operator_token"
+ACCOUNT_KEY = "account_id"
+FLASH_KEY = "flash"
+NOTICE_KEY = "sign_in_notice"
+PENDING_KEY = "pending_action"
+#: Widgets whose values outlive a visit to another page (the Accounts page's question).
+KEPT_WIDGETS = (
+    "accounts_search",
+    "accounts_state",
+    "accounts_sort",
+    "accounts_order",
+    "accounts_page",
+)
+#: The contract's state names, said the way people say them.
+STATE_LABELS = {
+    "disabled": "disabled",
+    "pending_code": "pending code",
+    "pending_activation": "pending activation",
+    "active": "active",
+    "locked": "locked",
+}
+
+
+def call(make: Callable[[AdminService], Coroutine[Any, Any, T]]) -> T:
+    """Runs one service call on the runtime's loop (``make`` gets the AdminService)."""
+    runtime = get_runtime()
+    return runtime.run(make(runtime.admin))
+
+
+def describe(error: ServiceError) -> str:
+    """An error as an on-call admin wants it: the status, the code and the sentence."""
+    text = f"**{error.status} {error.code}** — {error.message}"
+    if "retry_after" in error.details:
+        text += f" Try again in {error.details['retry_after']} s."
+    return text
+
+
+def signed_in_operator() -> OperatorView | None:
+    """The operator of this browser session, or None (a dead token is dropped, with a notice)."""
+    token = st.session_state.get(TOKEN_KEY)
+    if not token:
+        return None
+    try:
+        return call(lambda a: a.operator(token))
+    except ServiceError as error:
+        if error.status != 401:
+            raise
+        st.session_state.pop(TOKEN_KEY, None)
+        st.session_state[NOTICE_KEY] = "Your dashboard session has ended; sign in again."
+        return None
+
+
+def require_operator() -> OperatorView:
+    """Every page (and every fragment rerun) checks the session: it expires after 8 hours."""
+    operator = signed_in_operator()
+    if operator is None:
+        st.rerun(scope="app")
+    assert operator is not None
+    return operator
+
+
+def sign_out() -> None:
+    """The sidebar's button: ends the session in the store, not only in this browser."""
+    token = st.session_state.pop(TOKEN_KEY, None)
+    if token:
+        call(lambda a: a.sign_out(token))
+    for key in (ACCOUNT_KEY, FLASH_KEY, PENDING_KEY):
+        st.session_state.pop(key, None)
+    st.session_state[NOTICE_KEY] = "Signed out."
+
+
+def keep_widget_values() -> None:
+    """Streamlit forgets a widget's value on a page where it is not drawn; this keeps them."""
+    for key in KEPT_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def flash(kind: str, message: str) -> None:
+    """A message that survives the rerun following an action."""
+    st.session_state[FLASH_KEY] = (kind, message)
+
+
+def show_flash() -> None:
+    kind, message = st.session_state.pop(FLASH_KEY, (None, None))
+    if kind == "success":
+        st.success(message, icon=":material/check_circle:")
+    elif kind == "error":
+        st.error(message, icon=":material/error:")
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+!|~$:])")
+
+
+def md(text: str) -> str:
+    """User-chosen text (device names, emails) shown literally, never as markdown.
+
+    Without this a browser name like ``![x](https://elsewhere/pixel)`` would make every admin
+    who opens the account load an outside image, and ``:red[...]`` would restyle the page.
+    """
+    escaped = _MARKDOWN.sub(r"\\\1", text)
+    return "\\" + escaped if escaped.startswith(("-", "=")) else escaped
+
+
+def state_label(state: str) -> str:
+    return STATE_LABELS.get(state, state)
+
+
+def when(moment: datetime | None, empty: str = "—") -> str:
+    """A UTC time to the second; the dashboard shows every time in UTC."""
+    if moment is None:
+        return empty
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def relative(moment: datetime | None, now: datetime | None = None) -> str:
+    """Says "in 4 min" or "12 min ago": at 3 a.m. what matters is how soon, not the clock."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    seconds = (moment - (now or datetime.now(UTC))).total_seconds()
+    span = abs(seconds)
+    if span < 60:
+        amount = f"{span:.0f} s"
+    elif span < 3600:
+        amount = f"{span / 60:.0f} min"
+    elif span < 86400:
+        amount = f"{span / 3600:.1f} h"
+    else:
+        amount = f"{span / 86400:.1f} days"
+    return f"in {amount}" if seconds >= 0 else f"{amount} ago"
+
+
+def open_account(account_id: str, screen: str = "account.py") -> None:
+    """Opens an account's page; the id also goes in the URL so a link can be shared."""
+    st.session_state[ACCOUNT_KEY] = account_id
+    st.switch_page(SCREENS / screen, query_params={"id": account_id})
+
+
+def current_account_id() -> str | None:
+    """The account a page is about: the URL's ``id`` first, else the last one opened."""
+    from_url = st.query_params.get("id")
+    if from_url:
+        st.session_state[ACCOUNT_KEY] = from_url
+        return str(from_url)
+    remembered = st.session_state.get(ACCOUNT_KEY)
+    if remembered:
+        st.query_params["id"] = remembered
+    return remembered
+
+
+def account_picker(key: str, screen: str) -> None:
+    """For a page opened without an account: find one by email prefix."""
+    search = st.text_input("Find an account by email", key=f"{key}_search", placeholder="ali")
+    if not search:
+        st.info("Search for an account, or open one from the Accounts page.")
+        return
+    page = call(lambda a: a.accounts(search=search, page_size=20))
+    if not page.rows:
+        st.warning("No account's email starts with that.")
+        return
+    choice = st.selectbox(
+        "Account",
+        page.rows,
+        format_func=lambda row: f"{row.email} ({state_label(row.state)})",
+        key=f"{key}_choice",
+    )
+    if st.button("Open", key=f"{key}_open", type="primary") and choice is not None:
+        open_account(choice.id, screen)
+
+
+def as_json(rows: Sequence[BaseModel]) -> str:
+    """The records as they are, for tools (timestamps ISO 8601 UTC)."""
+    return json.dumps([row.model_dump(mode="json") for row in rows], indent=2, ensure_ascii=False)
+
+
+def as_csv(rows: Sequence[BaseModel], model: type[BaseModel]) -> str:
+    """The records for a spreadsheet; an empty list still has its header line."""
+    return pd.DataFrame(
+        [row.model_dump(mode="json") for row in rows], columns=list(model.model_fields)
+    ).to_csv(index=False)
