@@ -186,9 +186,7 @@ class AdminService:
                             Account.two_factor_state
                         )
                     )
-                )
-                .tuples()
-                .all()
+                ).all()
             )
             funnel = {}
             for step, state in FUNNEL:
@@ -209,7 +207,7 @@ class AdminService:
                     .group_by(day, AuditRecord.event)
                     .order_by(day)
                 )
-            ).tuples()
+            ).all()
             locked = await db.scalars(
                 select(Account)
                 .where(Account.two_factor_state == "locked")
@@ -288,6 +286,10 @@ class AdminService:
 
     async def timeline(self, account_id: str) -> list[TimelineRow]:
         """Every run of the account's workflow (enrollments, continue-as-new), oldest first."""
+        try:
+            uuid.UUID(account_id)  # it goes into a visibility query: only an id may
+        except ValueError:
+            raise ServiceError(404, "account_not_found", "No account with this id.") from None
         client = self.users.client
         wid = workflow_id(account_id)
         runs = [r async for r in client.list_workflows(f'WorkflowId = "{wid}"')]

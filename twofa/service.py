@@ -17,7 +17,12 @@ from typing import Any, TypeVar
 
 from anyio import to_thread
 from sqlalchemy import text
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -701,7 +706,7 @@ class TwoFactorService:
                 raise ServiceError(*_REFUSALS["not_enabled"]) from None
             log.error("Temporal refused a call: %s", error.status)
             raise errors.unavailable() from None
-        except TimeoutError:
+        except (TimeoutError, RPCTimeoutOrCancelledError):
             log.error(
                 "workflow call timed out after %ss", self.settings.workflow_call_timeout_seconds
             )
