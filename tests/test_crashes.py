@@ -89,7 +89,7 @@ def _make_run(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes
 
 async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    ports = {name: free_port() for name in ("api", "temporal", "temporal_ui", "smtp")}
+    ports = {name: free_port() for name in ("api", "temporal", "temporal_ui", "smtp", "dashboard")}
     env = _stack_env(
         data, auto_logout_seconds="3", **{f"{k}_port": str(v) for k, v in ports.items()}
     )
@@ -126,7 +126,7 @@ async def test_dev_server_restarted_mid_enrollment_still_fires_its_timers(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    ports = {name: free_port() for name in ("api", "temporal", "temporal_ui", "smtp")}
+    ports = {name: free_port() for name in ("api", "temporal", "temporal_ui", "smtp", "dashboard")}
     settings = Settings(
         data_dir=data,
         **{f"{k}_port": v for k, v in ports.items()},  # type: ignore[arg-type]

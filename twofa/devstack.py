@@ -30,8 +30,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the supervising process dies, even by SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    """In the child, before exec: killed when its supervising process dies, even by SIGKILL.
+
+    A normal stop never gets here (honcho sends SIGTERM and waits); this only covers a
+    supervisor killed without a chance to clean up, and SIGKILL, unlike SIGTERM, cannot be
+    caught by a child (Streamlit) that would then hang on its closed output pipe.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Supervisor(Manager):
