@@ -34,10 +34,17 @@ test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
-	TWOFA_TEST_DATABASE=postgresql $(BIN)/pytest
+	TWOFA_TEST_DATABASE=postgresql $(BIN)/pytest -m "not single_backend"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Benchmarks against the engine floor (README "Benchmarks"; not part of `make test`, ~15 min).
+# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" or "--only journey --profile".
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data

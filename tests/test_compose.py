@@ -23,6 +23,9 @@ from twofa.cli import app as cli_app
 from twofa.config import Settings
 from twofa.store.db import async_url, sync_url
 
+#: Independent of the database backend: run once, in the SQLite pass of `make test`.
+pytestmark = pytest.mark.single_backend
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from tests.conftest import free_port
@@ -21,6 +22,9 @@ from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import Database
 from twofa.store.models import Account, AuditRecord
+
+#: Independent of the database backend: run once, in the SQLite pass of `make test`.
+pytestmark = pytest.mark.single_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import free_port
+
+#: Independent of the database backend: run once, in the SQLite pass of `make test`.
+pytestmark = pytest.mark.single_backend
 
 
 def _port_is_free(port: int) -> bool:

@@ -26,6 +26,9 @@ from twofa.policy import (
     password_block_seconds,
 )
 
+#: Independent of the database backend: run once, in the SQLite pass of `make test`.
+pytestmark = pytest.mark.single_backend
+
 #: R2, written out again here rather than imported, so a change to the code cannot hide.
 ALLOWED = set(string.ascii_letters + string.digits + "@\\._-")
 ALLOWED_IN_PARTS = "".join(sorted(ALLOWED - {"@"}))

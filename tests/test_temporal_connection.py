@@ -10,6 +10,9 @@ from temporalio.service import TLSConfig
 from twofa.config import Settings
 from twofa.temporal import connect_options
 
+#: Independent of the database backend: run once, in the SQLite pass of `make test`.
+pytestmark = pytest.mark.single_backend
+
 
 def test_embedded_default_is_plain_text_on_the_default_namespace() -> None:
     options = connect_options(Settings(_env_file=None))
