@@ -22,7 +22,7 @@ from twofa import audit
 from twofa.crypto import new_token
 from twofa.errors import ServiceError
 from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
-from twofa.service import TwoFactorService, effective_state, utcnow
+from twofa.service import TwoFactorService, effective_state, rule_refused, utcnow
 from twofa.store import queries
 from twofa.store.models import Account, AuditRecord, Operator, OperatorSession
 from twofa.views import (
@@ -103,7 +103,7 @@ class AdminService:
             email = check_email_shape(email)
             check_password(password)
         except RuleViolation as error:
-            raise ServiceError(422, error.code, error.message, field=error.field) from None
+            raise rule_refused(error) from None
         if role not in ("admin", "auditor"):
             raise ServiceError(422, "invalid_role", "The role is admin or auditor.", field="role")
         operator = Operator(

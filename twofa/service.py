@@ -1,4 +1,4 @@
-"""Every user operation of Cockpit 2FA, one method each; the API (and later the dashboard) map it.
+"""Every user operation of Cockpit 2FA, one method each; the API and the web pages map it.
 
 The hot path (login, PIN, session checks) reads the store's projection of each account's 2FA
 state and calls the account's workflow only for steps that change that state.
@@ -106,7 +106,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _violation(error: RuleViolation) -> ServiceError:
+def rule_refused(error: RuleViolation) -> ServiceError:
+    """A refused rule as the contract's 422, naming the field (and the character, for R2)."""
     return ServiceError(422, error.code, error.message, field=error.field, **error.details)
 
 
@@ -138,7 +139,7 @@ class TwoFactorService:
             email = check_email_shape(email)
             check_password(password)
         except RuleViolation as error:
-            raise _violation(error) from None
+            raise rule_refused(error) from None
         password_hash = await to_thread.run_sync(self.keyring.hash_secret, password)
         now = utcnow()
         account = Account(
@@ -321,7 +322,7 @@ class TwoFactorService:
             device_name = check_device_name(device_name)
             email = check_two_factor_email(email) if email is not None and email.strip() else None
         except RuleViolation as error:
-            raise _violation(error) from None
+            raise rule_refused(error) from None
         pin_hash = await to_thread.run_sync(self.keyring.hash_secret, pin)
         device_token = new_token()
         draft = ActivationDraft(
@@ -361,7 +362,7 @@ class TwoFactorService:
         try:
             device_name = check_device_name(device_name)
         except RuleViolation as error:
-            raise _violation(error) from None
+            raise rule_refused(error) from None
         state = effective_state(account, utcnow())
         if state == "locked":
             raise errors.locked(account.locked_until)
@@ -528,7 +529,7 @@ class TwoFactorService:
         try:
             check_two_factor_email(account.email)
         except RuleViolation as error:
-            raise _violation(error) from None
+            raise rule_refused(error) from None
         start = WithStartWorkflowOperation(
             TwoFactorWorkflow.run,
             TwoFactorInput(
