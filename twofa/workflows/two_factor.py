@@ -69,9 +69,11 @@ class TwoFactorWorkflow:
                 )
             async with self._lock:
                 await self._on_deadlines()
-            if self.progress.state is S.DISABLED and workflow.all_handlers_finished():
-                return
-            if self._history_is_long() and workflow.all_handlers_finished():
+            if self.progress.state is S.DISABLED or self._history_is_long():
+                # handlers finish first: an answered request is never cut off by the end
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self.progress.state is S.DISABLED:
+                    return
                 workflow.continue_as_new(replace(input, progress=self.progress))
 
     # -- updates: request/response steps; validators keep refused requests out of history
