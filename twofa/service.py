@@ -368,10 +368,11 @@ class TwoFactorService:
             raise errors.locked(account.locked_until)
         if state != "active":
             raise ServiceError(*_REFUSALS["not_active"])
+        # the login moves on first: a double-click is refused here, before a second code is mailed
+        await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
         result = await self.call_workflow(
             account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=False)
         )
-        await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
         return LoginView(outcome="activation_code_required", code_expires_at=result.code_expires_at)
 
     async def submit_pin(self, login_id: str, pin: str) -> LoginView:
