@@ -42,8 +42,7 @@ lint: $(STAMP)
 # Benchmarks against the engine floor (README "Benchmarks"; not part of `make test`, ~15 min).
 # Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" or "--only journey --profile".
 .PHONY: bench
-bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+bench: $(STAMP)  # the test extra pulls in the bench extra (psutil, py-spy)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

