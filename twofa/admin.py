@@ -12,7 +12,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from anyio import to_thread
 from google.protobuf.json_format import MessageToDict
 from sqlalchemy import Select, func, select
 from temporalio.api.enums.v1 import EventType
@@ -52,11 +51,13 @@ FUNNEL = (
 )
 #: The audit events the overview counts per day.
 DAILY_EVENTS = ("device_enrolled", "pin_rejected", "two_factor_locked")
+#: Each sort and the columns that make it total; an index covers each list (store/models.py),
+#: so a deep page is an index walk, never a sort of every row.
 _SORT_COLUMNS = {
-    "email": Account.email,
-    "created_at": Account.created_at,
-    "updated_at": Account.updated_at,
-    "state": Account.two_factor_state,
+    "email": (Account.email,),
+    "created_at": (Account.created_at, Account.id),
+    "updated_at": (Account.updated_at, Account.id),
+    "state": (Account.two_factor_state, Account.email),
 }
 _TIMELINE_STEPS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "run started",
@@ -109,7 +110,7 @@ class AdminService:
         operator = Operator(
             id=str(uuid.uuid4()),
             email=email,
-            password_hash=await to_thread.run_sync(self.keyring.hash_secret, password),
+            password_hash=await self.users.kdf(self.keyring.hash_secret, password),
             role=role,
             created_at=utcnow(),
         )
@@ -125,7 +126,7 @@ class AdminService:
         email = normalize_email(email)
         async with self.db.read() as db:
             operator = await db.scalar(select(Operator).where(Operator.email == email))
-        await self.users.password_gate(
+        passed = await self.users.password_gate(
             "operator_login",
             email,
             password,
@@ -135,6 +136,7 @@ class AdminService:
         assert operator is not None
         token, now = new_token(), utcnow()
         async with self.db.write() as db:
+            await queries.clear_password_failures(db, passed)
             db.add(
                 OperatorSession(
                     token_digest=self.keyring.digest("operator-session", token),
@@ -240,12 +242,11 @@ class AdminService:
             query = query.where(Account.email >= prefix, Account.email < prefix + "\uffff")
         if state:
             query = query.where(Account.two_factor_state == state)
-        column = _SORT_COLUMNS[sort]
-        order = column.desc() if descending else column.asc()
+        order = [c.desc() if descending else c.asc() for c in _SORT_COLUMNS[sort]]
         async with self.db.read() as db:
             total = int(await db.scalar(select(func.count()).select_from(query.subquery())) or 0)
             rows = await db.scalars(
-                query.order_by(order, Account.id).offset((page - 1) * page_size).limit(page_size)
+                query.order_by(*order).offset((page - 1) * page_size).limit(page_size)
             )
             now = utcnow()
             return AccountPage(

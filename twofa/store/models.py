@@ -39,8 +39,8 @@ class Account(Base):
     __tablename__ = "accounts"
     __table_args__ = (
         Index("ix_accounts_state_email", "two_factor_state", "email"),
-        Index("ix_accounts_created_at", "created_at"),
-        Index("ix_accounts_updated_at", "updated_at"),
+        Index("ix_accounts_created_at_id", "created_at", "id"),
+        Index("ix_accounts_updated_at_id", "updated_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
