@@ -33,7 +33,10 @@ from twofa.views import (
 from twofa.web import router as pages
 
 log = logging.getLogger(__name__)
-Text = Annotated[str, Field(max_length=1024)]
+#: Any text the API takes: bounded, and without NUL, which no database column may hold.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(max_length=1024, pattern=NO_NUL)]
+Short = Annotated[str, Field(max_length=64, pattern=NO_NUL)]
 
 
 class NewAccount(BaseModel):
@@ -48,12 +51,12 @@ class Credentials(BaseModel):
 
 
 class CodeInput(BaseModel):
-    code: Annotated[str, Field(min_length=1, max_length=64)]
+    code: Annotated[Short, Field(min_length=1)]
 
 
 class ActivationInput(BaseModel):
-    pin: Annotated[str, Field(max_length=64)]
-    pin_confirmation: Annotated[str, Field(max_length=64)]
+    pin: Short
+    pin_confirmation: Short
     seal: Text
     device_name: Text | None = None
     email: Text | None = None
@@ -64,7 +67,7 @@ class EnrollInput(BaseModel):
 
 
 class PinInput(BaseModel):
-    pin: Annotated[str, Field(max_length=64)]
+    pin: Short
 
 
 class TwoFactorSwitch(BaseModel):
@@ -131,8 +134,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
-        field = ".".join(location) or "body"
+        location = [str(part) for part in first.get("loc", ())]
+        if first.get("type") == "json_invalid":  # the position of a parse error is no field
+            location = ["body"]
+        field = ".".join(part for part in location if part != "body") or "body"
         return _error(
             422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", field=field
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 TWO_FACTOR_EMAIL_CHARACTERS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@\\._-"
 )
-_EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+")
+_EMAIL_SHAPE = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+")
 _PIN_SHAPE = re.compile(r"[0-9]{4,8}")
 MAX_EMAIL_LENGTH = 254
 MIN_PASSWORD_LENGTH = 8

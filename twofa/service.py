@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
@@ -125,6 +128,7 @@ class TwoFactorService:
         self.db = db
         self.client = client
         self.keyring = Keyring(settings.pepper_bytes)
+        self._kdf_limiter = CapacityLimiter(os.cpu_count() or 1)
         self.policy = Policy(
             auto_logout_seconds=settings.auto_logout_seconds,
             code_ttl_seconds=settings.code_ttl_seconds,
@@ -140,7 +144,7 @@ class TwoFactorService:
             check_password(password)
         except RuleViolation as error:
             raise rule_refused(error) from None
-        password_hash = await to_thread.run_sync(self.keyring.hash_secret, password)
+        password_hash = await self.kdf(self.keyring.hash_secret, password)
         now = utcnow()
         account = Account(
             id=str(uuid.uuid4()),
@@ -162,12 +166,12 @@ class TwoFactorService:
         email = normalize_email(email)
         async with self.db.read() as db:
             account = await queries.account_by_email(db, email)
-        await self.password_gate(
+        passed = await self.password_gate(
             "login", email, password, account.password_hash if account else None,
             account_id=account.id if account else None,
         )  # fmt: skip
         assert account is not None
-        return await self._second_factor(account, device_token, utcnow())
+        return await self._second_factor(account, device_token, utcnow(), passed)
 
     async def password_gate(
         self,
@@ -178,11 +182,13 @@ class TwoFactorService:
         *,
         account_id: str | None = None,
         actor: str = "user",
-    ) -> None:
+    ) -> str:
         """S2 for every password login (users', operators'): 4 failures in a row block a while.
 
         Counted per (scope, email) whether or not the email exists, and with the same work and
-        answers either way, so a refusal never tells whether an email exists (S7).
+        answers either way, so a refusal never tells whether an email exists (S7). Every attempt
+        is counted before it is checked; a right password returns the counter's key, which the
+        caller clears in the transaction that lets the user in (one write fewer per login).
         """
         throttle_key = self.keyring.digest(f"{scope}-throttle", email)
         now = utcnow()
@@ -206,10 +212,8 @@ class TwoFactorService:
                 "Too many failed logins for this email; try again later.",
                 retry_after=math.ceil((blocked_until - now).total_seconds()),
             )
-        if await to_thread.run_sync(self.keyring.verify_secret, stored_hash, password):
-            async with self.db.write() as db:
-                await queries.clear_password_failures(db, throttle_key)
-            return
+        if await self.kdf(self.keyring.verify_secret, stored_hash, password):
+            return throttle_key
         async with self.db.write() as db:
             await audit.append(
                 db,
@@ -224,12 +228,13 @@ class TwoFactorService:
         raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
 
     async def _second_factor(
-        self, account: Account, device_token: str | None, now: datetime
+        self, account: Account, device_token: str | None, now: datetime, passed: str
     ) -> LoginView:
+        """The login after the right password (``passed``: the failure counter to clear)."""
         state = effective_state(account, now)
         if state == "disabled":
             token, session = self._new_session(account.id, None, now)
-            async with self.db.write() as db:
+            async with self._login_write(passed) as db:
                 db.add(session)
                 await audit.append(
                     db, "login_succeeded", account_id=account.id, actor="user", second_factor=False
@@ -238,7 +243,10 @@ class TwoFactorService:
                 outcome="authenticated", session_token=token, expires_at=session.expires_at
             )
         if state == "locked":
-            await self._audit("login_refused", account.id, reason="locked")
+            async with self._login_write(passed) as db:
+                await audit.append(
+                    db, "login_refused", account_id=account.id, actor="user", reason="locked"
+                )
             return LoginView(outcome="locked", locked_until=account.locked_until)
         if state == "pending_code":
             code_expires_at, code_sent = account.code_expires_at, False
@@ -247,7 +255,7 @@ class TwoFactorService:
                     account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=True)
                 )
                 code_expires_at, code_sent = result.code_expires_at, result.code_sent
-            login_id = await self._begin_login(account.id, Step.CODE, now)
+            login_id = await self._begin_login(account.id, Step.CODE, now, passed)
             return LoginView(
                 outcome="activation_code_required",
                 login_id=login_id,
@@ -255,7 +263,7 @@ class TwoFactorService:
                 code_sent=code_sent,
             )
         if state == "pending_activation":
-            login_id = await self._begin_login(account.id, Step.ACTIVATION, now)
+            login_id = await self._begin_login(account.id, Step.ACTIVATION, now, passed)
             return LoginView(outcome="activation_required", login_id=login_id)
         device = None
         if device_token:
@@ -264,9 +272,9 @@ class TwoFactorService:
                     db, account.id, self.keyring.digest("device", device_token)
                 )
         if device is None:
-            login_id = await self._begin_login(account.id, Step.ENROLL, now)
+            login_id = await self._begin_login(account.id, Step.ENROLL, now, passed)
             return LoginView(outcome="browser_not_trusted", login_id=login_id)
-        login_id = await self._begin_login(account.id, Step.PIN, now, device_id=device.id)
+        login_id = await self._begin_login(account.id, Step.PIN, now, passed, device_id=device.id)
         return LoginView(outcome="pin_required", login_id=login_id, seal=self._seal_of(account))
 
     # -- the steps of a login in progress
@@ -323,7 +331,7 @@ class TwoFactorService:
             email = check_two_factor_email(email) if email is not None and email.strip() else None
         except RuleViolation as error:
             raise rule_refused(error) from None
-        pin_hash = await to_thread.run_sync(self.keyring.hash_secret, pin)
+        pin_hash = await self.kdf(self.keyring.hash_secret, pin)
         device_token = new_token()
         draft = ActivationDraft(
             id=str(uuid.uuid4()),
@@ -401,14 +409,15 @@ class TwoFactorService:
             )
         try:
             return await self._check_pin(challenge, account, pin, now)
-        finally:
+        except BaseException:  # a right PIN releases the slot in the session's transaction
             async with self.db.write() as db:
                 await queries.release_pin_check(db, account.id)
+            raise
 
     async def _check_pin(
         self, challenge: LoginChallenge, account: Account, pin: str, now: datetime
     ) -> LoginView:
-        if not await to_thread.run_sync(self.keyring.verify_secret, account.pin_hash, pin):
+        if not await self.kdf(self.keyring.verify_secret, account.pin_hash, pin):
             failure = await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_failure)
             await self._audit(
                 "pin_rejected",
@@ -464,6 +473,7 @@ class TwoFactorService:
                 device.last_used_at = now
             token, session = self._new_session(account.id, device_id, now)
             db.add(session)
+            await queries.release_pin_check(db, account.id)
             await audit.append(
                 db,
                 "login_succeeded",
@@ -611,6 +621,11 @@ class TwoFactorService:
 
     # -- helpers
 
+    async def kdf(self, function: Callable[..., T], *args: Any) -> T:
+        """argon2 in a worker thread, one per CPU at most: each call holds 19 MiB, and more
+        threads than CPUs only add memory, not throughput."""
+        return await to_thread.run_sync(function, *args, limiter=self._kdf_limiter)
+
     def _new_session(
         self, account_id: str, device_id: str | None, now: datetime
     ) -> tuple[str, Session]:
@@ -626,12 +641,24 @@ class TwoFactorService:
         )
         return token, session
 
+    @asynccontextmanager
+    async def _login_write(self, passed: str) -> AsyncIterator[AsyncSession]:
+        """The login's next write, which also clears the password failures it counted."""
+        async with self.db.write() as db:
+            await queries.clear_password_failures(db, passed)
+            yield db
+
     async def _begin_login(
-        self, account_id: str, step: str, now: datetime, device_id: str | None = None
+        self,
+        account_id: str,
+        step: str,
+        now: datetime,
+        passed: str,
+        device_id: str | None = None,
     ) -> str:
         """A login in progress after the right password; audited with the step it waits for."""
         login_id = new_token()
-        async with self.db.write() as db:
+        async with self._login_write(passed) as db:
             db.add(
                 LoginChallenge(
                     id_digest=self.keyring.digest("login", login_id),

@@ -90,6 +90,7 @@ def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
         workflows=[TwoFactorWorkflow],
         activities=effects.all(),
         graceful_shutdown_timeout=timedelta(seconds=10),
+        max_cached_workflows=500,  # bounds memory; an evicted workflow is replayed on use
     )
 
 
