@@ -9,7 +9,6 @@ the engine-floor workflow. Children get a parent-death signal, so nothing outliv
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import secrets
 import shutil
@@ -30,23 +29,18 @@ from temporalio.client import Client
 
 from bench.floor import TASK_QUEUE as FLOOR_TASK_QUEUE
 from twofa.config import Settings
-from twofa.devstack import dev_server_args, temporal_binary
+from twofa.devstack import dev_server_args, die_with_parent, temporal_binary
 from twofa.store.db import migrate
 from twofa.temporal import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
@@ -153,7 +147,7 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 start_new_session=True,
             )
         self.parts[name] = Part(name, command, process, log)

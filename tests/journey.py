@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 
 from twofa.devstack import read_mails
+from twofa.store.db import Database
+from twofa.store.models import Account
 
 CODE_LINE = re.compile(r"^Activation code: (\S+)\r?$", re.MULTILINE)
 
@@ -34,6 +36,14 @@ class User:
     def secrets(self) -> list[str]:
         found = [self.password, self.pin, self.seal, *self.codes]
         return [s for s in (*found, self.session_token, self.device_token) if s]
+
+
+async def account_row(database: Database, account_id: str) -> Account:
+    """The account's row in the store, as the workflow's projection left it."""
+    async with database.read() as db:
+        account = await db.get(Account, account_id)
+    assert account is not None, account_id
+    return account
 
 
 def new_user(prefix: str = "user") -> User:

@@ -20,11 +20,10 @@ from typing import Any
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory, free_port
-from tests.journey import Api, User, new_user
+from tests.journey import Api, User, account_row, new_user
 from tests.processes import TWOFA, environment, started, wait_for_http
 from twofa.config import Settings
 from twofa.store.db import Database
-from twofa.store.models import Account
 from twofa.workflows.messages import workflow_id
 
 WRONG_PIN = "90817263"
@@ -43,13 +42,6 @@ async def progress(client: Client, account_id: str) -> dict[str, Any]:
         "progress_now"
     )
     return result
-
-
-async def account_row(database: Database, account_id: str) -> Account:
-    async with database.read() as db:
-        account = await db.get(Account, account_id)
-    assert account is not None, account_id
-    return account
 
 
 async def wrong_pins(api: Api, login_id: str, attempts_left: list[int]) -> None:

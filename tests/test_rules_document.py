@@ -20,11 +20,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from tests.conftest import ApiFactory
-from tests.journey import CODE_LINE, Api, User, new_user
+from tests.journey import CODE_LINE, Api, User, account_row, new_user
 from twofa.config import Settings
 from twofa.devstack import read_mails
 from twofa.store.db import Database
-from twofa.store.models import Account, ActivationDraft, Device, Session
+from twofa.store.models import ActivationDraft, Device, Session
 from twofa.workflows.messages import workflow_id
 
 # -- helpers
@@ -39,13 +39,6 @@ def ts(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     assert parsed.tzinfo is not None, f"timestamp without time zone: {value}"
     return parsed
-
-
-async def account_row(database: Database, account_id: str) -> Account:
-    async with database.read() as db:
-        account = await db.get(Account, account_id)
-    assert account is not None, account_id
-    return account
 
 
 async def device_rows(database: Database, account_id: str) -> list[Device]:

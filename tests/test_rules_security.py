@@ -22,11 +22,11 @@ from sqlalchemy import select
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory, LogCapture
-from tests.journey import Api, User, new_user
+from tests.journey import Api, User, account_row, new_user
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.store.db import Database
-from twofa.store.models import Account, Device, LoginThrottle, Session
+from twofa.store.models import Device, LoginThrottle, Session
 from twofa.workflows.messages import ActorRequest, workflow_id
 
 ARGON2_PREFIX = "$argon2id$v=19$m=19456,t=2,p=1$"
@@ -49,13 +49,6 @@ async def eventually(
     while not await check():
         assert loop_time() < deadline, f"timed out waiting for: {what}"
         await asyncio.sleep(interval)
-
-
-async def account_row(database: Database, account_id: str) -> Account:
-    async with database.read() as db:
-        account = await db.get(Account, account_id)
-    assert account is not None, account_id
-    return account
 
 
 async def wait_for_state(database: Database, account_id: str, state: str) -> None:

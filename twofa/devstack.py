@@ -29,7 +29,7 @@ from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: killed when its supervising process dies, even by SIGKILL.
 
     A normal stop never gets here (honcho sends SIGTERM and waits); this only covers a
@@ -48,7 +48,7 @@ class Supervisor(Manager):
 
     def add_process(self, name: str, cmd: str, **options: Any) -> Process:
         process: Process = super().add_process(name, cmd, **options)
-        process._child_ctor = functools.partial(Popen, preexec_fn=_die_with_parent)
+        process._child_ctor = functools.partial(Popen, preexec_fn=die_with_parent)
         return process
 
 
