@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import platform
+import sqlite3
 import subprocess
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from importlib import metadata
@@ -19,6 +20,7 @@ from bench.monitor import Monitor
 from bench.report import Check, Printer
 from bench.stack import ROOT, Stack
 from twofa.crypto import ARGON2
+from twofa.store.db import JOURNAL_MODE
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,12 @@ class Context:
             "argon2id (twofa.crypto, unchanged)": (
                 f"m={ARGON2.memory_cost} KiB, t={ARGON2.time_cost}, p={ARGON2.parallelism}"
             ),
-            "app worker": "twofa worker (build_worker: SDK defaults, 100 slots, cache 1000)",
+            "app worker": "twofa worker (build_worker: SDK defaults, 100 slots, cache 500)",
             "API": "twofa api (uvicorn, 1 process, access log on)",
-            "database": "SQLite in the run's data dir (twofa.store.db: WAL, synchronous=NORMAL)",
+            "database": (
+                f"SQLite {sqlite3.sqlite_version} in the run's data dir, "
+                f"journal_mode={JOURNAL_MODE}"
+            ),
             "environment": " ".join(
                 f"{k}={v}" for k, v in self.stack.environment_summary().items()
             ),
