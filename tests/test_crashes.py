@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: P
         api = Api(base, (data / "service-token").read_text().strip(), data)
         await api.registered_and_logged_in(user)
         old_session = user.session_token
-        await api.enable(user)
+        auto_logout_at = datetime.fromisoformat((await api.enable(user))["auto_logout_at"])
         await api.code_mail(user)
         os.killpg(first.pid, signal.SIGKILL)  # the whole group, no chance to clean up
         first.wait()
@@ -115,6 +116,7 @@ async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: P
         api = Api(base, (data / "service-token").read_text().strip(), data)
         try:
             user.session_token = old_session
+            await asyncio.sleep(max((auto_logout_at - datetime.now(UTC)).total_seconds(), 0))
             r = await api.call("GET", "/v1/session", user)
             assert r.status_code == 401  # the auto-logout held across the crash
             await _finish_journey(api, user)
