@@ -28,6 +28,7 @@ from playwright.async_api import expect as page_expect
 from streamlit.testing.v1 import AppTest
 from temporalio.client import Client
 
+from tests.browser import launch
 from tests.conftest import free_port
 from tests.journey import Api, User, new_user
 from tests.processes import environment
@@ -539,16 +540,6 @@ async def served_dashboard(
             process.wait()
 
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
 async def test_browser_admin_revokes_a_device_and_the_api_refuses_it(
     api: Api,
     served_dashboard: str,
@@ -572,7 +563,7 @@ async def test_browser_admin_revokes_a_device_and_the_api_refuses_it(
         await page.screenshot(path=shots / f"{step:02d}-{name}.png", full_page=True)
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await launch(p)
         try:
             page = await browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(45_000)

@@ -15,20 +15,12 @@ from pathlib import Path
 
 import httpx
 
+from tests.browser import launch
 from tests.conftest import ApiFactory
 from tests.journey import Api, User, new_user
 
 #: The product's own 10 seconds: the pages say it, and no test waits for it to pass.
 AUTO_LOGOUT = 10
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAGE_PATHS = {
     "/",
     "/login",
@@ -423,7 +415,7 @@ async def test_document_in_a_real_browser(start_api: ApiFactory, tmp_path: Path)
         return page
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await launch(p)
         try:
             first = await new_page()
             await log_in(first)
@@ -548,7 +540,7 @@ async def test_countdown_logs_out_with_and_without_javascript(start_api: ApiFact
     api = await start_api(auto_logout_seconds=3)
     base = str(api.http.base_url).rstrip("/")
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await launch(p)
         try:
             for javascript in (True, False):
                 user = await api.register(new_user("countdown"))
