@@ -200,6 +200,21 @@ def account_picker(key: str, screen: str) -> None:
         open_account(choice.id, screen)
 
 
+def load_account(key: str, screen: str, load: Callable[[str], T]) -> T:
+    """What a page shows of the account it is about; without one, or when it cannot be loaded,
+    the page offers the picker instead and stops there."""
+    account_id = current_account_id()
+    if not account_id:
+        account_picker(key, screen)
+        st.stop()
+    try:
+        return load(account_id)
+    except ServiceError as error:
+        st.error(describe(error), icon=":material/error:")
+        account_picker(key, screen)
+        st.stop()
+
+
 def as_json(rows: Sequence[BaseModel]) -> str:
     """The records as they are, for tools (timestamps ISO 8601 UTC)."""
     return json.dumps([row.model_dump(mode="json") for row in rows], indent=2, ensure_ascii=False)

@@ -20,16 +20,10 @@ from twofa.views import AccountDetail, DeviceView
 
 operator = ui.require_operator()
 st.title("Account")
-account_id = ui.current_account_id()
-if not account_id:
-    ui.account_picker("account_pick", "account.py")
-    st.stop()
-try:
-    detail = ui.call(lambda a: a.account(account_id))
-except ServiceError as error:
-    st.error(ui.describe(error), icon=":material/error:")
-    ui.account_picker("account_pick", "account.py")
-    st.stop()
+detail = ui.load_account(
+    "account_pick", "account.py", lambda account_id: ui.call(lambda a: a.account(account_id))
+)
+account_id = detail.account.id
 
 
 def device_name(device: DeviceView) -> str:

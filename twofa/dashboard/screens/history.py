@@ -14,23 +14,22 @@ import streamlit as st
 from pydantic import BaseModel
 
 from twofa.dashboard import ui
-from twofa.errors import ServiceError
-from twofa.views import AuditRow, TimelineRow
+from twofa.views import AccountDetail, AuditRow, TimelineRow
 
 ui.require_operator()
 st.title("History")
-account_id = ui.current_account_id()
-if not account_id:
-    ui.account_picker("history_pick", "history.py")
-    st.stop()
-try:
-    detail = ui.call(lambda a: a.account(account_id))
-    timeline = ui.call(lambda a: a.timeline(account_id))
-    trail = ui.call(lambda a: a.audit_trail(account_id))
-except ServiceError as error:
-    st.error(ui.describe(error), icon=":material/error:")
-    ui.account_picker("history_pick", "history.py")
-    st.stop()
+
+
+def _history(account_id: str) -> tuple[AccountDetail, list[TimelineRow], list[AuditRow]]:
+    return (
+        ui.call(lambda a: a.account(account_id)),
+        ui.call(lambda a: a.timeline(account_id)),
+        ui.call(lambda a: a.audit_trail(account_id)),
+    )
+
+
+detail, timeline, trail = ui.load_account("history_pick", "history.py", _history)
+account_id = detail.account.id
 
 
 def readable(details: str) -> str:
