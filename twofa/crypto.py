@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import uuid
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -36,6 +37,19 @@ class Keyring:
     def digest(self, purpose: str, value: str) -> str:
         """Keyed hash of a token or code: what the store and workflow history keep instead."""
         return self._mac(f"{purpose}\x00{value}".encode()).hex()
+
+    def derived_token(self, purpose: str, value: str) -> str:
+        """A token as strong as ``new_token()``, but the same for a repeated request (S9).
+
+        Derived from a secret the caller holds (a login id), so nothing but its keyed hash is
+        ever stored, and a caller who repeats a step after a lost answer gets the same token.
+        """
+        raw = self._mac(f"{purpose}\x00{value}".encode())
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    def derived_id(self, purpose: str, value: str) -> str:
+        """A UUID-shaped id (the store's 36 characters) derived like ``derived_token``."""
+        return str(uuid.UUID(bytes=self._mac(f"{purpose}\x00{value}".encode())[:16]))
 
     def hash_secret(self, secret: str) -> str:
         """argon2id over the peppered secret: a stolen database alone cracks nothing."""

@@ -36,6 +36,10 @@ def wrong_step(expected: str) -> ServiceError:
     )
 
 
+def email_taken(**details: Any) -> ServiceError:
+    return ServiceError(409, "email_taken", "An account with this email already exists.", **details)
+
+
 def locked(until: Any) -> ServiceError:
     if until is None:
         message = "Two-factor authentication is locked until an administrator unlocks it."

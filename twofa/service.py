@@ -31,6 +31,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from twofa import audit, errors
+from twofa.activities.effects import disable_in_store
 from twofa.config import Settings
 from twofa.crypto import Keyring, new_token
 from twofa.errors import ServiceError
@@ -65,7 +66,9 @@ from twofa.workflows.messages import (
     CodeVerdict,
     NewCodeRequest,
     Progress,
+    Projection,
     TwoFactorInput,
+    TwoFactorState,
     workflow_id,
 )
 from twofa.workflows.two_factor import TwoFactorWorkflow
@@ -155,7 +158,7 @@ class TwoFactorService:
         )
         async with self.db.write() as db:
             if await queries.email_taken(db, email):
-                raise ServiceError(409, "email_taken", "An account with this email already exists.")
+                raise errors.email_taken()
             db.add(account)
             await audit.append(db, "account_registered", account_id=account.id, actor="user")
         log.info("account %s registered", account.id)
@@ -235,6 +238,9 @@ class TwoFactorService:
         if state == "disabled":
             token, session = self._new_session(account.id, None, now)
             async with self._login_write(passed) as db:
+                cap = await queries.session_cap(db, account.id)
+                if cap is not None:  # an enable began since the state was read (R3)
+                    session.expires_at = min(session.expires_at, cap)
                 db.add(session)
                 await audit.append(
                     db, "login_succeeded", account_id=account.id, actor="user", second_factor=False
@@ -280,11 +286,15 @@ class TwoFactorService:
     # -- the steps of a login in progress
 
     async def submit_code(self, login_id: str, code: str) -> LoginView:
-        challenge, account = await self._challenge(login_id, Step.CODE, Step.ENROLL_CODE)
+        challenge, account = await self._challenge(
+            login_id, Step.CODE, Step.ENROLL_CODE, Step.ACTIVATION, Step.ENROLL_PIN
+        )
+        # Each try counts, a repeated one too (S2: five wrong codes burn the code); the workflow
+        # knows which login a code was accepted for, and tells that login so again (S9).
         result = await self.call_workflow(
             account.id,
             TwoFactorWorkflow.submit_code,
-            CodeSubmission(code_digest=self.keyring.code_digest(code)),
+            CodeSubmission(code_digest=self.keyring.code_digest(code), login=challenge.id_digest),
         )
         if result.verdict is not CodeVerdict.ACCEPTED:
             await self._audit(
@@ -306,10 +316,12 @@ class TwoFactorService:
             if result.attempts_left == 0:
                 message += " This code no longer works; log in again to receive a new one."
             raise ServiceError(400, "invalid_code", message, attempts_left=result.attempts_left)
-        if challenge.step == Step.CODE:
-            await self._advance(challenge, Step.ACTIVATION)
+        if challenge.step in (Step.CODE, Step.ACTIVATION):
+            if challenge.step == Step.CODE:
+                await self._advance(challenge, Step.ACTIVATION)
             return LoginView(outcome="activation_required")
-        await self._advance(challenge, Step.ENROLL_PIN)
+        if challenge.step == Step.ENROLL_CODE:
+            await self._advance(challenge, Step.ENROLL_PIN)
         return LoginView(outcome="pin_required", seal=self._seal_of(account))
 
     async def activate(
@@ -322,8 +334,18 @@ class TwoFactorService:
         device_name: str | None = None,
         email: str | None = None,
     ) -> LoginView:
-        """R6, R7: PIN, seal and browser are drafted in the store; the workflow makes them live."""
-        challenge, account = await self._challenge(login_id, Step.ACTIVATION)
+        """R6, R7: PIN, seal and browser are drafted in the store; the workflow makes them live.
+
+        The draft's id and the device token derive from the login id, so a caller repeating the
+        activation after a 503 or a lost answer gets the same browser and token (S9).
+        """
+        challenge, account = await self._challenge(login_id, Step.ACTIVATION, Step.PIN)
+        draft_id = self.keyring.derived_id("activation-draft", login_id)
+        device_token = self.keyring.derived_token("device-token", login_id)
+        if challenge.step == Step.PIN:
+            if challenge.device_id != draft_id:
+                raise errors.wrong_step(challenge.step)
+            return await self._activated(account.id, draft_id, device_token)
         try:
             check_pin(pin, pin_confirmation)
             seal = check_seal(seal)
@@ -332,9 +354,8 @@ class TwoFactorService:
         except RuleViolation as error:
             raise rule_refused(error) from None
         pin_hash = await self.kdf(self.keyring.hash_secret, pin)
-        device_token = new_token()
         draft = ActivationDraft(
-            id=str(uuid.uuid4()),
+            id=draft_id,
             account_id=account.id,
             pin_hash=pin_hash,
             seal_ciphertext=self.keyring.seal(seal),
@@ -344,29 +365,47 @@ class TwoFactorService:
         )
         async with self.db.write() as db:
             if email and await queries.email_taken(db, email, except_account=account.id):
-                raise ServiceError(
-                    409, "email_taken", "An account with this email already exists.", field="email"
-                )
-            db.add(draft)
+                raise errors.email_taken(field="email")
+            if await db.get(Device, draft_id) is None:  # not applied by an earlier try
+                await db.merge(draft)  # a repeat may bring other values: the last one counts
         try:
-            result = await self.call_workflow(
-                account.id, TwoFactorWorkflow.activate, Activation(draft_id=draft.id, email=email)
+            await self.call_workflow(
+                account.id,
+                TwoFactorWorkflow.activate,
+                Activation(draft_id=draft_id, email=email),
+                update_id=self._request_id("activate", login_id),
             )
-        except ServiceError:
+        except ServiceError as error:
+            if error.status == 503:  # the outcome is unknown: the repeat will find the draft
+                raise
             async with self.db.write() as db:
-                await queries.take_draft(db, draft.id)
-            raise
-        await self._advance(challenge, Step.PIN, device_id=result.device_id)
+                applied = await db.get(Device, draft_id) is not None
+                if not applied:
+                    await queries.take_draft(db, draft_id)
+            if not applied:
+                raise
+        await self._advance(challenge, Step.PIN, device_id=draft_id)
+        return await self._activated(account.id, draft_id, device_token)
+
+    async def _activated(self, account_id: str, device_id: str, device_token: str) -> LoginView:
+        """The activation's answer, as the first try gave it or a repeat finds it."""
+        async with self.db.read() as db:
+            account = await queries.account_by_id(db, account_id)
+        assert account is not None
         return LoginView(
             outcome="pin_required",
-            seal=seal,
-            device_id=result.device_id,
+            seal=self._seal_of(account),
+            device_id=device_id,
             device_token=device_token,
         )
 
     async def enroll_browser(self, login_id: str, device_name: str | None) -> LoginView:
-        """R9: another browser gets an emailed code, then the PIN, and becomes trusted."""
-        challenge, account = await self._challenge(login_id, Step.ENROLL)
+        """R9: another browser gets an emailed code, then the PIN, and becomes trusted.
+
+        The login moves on first, and the mail is one update per login: a double-click or a
+        repeat after a lost answer gets the first request's answer, never a second code (S9).
+        """
+        challenge, account = await self._challenge(login_id, Step.ENROLL, Step.ENROLL_CODE)
         try:
             device_name = check_device_name(device_name)
         except RuleViolation as error:
@@ -376,10 +415,13 @@ class TwoFactorService:
             raise errors.locked(account.locked_until)
         if state != "active":
             raise ServiceError(*_REFUSALS["not_active"])
-        # the login moves on first: a double-click is refused here, before a second code is mailed
-        await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
+        if challenge.step == Step.ENROLL:
+            await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
         result = await self.call_workflow(
-            account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=False)
+            account.id,
+            TwoFactorWorkflow.issue_new_code,
+            NewCodeRequest(reuse_fresh=challenge.step == Step.ENROLL_CODE),
+            update_id=self._request_id("enroll", login_id),
         )
         return LoginView(outcome="activation_code_required", code_expires_at=result.code_expires_at)
 
@@ -417,7 +459,10 @@ class TwoFactorService:
     async def _check_pin(
         self, challenge: LoginChallenge, account: Account, pin: str, now: datetime
     ) -> LoginView:
-        if not await self.kdf(self.keyring.verify_secret, account.pin_hash, pin):
+        right = await self.kdf(self.keyring.verify_secret, account.pin_hash, pin)
+        if not right or account.pin_failures or account.pin_locks_in_a_row:
+            await self._still_live(challenge)  # a browser revoked meanwhile changes no counter
+        if not right:  # each try counts, a repeated one too: S2 errs on the side of the lock
             failure = await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_failure)
             await self._audit(
                 "pin_rejected",
@@ -431,7 +476,11 @@ class TwoFactorService:
                 400, "invalid_pin", "Wrong PIN.", attempts_left=failure.attempts_left
             )
         if account.pin_failures or account.pin_locks_in_a_row:
-            await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_success)
+            await self.call_workflow(
+                account.id,
+                TwoFactorWorkflow.record_pin_success,
+                update_id=self._request_id("pin-success", challenge.id_digest),
+            )
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
             current = await queries.account_by_id(db, account.id)
@@ -535,6 +584,12 @@ class TwoFactorService:
     async def enable(self, current: CurrentSession) -> EnabledView:
         """R1, R2, R3: start the account's workflow, which mails the code and plans the logout."""
         account = current.account
+        if account.two_factor_state == "pending_code" and account.auto_logout_at:
+            # a repeat whose first answer was lost, or a double click: that enable's answer (S9)
+            assert account.code_expires_at is not None
+            return EnabledView(
+                auto_logout_at=account.auto_logout_at, code_expires_at=account.code_expires_at
+            )
         if account.two_factor_state != "disabled":
             raise ServiceError(*_REFUSALS["already_enabled"])
         try:
@@ -555,7 +610,11 @@ class TwoFactorService:
         )
         result = await self._call(
             self.client.execute_update_with_start_workflow(
-                TwoFactorWorkflow.enable, start_workflow_operation=start
+                TwoFactorWorkflow.enable,
+                start_workflow_operation=start,
+                # the last disable's version names this enrollment: a repeat before its first
+                # state change lands gets the first request's answer from the server
+                id=f"enable-{account.projection_version}",
             )
         )
         log.info("2FA enabled for account %s", account.id)
@@ -581,9 +640,26 @@ class TwoFactorService:
         except ServiceError as error:
             if error.code != "two_factor_not_enabled":
                 raise
-            return DisabledView(revoked_devices=0)
+            revoked = await self._disable_without_workflow(account, actor)
+            return DisabledView(revoked_devices=revoked)
         log.info("2FA disabled for account %s by %s", account.id, actor)
         return DisabledView(revoked_devices=result.revoked_devices)
+
+    async def _disable_without_workflow(self, account: Account, actor: str) -> int:
+        """The store says 2FA is on but no workflow runs to turn it off (it ended or was
+        terminated by an operator): the same writes as the workflow's, or none if a repeat
+        finds them done."""
+        async with self.db.write() as db:
+            current = await queries.account_by_id(db, account.id)
+            if current is None or current.two_factor_state == "disabled":
+                return 0
+            projection = Projection(
+                account_id=account.id,
+                state=TwoFactorState.DISABLED,
+                version=current.projection_version + 1,
+                actor=actor,
+            )
+            return await disable_in_store(db, projection)
 
     async def devices(self, account_id: str) -> list[DeviceView]:
         async with self.db.read() as db:
@@ -692,7 +768,15 @@ class TwoFactorService:
             raise errors.wrong_step(challenge.step)
         return challenge, account
 
+    async def _still_live(self, challenge: LoginChallenge) -> None:
+        """The login was not ended since it was read: by a lock, a disable or a revocation."""
+        async with self.db.read() as db:
+            live = await queries.live_challenge(db, challenge.id_digest, utcnow())
+        if live is None:
+            raise errors.login_not_found()
+
     async def _advance(self, challenge: LoginChallenge, step: str, **values: Any) -> None:
+        """Compare-and-set; an identical request racing this one may have moved it first (S9)."""
         async with self.db.write() as db:
             moved = await queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, step, **values
@@ -706,7 +790,9 @@ class TwoFactorService:
                     passed=challenge.step,
                     next_step=step,
                 )
-        if not moved:
+                return
+            now = await queries.live_challenge(db, challenge.id_digest, utcnow())
+        if now is None or now.step != step or any(getattr(now, k) != v for k, v in values.items()):
             raise errors.login_not_found()
 
     def _seal_of(self, account: Account) -> str | None:
@@ -714,10 +800,21 @@ class TwoFactorService:
         return self.keyring.unseal(account.seal_ciphertext) if account.seal_ciphertext else None
 
     async def call_workflow(
-        self, account_id: str, update: Callable[..., Awaitable[T]], *args: Any
+        self,
+        account_id: str,
+        update: Callable[..., Awaitable[T]],
+        *args: Any,
+        update_id: str | None = None,
     ) -> T:
+        """``update_id`` names the request: the server runs a repeated one once, and a caller
+        who repeats it after a 503 or a lost answer gets the first one's result (S9)."""
         handle = self.client.get_workflow_handle(workflow_id(account_id))
-        return await self._call(handle.execute_update(update, *args))  # type: ignore[arg-type]
+        call = handle.execute_update(update, *args, id=update_id)  # type: ignore[arg-type]
+        return await self._call(call)
+
+    def _request_id(self, step: str, login_id: str, *parts: str) -> str:
+        """A step's update id: keyed, so history never holds the login id it came from."""
+        return f"{step}-{self.keyring.digest('update-id', chr(0).join((login_id, *parts)))}"
 
     async def _call(self, call: Awaitable[T]) -> T:
         """A workflow call, with its refusals turned into the contract's errors."""
@@ -726,6 +823,8 @@ class TwoFactorService:
         except WorkflowUpdateFailedError as failure:
             cause = failure.cause
             reason = cause.type if isinstance(cause, ApplicationError) else None
+            if reason == "email_taken":  # the new email was taken while the activation ran
+                raise errors.email_taken(field="email") from None
             if reason in _REFUSALS:
                 raise ServiceError(*_REFUSALS[reason]) from None
             log.error("workflow update failed: %s", failure)

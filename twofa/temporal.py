@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import Worker
 
 from twofa.activities.effects import Effects
+from twofa.activities.heartbeat import Heartbeats
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.store.db import Database
@@ -89,6 +90,7 @@ def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
         task_queue=settings.temporal_task_queue,
         workflows=[TwoFactorWorkflow],
         activities=effects.all(),
+        interceptors=[Heartbeats()],
         graceful_shutdown_timeout=timedelta(seconds=10),
         max_cached_workflows=500,  # bounds memory; an evicted workflow is replayed on use
     )

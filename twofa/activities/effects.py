@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from twofa import audit
 from twofa.config import Settings
@@ -28,6 +30,11 @@ from twofa.workflows.messages import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def permanent(kind: str, message: str) -> ApplicationError:
+    """A failure no retry can mend: Temporal stops retrying, the workflow decides what next."""
+    return ApplicationError(message, type=kind, non_retryable=True)
 
 
 def _now() -> datetime:
@@ -49,7 +56,7 @@ class Effects:
             account = await queries.account_by_id(db, mail.account_id)
             already_sent = await queries.mail_sent(db, key)
         if account is None:
-            raise LookupError(f"account {mail.account_id} does not exist")
+            raise permanent("account_gone", f"account {mail.account_id} does not exist")
         if not already_sent:
             message_id = f"<activation-{mail.enrollment_id}.{mail.number}@cockpit-2fa>"
             await deliver(
@@ -114,58 +121,58 @@ class Effects:
     async def apply_activation(self, effect: ActivationEffect) -> str:
         """Moves the drafted PIN, seal and browser into place in one transaction (R7)."""
         account_id = effect.projection.account_id
-        async with self.db.write() as db:
-            if await db.get(Device, effect.draft_id) is not None:
-                return effect.draft_id  # a retry: done already
-            draft = await queries.take_draft(db, effect.draft_id)
-            account = await db.get(Account, account_id)
-            if draft is None or account is None:
-                raise LookupError(f"activation draft {effect.draft_id} is gone")
-            account.pin_hash = draft.pin_hash
-            account.seal_ciphertext = draft.seal_ciphertext
-            if effect.email:
-                account.email = effect.email
-            db.add(
-                Device(
-                    id=draft.id,
-                    account_id=account_id,
-                    name=draft.device_name,
-                    token_digest=draft.device_token_digest,
-                    enrolled_at=_now(),
-                )
-            )
-            await audit.append(
-                db,
-                "device_enrolled",
-                account_id=account_id,
-                actor="user",
-                device_id=draft.id,
-                name=draft.device_name,
-                at_activation=True,
-            )
-            if effect.email:
-                await audit.append(db, "email_changed", account_id=account_id, actor="user")
-            await _project(db, effect.projection)
+        try:
+            async with self.db.write() as db:
+                if await db.get(Device, effect.draft_id) is not None:
+                    return effect.draft_id  # a retry: done already
+                await self._activate_in_store(db, effect)
+        except IntegrityError as error:  # PostgreSQL: a racing activation took the email first
+            if not effect.email:
+                raise
+            raise permanent("email_taken", "the new email was taken meanwhile") from error
         log.info("2FA activated for account %s, device %s", account_id, effect.draft_id)
         return effect.draft_id
+
+    async def _activate_in_store(self, db: AsyncSession, effect: ActivationEffect) -> None:
+        """Permanent refusals are non-retryable: the workflow then lets the user go on."""
+        account_id = effect.projection.account_id
+        draft = await queries.take_draft(db, effect.draft_id)
+        account = await db.get(Account, account_id)
+        if draft is None or account is None:
+            raise permanent("activation_draft_gone", f"activation draft {effect.draft_id} is gone")
+        if effect.email and await queries.email_taken(db, effect.email, except_account=account_id):
+            raise permanent("email_taken", "the new email was taken meanwhile")
+        account.pin_hash = draft.pin_hash
+        account.seal_ciphertext = draft.seal_ciphertext
+        if effect.email:
+            account.email = effect.email
+        db.add(
+            Device(
+                id=draft.id,
+                account_id=account_id,
+                name=draft.device_name,
+                token_digest=draft.device_token_digest,
+                enrolled_at=_now(),
+            )
+        )
+        await audit.append(
+            db,
+            "device_enrolled",
+            account_id=account_id,
+            actor="user",
+            device_id=draft.id,
+            name=draft.device_name,
+            at_activation=True,
+        )
+        if effect.email:
+            await audit.append(db, "email_changed", account_id=account_id, actor="user")
+        await _project(db, effect.projection)
 
     @activity.defn
     async def apply_disable(self, effect: DisableEffect) -> int:
         """R10: 2FA off and every trusted browser revoked, at once."""
-        account_id, actor = effect.projection.account_id, effect.projection.actor
-        now = _now()
         async with self.db.write() as db:
-            revoked = await queries.revoke_devices(
-                db, account_id, now, actor=actor, reason="disable"
-            )
-            account = await db.get(Account, account_id)
-            if account is not None:
-                account.pin_hash = None
-                account.seal_ciphertext = None
-            await queries.finish_challenges(db, account_id, now)
-            await _project(db, effect.projection)
-        log.info("2FA disabled for account %s, %d device(s) revoked", account_id, len(revoked))
-        return len(revoked)
+            return await disable_in_store(db, effect.projection)
 
     def all(self) -> list[object]:
         return [
@@ -176,6 +183,26 @@ class Effects:
             self.apply_activation,
             self.apply_disable,
         ]
+
+
+async def disable_in_store(db: AsyncSession, projection: Projection) -> int:
+    """R10's writes: every browser revoked, PIN and seal gone, logins ended; returns the count.
+
+    Also what the service applies itself when an account's workflow no longer runs, so an
+    admin can always disable (S9).
+    """
+    account_id, now = projection.account_id, _now()
+    revoked = await queries.revoke_devices(
+        db, account_id, now, actor=projection.actor, reason="disable"
+    )
+    account = await db.get(Account, account_id)
+    if account is not None:
+        account.pin_hash = None
+        account.seal_ciphertext = None
+    await queries.finish_challenges(db, account_id, now)
+    await _project(db, projection)
+    log.info("2FA disabled for account %s, %d device(s) revoked", account_id, len(revoked))
+    return len(revoked)
 
 
 async def _project(db: AsyncSession, projection: Projection) -> None:

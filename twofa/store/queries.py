@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -135,6 +135,12 @@ async def revoke_devices(
             .where(Session.device_id.in_(ids), Session.ended_at.is_(None))
             .values(ended_at=now, end_reason="device_revoked")
         )
+        # a PIN login begun on a revoked browser ends too: no more verdicts on it
+        await db.execute(
+            update(LoginChallenge)
+            .where(LoginChallenge.device_id.in_(ids), LoginChallenge.finished_at.is_(None))
+            .values(finished_at=now)
+        )
     return ids
 
 
@@ -152,14 +158,39 @@ async def open_session(db: AsyncSession, token_digest: str, now: datetime) -> Se
     )
 
 
+def _before_two_factor(account_id: str, opened_before: datetime) -> Any:
+    """Sessions the 2FA steps did not open: older than the enable, or without a trusted browser.
+
+    The second half catches a password-only login that raced the enable and wrote its session
+    after the enable's first cut (R3 holds by state, not by a time window).
+    """
+    return and_(
+        Session.account_id == account_id,
+        Session.ended_at.is_(None),
+        or_(Session.created_at < opened_before, Session.device_id.is_(None)),
+    )
+
+
 async def limit_sessions(
     db: AsyncSession, account_id: str, at: datetime, opened_before: datetime
 ) -> None:
+    """Every session 2FA did not open ends at ``at``; password-only logins from now on too.
+
+    The account row is written first: on PostgreSQL its lock orders this cut against a racing
+    login's ``session_cap``, which then sees ``at`` (SQLite writers are serial anyway).
+    """
+    await db.execute(update(Account).where(Account.id == account_id).values(auto_logout_at=at))
     await db.execute(
         update(Session)
-        .where(Session.account_id == account_id, Session.ended_at.is_(None))
-        .where(Session.created_at < opened_before, Session.expires_at > at)
+        .where(_before_two_factor(account_id, opened_before), Session.expires_at > at)
         .values(expires_at=at)
+    )
+
+
+async def session_cap(db: AsyncSession, account_id: str) -> datetime | None:
+    """When a password-only session opened now must end: the auto-logout of a racing enable."""
+    return await db.scalar(
+        select(Account.auto_logout_at).where(Account.id == account_id).with_for_update()
     )
 
 
@@ -168,11 +199,7 @@ async def end_sessions(
 ) -> int:
     result = await db.execute(
         update(Session)
-        .where(
-            Session.account_id == account_id,
-            Session.ended_at.is_(None),
-            Session.created_at < created_before,
-        )
+        .where(_before_two_factor(account_id, created_before))
         .values(ended_at=now, end_reason=reason)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -49,6 +49,7 @@ class Progress:
     code_digest: str | None = None
     code_expires_at: datetime | None = None
     code_failures: int = 0
+    code_accepted_for: str = ""  # the login (keyed digest) whose code was accepted last
     pin_failures: int = 0
     locks_in_a_row: int = 0
     locked_until: datetime | None = None
@@ -83,7 +84,10 @@ class NewCodeResult:
 
 @dataclass
 class CodeSubmission:
+    """``login``: the keyed digest of the login it was typed in (never the login id itself)."""
+
     code_digest: str
+    login: str = ""
 
 
 @dataclass

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
+    from twofa.activities.heartbeat import HEARTBEAT_TIMEOUT
     from twofa.workflows.messages import (
         STATE_SEARCH_ATTRIBUTE,
         Activation,
@@ -42,9 +43,19 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 S = TwoFactorState
 STATE_KEY = SearchAttributeKey.for_keyword(STATE_SEARCH_ATTRIBUTE)
+#: Transient failures (the database away, a relay saying "try later") are retried until they
+#: pass; permanent ones are raised non-retryable by the activity and handled here.
 EFFECT_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
 )
+#: Generous for a slow database or relay: a dead worker is found by its missing heartbeats.
+EFFECT_TIMEOUT = timedelta(seconds=30)
+
+# Patches: every change that older histories cannot follow is taken only by runs that did not
+# pass this point under the old code (workflow.patched). The README's "Upgrading" section says
+# how to add one and when to deprecate it; tests/histories holds each release's histories.
+PATCH_ACTIVATION_REFUSAL = "activation-refusal-returns-to-pending-activation"
+PATCH_REPEATED_CODE = "repeated-code-of-a-login-is-accepted-again"
 ENABLED = (S.PENDING_CODE, S.PENDING_ACTIVATION, S.ACTIVE, S.LOCKED)
 EXPECTING_CODE = (S.PENDING_CODE, S.ACTIVE)
 
@@ -118,8 +129,10 @@ class TwoFactorWorkflow:
     @workflow.update
     async def submit_code(self, submission: CodeSubmission) -> CodeResult:
         async with self._lock:
-            self._require(*EXPECTING_CODE, S.LOCKED, reason="no_code_expected")
             p = self.progress
+            if self._accepted_before(submission) and workflow.patched(PATCH_REPEATED_CODE):
+                return CodeResult(CodeVerdict.ACCEPTED)  # a repeat after a lost answer (S9)
+            self._require(*EXPECTING_CODE, S.LOCKED, reason="no_code_expected")
             if p.state is S.LOCKED:
                 return CodeResult(CodeVerdict.LOCKED, locked_until=p.locked_until)
             if not self._code_usable():
@@ -128,6 +141,7 @@ class TwoFactorWorkflow:
             assert p.code_digest is not None
             if hmac.compare_digest(p.code_digest, submission.code_digest):
                 p.code_digest = None
+                p.code_accepted_for = submission.login
                 await self._move_to(S.PENDING_ACTIVATION if p.state is S.PENDING_CODE else p.state)
                 return CodeResult(CodeVerdict.ACCEPTED)
             p.code_failures += 1
@@ -138,7 +152,17 @@ class TwoFactorWorkflow:
 
     @submit_code.validator
     def _validate_submit_code(self, submission: CodeSubmission) -> None:
-        self._require(*EXPECTING_CODE, S.LOCKED, reason="no_code_expected")
+        if not self._accepted_before(submission):
+            self._require(*EXPECTING_CODE, S.LOCKED, reason="no_code_expected")
+
+    def _accepted_before(self, submission: CodeSubmission) -> bool:
+        """This login's code was accepted already, and nothing has happened since."""
+        p = self.progress
+        return (
+            bool(submission.login)
+            and submission.login == p.code_accepted_for
+            and p.state in (S.PENDING_ACTIVATION, S.ACTIVE)
+        )
 
     @workflow.update
     async def activate(self, activation: Activation) -> ActivationResult:
@@ -148,10 +172,18 @@ class TwoFactorWorkflow:
             p.state = S.ACTIVE
             p.code_digest = None
             p.code_expires_at = None
-            device_id: str = await self._effect(
-                Effects.apply_activation,
-                ActivationEffect(self._next_projection(), activation.draft_id, activation.email),
-            )
+            try:
+                effect = ActivationEffect(
+                    self._next_projection(), activation.draft_id, activation.email
+                )
+                device_id: str = await self._effect(Effects.apply_activation, effect)
+            except ActivityError as failure:
+                if not workflow.patched(PATCH_ACTIVATION_REFUSAL):
+                    raise
+                # refused for good (the email taken meanwhile, the draft gone): nothing was
+                # applied, so the user is still where they were and can activate again (S9)
+                p.state = S.PENDING_ACTIVATION
+                raise _refusal(failure) from None
             self._publish_state()
             return ActivationResult(device_id=device_id)
 
@@ -334,6 +366,18 @@ class TwoFactorWorkflow:
         workflow.upsert_search_attributes([STATE_KEY.value_set(self.progress.state.value)])
 
     async def _effect(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
+        """Timeouts and retries are not part of a history's commands: changing them is safe."""
         return await workflow.execute_activity_method(
-            activity, arg, start_to_close_timeout=timedelta(seconds=30), retry_policy=EFFECT_RETRY
+            activity,
+            arg,
+            start_to_close_timeout=EFFECT_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=EFFECT_RETRY,
         )
+
+
+def _refusal(failure: ActivityError) -> ApplicationError:
+    """An activity's permanent refusal, as the update's refusal of the same kind."""
+    cause = failure.cause
+    kind = cause.type if isinstance(cause, ApplicationError) else None
+    return ApplicationError(str(cause), type=kind or "effect_failed", non_retryable=True)
