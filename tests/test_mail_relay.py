@@ -430,6 +430,15 @@ async def test_relay_without_starttls_is_permanent_and_never_gets_the_mail(
     tap.assert_nothing_secret()
 
 
+async def test_relay_without_auth_is_permanent(tmp_path: Path, pki: Pki) -> None:
+    """A TLS relay that offers no AUTH does not match the settings: retrying will not help."""
+    handler = RelayHandler()
+    with relay(handler, ssl_context=pki.localhost) as port:
+        error = await refused(a_mail(), settings_for(port, tmp_path, **relay_login(pki, "tls")))
+    assert error.permanent and error.code is None
+    assert handler.mail_commands == 0 and handler.accepted == []
+
+
 # -- (e), (f): 4xx and a relay that is down are transient, 5xx permanent
 
 
