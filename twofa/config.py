@@ -5,13 +5,21 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: ``none``: plain SMTP (the embedded sink); ``starttls``: upgrade on the submission port (587);
+#: ``tls``: TLS from the first byte (SMTPS, 465). TLS always verifies the relay's certificate.
+SmtpSecurity = Literal["none", "starttls", "tls"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TWOFA_", extra="ignore")
+    # a settings error must not echo the values it read: among them are passwords and keys
+    model_config = SettingsConfigDict(
+        env_prefix="TWOFA_", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Path(".data")
     database_url: str | None = None
@@ -32,6 +40,11 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(1025, ge=1, le=65535)
     smtp_sink: bool = True
+    smtp_security: SmtpSecurity = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: FilePath | None = None
+    smtp_timeout_seconds: float = Field(10, gt=0)
     mail_from: str = "Cockpit 2FA <no-reply@cockpit.localhost>"
     service_token: str | None = None
     pepper: str | None = None
@@ -43,6 +56,23 @@ class Settings(BaseSettings):
     session_ttl_seconds: float = Field(12 * 3600, gt=0)
     history_event_limit: int = Field(2000, ge=50)
     workflow_call_timeout_seconds: float = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _smtp_credentials_only_over_tls(self) -> Self:
+        """A relay login never travels in clear, and half a login or a CA for no TLS is a typo."""
+        if self.smtp_username is not None and self.smtp_password is None:
+            raise ValueError("TWOFA_SMTP_USERNAME is set but TWOFA_SMTP_PASSWORD is not")
+        if self.smtp_password is not None and self.smtp_username is None:
+            raise ValueError("TWOFA_SMTP_PASSWORD is set but TWOFA_SMTP_USERNAME is not")
+        if self.smtp_security == "none":
+            if self.smtp_username is not None:
+                raise ValueError(
+                    "TWOFA_SMTP_USERNAME needs TWOFA_SMTP_SECURITY=starttls or tls: "
+                    "the relay's credentials must never be sent in clear"
+                )
+            if self.smtp_ca_file is not None:
+                raise ValueError("TWOFA_SMTP_CA_FILE needs TWOFA_SMTP_SECURITY=starttls or tls")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

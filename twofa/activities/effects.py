@@ -67,8 +67,7 @@ class Effects:
                     expires_at=mail.expires_at,
                     message_id=message_id,
                 ),
-                host=self.settings.smtp_host,
-                port=self.settings.smtp_port,
+                self.settings,
             )
             async with self.db.write() as db:
                 if not await queries.mail_sent(db, key):
