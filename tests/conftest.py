@@ -28,7 +28,7 @@ from twofa.api import create_app
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate
-from twofa.temporal import build_worker
+from twofa.temporal import serving
 from twofa.workflows.two_factor import STATE_KEY
 
 SERVICE_TOKEN = "test-service-token-0123456789"
@@ -146,7 +146,7 @@ async def database(base_settings: Settings) -> AsyncIterator[Database]:
 async def worker(
     temporal: WorkflowEnvironment, base_settings: Settings, database: Database, logs: LogCapture
 ) -> AsyncIterator[None]:
-    async with build_worker(temporal.client, base_settings, database):
+    async with serving(temporal.client, base_settings, database):
         yield
 
 

@@ -105,6 +105,10 @@ class Api:
         body = {"pin": user.pin, "pin_confirmation": user.pin, "seal": user.seal, **extra}
         return await self.call("POST", f"/v1/login/{login_id}/activate", json=body)
 
+    async def enroll_browser(self, login_id: str, device_name: str | None) -> httpx.Response:
+        body = {"device_name": device_name} if device_name else {}
+        return await self.call("POST", f"/v1/login/{login_id}/enroll-browser", json=body)
+
     async def pin(self, login_id: str, pin: str) -> httpx.Response:
         return await self.call("POST", f"/v1/login/{login_id}/pin", json={"pin": pin})
 
@@ -165,6 +169,23 @@ class Api:
         r = await self.pin(login["login_id"], user.pin)
         assert r.status_code == 200, r.text
         user.session_token = r.json()["session_token"]
+        return user
+
+    async def enrolled(self, user: User, device_name: str | None = None) -> User:
+        """R9: this browser (``user`` without a device token) becomes trusted: code, then PIN."""
+        login = await self.login_ok(user)
+        assert login["outcome"] == "browser_not_trusted", login
+        mails = len(self.mails_to(user.email))
+        r = await self.enroll_browser(login["login_id"], device_name)
+        assert r.status_code == 202, r.text
+        code = await self.code_mail(user, count=mails + 1)
+        r = await self.submit_code(login["login_id"], code)
+        assert r.status_code == 200 and r.json()["outcome"] == "pin_required", r.text
+        r = await self.pin(login["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+        user.session_token = r.json()["session_token"]
+        user.device_token = r.json()["device_token"]
+        user.device_id = r.json()["device_id"]
         return user
 
     async def pin_login(self, user: User) -> dict[str, Any]:

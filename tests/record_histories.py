@@ -54,24 +54,6 @@ async def session_ended(api: Api, user: User) -> bool:
     return (await api.call("GET", "/v1/session", user)).status_code == 401
 
 
-async def enroll_second_browser(api: Api, user: User) -> None:
-    """The document's "another browser": a code to the mailbox, then the PIN."""
-    login = await api.login_ok(user, device_token="")
-    assert login["outcome"] == "browser_not_trusted", login
-    mails = len(api.mails_to(user.email))
-    r = await api.call(
-        "POST",
-        f"/v1/login/{login['login_id']}/enroll-browser",
-        json={"device_name": "second laptop"},
-    )
-    assert r.status_code == 202, r.text
-    code = await api.code_mail(user, count=mails + 1)
-    r = await api.submit_code(login["login_id"], code)
-    assert r.status_code == 200 and r.json()["outcome"] == "pin_required", r.text
-    r = await api.pin(login["login_id"], user.pin)
-    assert r.status_code == 200 and "device_token" in r.json(), r.text
-
-
 async def wrong_pins(api: Api, user: User, count: int) -> None:
     login = await api.login_ok(user)
     for _ in range(count):
@@ -136,7 +118,8 @@ async def test_active(api: Api, client: Client) -> None:
 
 async def test_second_browser(api: Api, client: Client) -> None:
     user = await api.activated(new_user("second-browser"))
-    await enroll_second_browser(api, user)
+    other = User(email=user.email, password=user.password, pin=user.pin)
+    await api.enrolled(other, "second laptop")
     await save(client, "active_second_browser", user)
 
 

@@ -35,6 +35,7 @@ from twofa.activities.effects import disable_in_store
 from twofa.config import Settings
 from twofa.crypto import Keyring, new_token
 from twofa.errors import ServiceError
+from twofa.notifications import BROWSER_ENROLLED
 from twofa.policy import (
     Policy,
     RuleViolation,
@@ -255,18 +256,20 @@ class TwoFactorService:
                 )
             return LoginView(outcome="locked", locked_until=account.locked_until)
         if state == "pending_code":
-            code_expires_at, code_sent = account.code_expires_at, False
+            code_expires_at, code_sent, refused = account.code_expires_at, False, None
             if not (account.code_usable and code_expires_at and code_expires_at > now):
                 result = await self.call_workflow(
                     account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=True)
                 )
                 code_expires_at, code_sent = result.code_expires_at, result.code_sent
+                refused = result.refused or None
             login_id = await self._begin_login(account.id, Step.CODE, now, passed)
             return LoginView(
                 outcome="activation_code_required",
                 login_id=login_id,
                 code_expires_at=code_expires_at,
                 code_sent=code_sent,
+                mail_refused=refused,
             )
         if state == "pending_activation":
             login_id = await self._begin_login(account.id, Step.ACTIVATION, now, passed)
@@ -514,6 +517,14 @@ class TwoFactorService:
                     device_id=device_id,
                     name=challenge.device_name,
                     at_activation=False,
+                )
+                await queries.notify(
+                    db,
+                    account.id,
+                    BROWSER_ENROLLED,
+                    account.email,
+                    now,
+                    device_name=challenge.device_name,
                 )
             else:
                 device = await db.get(Device, device_id)

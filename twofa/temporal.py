@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +21,7 @@ from twofa.activities.effects import Effects
 from twofa.activities.heartbeat import Heartbeats
 from twofa.config import Settings
 from twofa.crypto import Keyring
+from twofa.notifications import run_notifier
 from twofa.store.db import Database
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 from twofa.workflows.two_factor import TwoFactorWorkflow
@@ -96,6 +100,19 @@ def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
     )
 
 
+@asynccontextmanager
+async def serving(client: Client, settings: Settings, db: Database) -> AsyncIterator[None]:
+    """The worker's two jobs: the task queue, and the notifier's outbox of S10 mails."""
+    async with build_worker(client, settings, db):
+        notifier = asyncio.create_task(run_notifier(settings, db))
+        try:
+            yield
+        finally:
+            notifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifier
+
+
 async def run_worker(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then let running activities finish (graceful shutdown)."""
     db = Database(settings.resolved_database_url)
@@ -109,7 +126,7 @@ async def run_worker(settings: Settings) -> None:
         "worker polling %s on %s", settings.temporal_task_queue, settings.resolved_temporal_address
     )
     try:
-        async with build_worker(client, settings, db):
+        async with serving(client, settings, db):
             await stop.wait()
     finally:
         await db.dispose()

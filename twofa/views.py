@@ -32,6 +32,8 @@ class LoginView(BaseModel):
     expires_at: datetime | None = None
     code_expires_at: datetime | None = None
     code_sent: bool | None = None
+    #: True when the relay refused the activation mail for good: no code is on its way.
+    mail_refused: bool | None = None
     seal: str | None = None
     device_id: str | None = None
     device_token: str | None = None

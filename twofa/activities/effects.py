@@ -17,7 +17,8 @@ from temporalio.exceptions import ApplicationError
 from twofa import audit
 from twofa.config import Settings
 from twofa.crypto import Keyring
-from twofa.mail import activation_mail, deliver
+from twofa.mail import MailRefused, activation_mail, deliver
+from twofa.notifications import BROWSER_ENROLLED, TWO_FACTOR_DISABLED, TWO_FACTOR_LOCKED
 from twofa.store import queries
 from twofa.store.db import Database
 from twofa.store.models import Account, Device, SentMail
@@ -59,16 +60,27 @@ class Effects:
             raise permanent("account_gone", f"account {mail.account_id} does not exist")
         if not already_sent:
             message_id = f"<activation-{mail.enrollment_id}.{mail.number}@cockpit-2fa>"
-            await deliver(
-                activation_mail(
-                    sender=self.settings.mail_from,
-                    to=account.email,
-                    code=code,
-                    expires_at=mail.expires_at,
-                    message_id=message_id,
-                ),
-                self.settings,
+            message = activation_mail(
+                sender=self.settings.mail_from,
+                to=account.email,
+                code=code,
+                expires_at=mail.expires_at,
+                message_id=message_id,
             )
+            try:
+                await deliver(message, self.settings)
+            except MailRefused as refused:
+                if not refused.permanent:
+                    raise  # retried with backoff: a relay away never loses the mail
+                async with self.db.write() as db:
+                    await audit.append(
+                        db,
+                        "mail_failed",
+                        account_id=mail.account_id,
+                        number=mail.number,
+                        reason=str(refused),
+                    )
+                raise permanent("mail_refused", str(refused)) from None
             async with self.db.write() as db:
                 if not await queries.mail_sent(db, key):
                     db.add(
@@ -165,6 +177,9 @@ class Effects:
         )
         if effect.email:
             await audit.append(db, "email_changed", account_id=account_id, actor="user")
+        await queries.notify(
+            db, account_id, BROWSER_ENROLLED, account.email, _now(), device_name=draft.device_name
+        )
         await _project(db, effect.projection)
 
     @activity.defn
@@ -199,19 +214,33 @@ async def disable_in_store(db: AsyncSession, projection: Projection) -> int:
         account.pin_hash = None
         account.seal_ciphertext = None
     await queries.finish_challenges(db, account_id, now)
-    await _project(db, projection)
+    if await _project(db, projection) and account is not None:
+        by_admin = projection.actor.startswith("admin:")
+        await queries.notify(
+            db, account_id, TWO_FACTOR_DISABLED, account.email, now, by_admin=by_admin
+        )
     log.info("2FA disabled for account %s, %d device(s) revoked", account_id, len(revoked))
     return len(revoked)
 
 
-async def _project(db: AsyncSession, projection: Projection) -> None:
-    """Saves a projection; a state change is audited, and a lock ends every login in progress."""
+async def _project(db: AsyncSession, projection: Projection) -> bool:
+    """Saves a projection; a state change is audited, and a lock ends every login in progress
+    and tells the user (S10). True when the state changed (not on a late retry)."""
     account = await queries.account_by_id(db, projection.account_id)
     before = account.two_factor_state if account else None
     if not await queries.save_projection(db, projection, _now()) or before == projection.state:
-        return
+        return False
+    assert account is not None
     if projection.state == "locked":
         await queries.finish_challenges(db, projection.account_id, _now())
+        await queries.notify(
+            db,
+            projection.account_id,
+            TWO_FACTOR_LOCKED,
+            account.email,
+            _now(),
+            locked_until=projection.locked_until,
+        )
         event = "two_factor_locked"
     elif before == "locked" and projection.state == "active":
         event = "two_factor_unlocked"
@@ -226,3 +255,4 @@ async def _project(db: AsyncSession, projection: Projection) -> None:
         after=projection.state.value,
         locked_until=projection.locked_until,
     )
+    return True

@@ -148,6 +148,28 @@ class SentMail(Base):
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Notification(Base):
+    """A mail telling the user what happened (S10), written in the transaction that made it
+    happen and sent by the worker's notifier: none is lost, and none blocks the step."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "sent_at", "failed_at", "due_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(30))
+    to_address: Mapped[str] = mapped_column(String(254))
+    details: Mapped[str] = mapped_column(Text)  # JSON: what the mail says, never a secret
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)  # next try; a claim pushes it on
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+
+
 class AuditRecord(Base):
     """One link of the hash-chained audit log (S5); never updated, never deleted."""
 

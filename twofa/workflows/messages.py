@@ -67,6 +67,7 @@ class TwoFactorInput:
 class EnableResult:
     auto_logout_at: datetime
     code_expires_at: datetime
+    code_sent: bool = True  # False: the relay refused the mail for good
 
 
 @dataclass
@@ -80,6 +81,7 @@ class NewCodeRequest:
 class NewCodeResult:
     code_expires_at: datetime
     code_sent: bool
+    refused: bool = False  # the relay refused the mail for good: no code is out
 
 
 @dataclass

@@ -56,6 +56,7 @@ EFFECT_TIMEOUT = timedelta(seconds=30)
 # how to add one and when to deprecate it; tests/histories holds each release's histories.
 PATCH_ACTIVATION_REFUSAL = "activation-refusal-returns-to-pending-activation"
 PATCH_REPEATED_CODE = "repeated-code-of-a-login-is-accepted-again"
+PATCH_MAIL_REFUSAL = "refused-activation-mail-leaves-no-code"
 ENABLED = (S.PENDING_CODE, S.PENDING_ACTIVATION, S.ACTIVE, S.LOCKED)
 EXPECTING_CODE = (S.PENDING_CODE, S.ACTIVE)
 
@@ -104,7 +105,11 @@ class TwoFactorWorkflow:
             await self._issue_code()
             await self._move_to(S.PENDING_CODE)
             assert p.code_expires_at is not None
-            return EnableResult(auto_logout_at=p.auto_logout_at, code_expires_at=p.code_expires_at)
+            return EnableResult(
+                auto_logout_at=p.auto_logout_at,
+                code_expires_at=p.code_expires_at,
+                code_sent=p.code_digest is not None,
+            )
 
     @enable.validator
     def _validate_enable(self) -> None:
@@ -120,7 +125,10 @@ class TwoFactorWorkflow:
             await self._issue_code()
             await self._project()
             assert p.code_expires_at is not None
-            return NewCodeResult(code_expires_at=p.code_expires_at, code_sent=True)
+            sent = p.code_digest is not None
+            return NewCodeResult(
+                code_expires_at=p.code_expires_at, code_sent=sent, refused=not sent
+            )
 
     @issue_new_code.validator
     def _validate_issue_new_code(self, request: NewCodeRequest) -> None:
@@ -327,10 +335,15 @@ class TwoFactorWorkflow:
         p.code_number += 1
         p.code_failures = 0
         p.code_expires_at = workflow.now() + timedelta(seconds=self.policy.code_ttl_seconds)
-        p.code_digest = await self._effect(
-            Effects.send_activation_code,
-            CodeMail(self.account_id, p.enrollment_id, p.code_number, p.code_expires_at),
-        )
+        mail = CodeMail(self.account_id, p.enrollment_id, p.code_number, p.code_expires_at)
+        try:
+            p.code_digest = await self._effect(Effects.send_activation_code, mail)
+        except ActivityError:
+            if not workflow.patched(PATCH_MAIL_REFUSAL):
+                raise
+            # the relay refused the address for good: no code is out, and the next login
+            # tries again and tells the user, rather than waiting for a mail (S9)
+            p.code_digest = None
 
     async def _burn_code(self) -> None:
         """The current code stops working: expired, or too many wrong tries (R4, S2)."""

@@ -1,0 +1,152 @@
+"""S10 notification mails, and activation mails to a relay that refuses or is busy (issue 14).
+
+Every mail here crosses a real SMTP server on loopback: the session's sink, or a relay of the
+test's own (tests/test_mail_relay.py) served by a worker of its own on its own task queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+
+from sqlalchemy import select
+from temporalio.client import Client
+
+from tests.conftest import ApiFactory
+from tests.journey import Api, User, new_user
+from tests.test_mail_relay import RelayHandler, relay
+from tests.test_rules_security import untrusted
+from twofa.config import Settings
+from twofa.store.db import Database
+from twofa.store.models import AuditRecord
+from twofa.temporal import serving
+from twofa.workflows.messages import workflow_id
+
+
+async def mails_until(
+    api: Api, user: User, done: Callable[[list[EmailMessage]], bool], timeout: float = 20
+) -> list[EmailMessage]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done(messages := api.messages_to(user.email)):
+        assert asyncio.get_running_loop().time() < deadline, [m["Subject"] for m in messages]
+        await asyncio.sleep(0.05)
+    return messages
+
+
+def about(subject_word: str) -> Callable[[EmailMessage], bool]:
+    return lambda m: subject_word in str(m["Subject"])
+
+
+async def audited(database: Database, account_id: str, event: str) -> list[AuditRecord]:
+    async with database.read() as db:
+        rows = await db.scalars(
+            select(AuditRecord).where(
+                AuditRecord.account_id == account_id, AuditRecord.event == event
+            )
+        )
+        return list(rows.all())
+
+
+async def test_s10_enrolled_browsers_lock_and_disable_are_mailed_without_secrets(
+    api: Api, database: Database
+) -> None:
+    user = await api.activated(new_user("s10"), device_name="Carol laptop")
+    other = untrusted(user)
+    await api.enrolled(other, "Carol phone")
+    login = await api.login_ok(user)
+    for _ in range(5):
+        await api.pin(login["login_id"], "0000")
+    r = await api.call("GET", "/v1/session", user)
+    assert r.status_code == 200, r.text
+    r = await api.call(
+        "PUT", "/v1/account/two-factor", user, json={"enabled": False, "confirm": True}
+    )
+    assert r.status_code == 200, r.text
+
+    messages = await mails_until(
+        api,
+        user,
+        lambda ms: (
+            sum(about("new browser")(m) for m in ms) == 2
+            and any(about("locked")(m) for m in ms)
+            and any(about("is off")(m) for m in ms)
+        ),
+    )
+    notifications = [m for m in messages if not about("activation code")(m)]
+    enrolled = [m for m in notifications if about("new browser")(m)]
+    bodies = [m.get_body(("plain",)).get_content() for m in notifications]  # type: ignore[union-attr]
+    assert any('"Carol laptop"' in b for b in bodies) and any('"Carol phone"' in b for b in bodies)
+    locked = next(m for m in messages if about("locked")(m))
+    assert "until" in locked.get_content() and "administrator" in locked.get_content()
+    disabled = next(m for m in messages if about("is off")(m))
+    assert "from your account" in disabled.get_content()
+    ids = [str(m["Message-ID"]) for m in notifications]
+    assert len(set(ids)) == len(ids), ids
+    for body in bodies:
+        for secret in [*user.secrets(), *other.secrets()]:
+            assert secret not in body
+    assert len(enrolled) == 2
+    sent = await audited(database, user.account_id, "notification_sent")
+    kinds = sorted(r.details for r in sent)
+    assert len(kinds) == 4, kinds
+
+
+@asynccontextmanager
+async def own_worker(
+    client: Client, base_settings: Settings, database: Database, start_api: ApiFactory, port: int
+) -> AsyncIterator[Api]:
+    """An API and a worker on a task queue of their own, whose mail goes to relay ``port``."""
+    queue = f"relay-{uuid.uuid4().hex[:8]}"
+    settings = base_settings.model_copy(update={"temporal_task_queue": queue, "smtp_port": port})
+    async with serving(client, settings, database):
+        yield await start_api(temporal_task_queue=queue, smtp_port=port)
+
+
+async def test_a_refused_activation_mail_is_audited_and_the_next_login_says_so(
+    client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
+) -> None:
+    handler = RelayHandler(refuse={"RCPT": "550 5.1.1 mailbox unavailable"})
+    with relay(handler) as port:
+        async with own_worker(client, base_settings, database, start_api, port) as api:
+            user = new_user("refused")
+            await api.enabled(user)
+            [failed] = await audited(database, user.account_id, "mail_failed")
+            assert "550" in failed.details and user.email not in failed.details
+            # nothing retries for ever: the workflow waits for the user, with no activity
+            description = await client.get_workflow_handle(workflow_id(user.account_id)).describe()
+            assert not description.raw_description.pending_activities
+
+            login = await api.login_ok(user)
+            assert login["outcome"] == "activation_code_required", login
+            assert login["code_sent"] is False and login["mail_refused"] is True, login
+
+            handler.refuse = {}  # the address works again: the next login mails a code
+            login = await api.login_ok(user)
+            assert login["code_sent"] is True and "mail_refused" not in login, login
+            [(mail, _, _)] = handler.accepted
+            code = mail.get_content().split("Activation code: ")[1].split()[0]
+            r = await api.submit_code(login["login_id"], code)
+            assert r.status_code == 200, r.text
+
+
+async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
+    client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
+) -> None:
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    with relay(handler) as port:
+        async with own_worker(client, base_settings, database, start_api, port) as api:
+            user = await api.registered_and_logged_in(new_user("busy"))
+            enabling = asyncio.create_task(
+                api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+            )
+            while handler.mail_commands < 2:  # refused at least twice, retried each time
+                await asyncio.sleep(0.05)
+            assert not enabling.done()
+            handler.refuse = {}
+            r = await enabling
+            assert r.status_code == 202, r.text
+            assert len(handler.accepted) == 1
+            assert await audited(database, user.account_id, "mail_failed") == []

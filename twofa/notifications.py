@@ -1,0 +1,122 @@
+"""The worker's notifier: sends the S10 mails queued in the store's outbox.
+
+A step writes its notification in its own transaction (``queries.notify``), so a mail is
+never lost with a crash and never holds up a login. The notifier claims due mails, sends
+each, and records the outcome: sent; due again later after a transient refusal (the relay
+busy or down, with a growing delay); or failed for good after a permanent one, which is
+audited. A crash between sending and recording sends that mail again, with the same
+Message-ID, so a mailbox can tell it is the same message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+
+from twofa import audit
+from twofa.config import Settings
+from twofa.mail import (
+    MailRefused,
+    browser_enrolled,
+    deliver,
+    two_factor_disabled,
+    two_factor_locked,
+)
+from twofa.store import queries
+from twofa.store.db import Database
+from twofa.store.models import Notification
+
+log = logging.getLogger(__name__)
+
+BROWSER_ENROLLED = "browser_enrolled"
+TWO_FACTOR_DISABLED = "two_factor_disabled"
+TWO_FACTOR_LOCKED = "two_factor_locked"
+
+#: Longer than any send (the SMTP timeout is 10 s by default): a claim outlives its try.
+CLAIM = timedelta(seconds=120)
+BATCH = 20
+IDLE_POLL_SECONDS = 0.5
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """2 s, 4 s, 8 s … up to 10 minutes between tries of a mail the relay did not take."""
+    return timedelta(seconds=min(2**attempts, 600))
+
+
+def compose(notification: Notification, sender: str) -> EmailMessage:
+    details = json.loads(notification.details)
+    when = notification.created_at
+    to, key = notification.to_address, notification.id
+    if notification.kind == BROWSER_ENROLLED:
+        return browser_enrolled(
+            sender=sender, to=to, device_name=details.get("device_name"), when=when, key=key
+        )
+    if notification.kind == TWO_FACTOR_DISABLED:
+        return two_factor_disabled(
+            sender=sender, to=to, by_admin=bool(details.get("by_admin")), when=when, key=key
+        )
+    until = details.get("locked_until")
+    return two_factor_locked(
+        sender=sender,
+        to=to,
+        locked_until=datetime.fromisoformat(until) if until else None,
+        when=when,
+        key=key,
+    )
+
+
+async def send_due(settings: Settings, db: Database) -> int:
+    """One round: every due mail claimed, sent and recorded; returns how many were tried."""
+    now = datetime.now(UTC)
+    async with db.write() as session:
+        claimed = await queries.claim_notifications(session, now, now + CLAIM, BATCH)
+    for notification in claimed:
+        await _send(settings, db, notification)
+    return len(claimed)
+
+
+async def _send(settings: Settings, db: Database, notification: Notification) -> None:
+    message = compose(notification, settings.mail_from)
+    error: MailRefused | None = None
+    try:
+        await deliver(message, settings)
+    except MailRefused as refused:
+        error = refused
+    now = datetime.now(UTC)
+    retry_at = now + retry_delay(notification.attempts) if error and not error.permanent else None
+    async with db.write() as session:
+        await queries.notification_done(
+            session,
+            notification.id,
+            now,
+            sent=error is None,
+            error=str(error) if error else None,
+            retry_at=retry_at,
+        )
+        if error is None or retry_at is None:
+            await audit.append(
+                session,
+                "notification_sent" if error is None else "notification_failed",
+                account_id=notification.account_id,
+                actor="system",
+                kind=notification.kind,
+                message_id=message["Message-ID"],
+                **({"reason": str(error)} if error else {}),
+            )
+    if error is None:
+        log.info("%s mail sent for account %s", notification.kind, notification.account_id)
+
+
+async def run_notifier(settings: Settings, db: Database) -> None:
+    """Drains the outbox until cancelled; a failed round is logged and tried again."""
+    while True:
+        try:
+            tried = await send_due(settings, db)
+        except Exception:
+            log.exception("notifier round failed; trying again")
+            tried = 0
+        if not tried:
+            await asyncio.sleep(IDLE_POLL_SECONDS)
