@@ -122,7 +122,7 @@ async def enroll_browser(api: Api, user: User, name: str | None = None) -> tuple
     login = await api.login_ok(user, device_token="")
     assert login["outcome"] == "browser_not_trusted", login
     body = {"device_name": name} if name else {}
-    r = await api.call("POST", f"/v1/login/{login['login_id']}/enroll-browser", json=body)
+    r = await api.enroll(login["login_id"], **body)
     assert r.status_code == 202, r.text
     code = await api.code_mail(user, count=mails_before + 1)
     r = await api.submit_code(login["login_id"], code)
@@ -471,10 +471,12 @@ async def test_r5_code_comes_before_anything_else(api: Api, database: Database) 
     assert login["login_id"] and login["code_expires_at"], login
     login_id = login["login_id"]
 
-    activate = await api.call("POST", f"/v1/login/{login_id}/activate", json=VALID_ACTIVATION)
+    activate = await api.call(
+        "POST", "/v1/login/activate", json={"login_id": login_id, **VALID_ACTIVATION}
+    )
     assert_error(activate, 409, "wrong_step", expected="code")
     assert_error(await api.pin(login_id, user.pin), 409, "wrong_step", expected="code")
-    enroll = await api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={})
+    enroll = await api.enroll(login_id)
     assert_error(enroll, 409, "wrong_step", expected="code")
     account = await account_row(database, user.account_id)
     assert account.two_factor_state == "pending_code"
@@ -485,7 +487,7 @@ async def test_r5_code_comes_before_anything_else(api: Api, database: Database) 
     assert r.status_code == 200 and r.json() == {"outcome": "activation_required"}, r.text
     # The PIN still waits for the activation; the code is not asked twice.
     assert_error(await api.pin(login_id, user.pin), 409, "wrong_step", expected="activation")
-    enroll = await api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={})
+    enroll = await api.enroll(login_id)
     assert_error(enroll, 409, "wrong_step", expected="activation")
     assert_error(await api.submit_code(login_id, code), 409, "wrong_step")
     assert (await api.login_ok(user))["outcome"] == "activation_required"
@@ -520,7 +522,7 @@ async def test_r6_activation_refuses_bad_inputs_naming_the_field(
     for name, change, field in refusals:
         body = {**good, **change}
         body = {k: v for k, v in body.items() if v is not None}
-        r = await api.call("POST", f"/v1/login/{login_id}/activate", json=body)
+        r = await api.call("POST", "/v1/login/activate", json={"login_id": login_id, **body})
         assert r.status_code == 422, (name, r.text)
         assert r.json().get("field") == field, (name, r.json())
         account = await account_row(database, user.account_id)
@@ -530,7 +532,7 @@ async def test_r6_activation_refuses_bad_inputs_naming_the_field(
         assert await draft_rows(database, user.account_id) == [], name
 
     # No device name: optional. The same login then activates.
-    r = await api.call("POST", f"/v1/login/{login_id}/activate", json=good)
+    r = await api.call("POST", "/v1/login/activate", json={"login_id": login_id, **good})
     assert r.status_code == 200, r.text
     assert r.json()["outcome"] == "pin_required"
     r = await api.pin(login_id, user.pin)
@@ -634,9 +636,7 @@ async def test_r9_untrusted_browser_is_enrolled_with_a_code_then_the_pin(
         assert_error(await api.pin(login["login_id"], user.pin), 409, "wrong_step")
 
     login = await api.login_ok(user, device_token="")
-    r = await api.call(
-        "POST", f"/v1/login/{login['login_id']}/enroll-browser", json={"device_name": "Phone"}
-    )
+    r = await api.enroll(login["login_id"], device_name="Phone")
     assert r.status_code == 202, r.text
     assert r.json()["outcome"] == "activation_code_required", r.json()
     assert ts(r.json()["code_expires_at"]) > now()
@@ -668,19 +668,18 @@ async def test_r9_enroll_browser_needs_the_enroll_step(api: Api) -> None:
     user = await api.activated(new_user("r9step"))
     trusted = await api.login_ok(user)
     assert trusted["outcome"] == "pin_required"
-    r = await api.call("POST", f"/v1/login/{trusted['login_id']}/enroll-browser", json={})
+    r = await api.enroll(trusted["login_id"])
     assert_error(r, 409, "wrong_step")
 
     pending = new_user("r9pending")
     login_id = await at_code_step(api, pending)
-    r = await api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={})
+    r = await api.enroll(login_id)
     assert r.status_code == 409, r.text
 
     # An enrollment already at its code step cannot be restarted on the same login.
     login = await api.login_ok(user, device_token="")
-    path = f"/v1/login/{login['login_id']}/enroll-browser"
-    assert (await api.call("POST", path, json={})).status_code == 202
-    assert_error(await api.call("POST", path, json={}), 409, "wrong_step")
+    assert (await api.enroll(login["login_id"])).status_code == 202
+    assert_error(await api.enroll(login["login_id"]), 409, "wrong_step")
     assert len(api.mails_to(user.email)) == 2
 
 

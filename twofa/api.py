@@ -50,11 +50,17 @@ class Credentials(BaseModel):
     device_token: Text | None = None
 
 
-class CodeInput(BaseModel):
+class LoginStep(BaseModel):
+    """S8: a login step names its login in the body, never in the URL (no log holds it)."""
+
+    login_id: Text
+
+
+class CodeInput(LoginStep):
     code: Annotated[Short, Field(min_length=1)]
 
 
-class ActivationInput(BaseModel):
+class ActivationInput(LoginStep):
     pin: Short
     pin_confirmation: Short
     seal: Text
@@ -62,11 +68,11 @@ class ActivationInput(BaseModel):
     email: Text | None = None
 
 
-class EnrollInput(BaseModel):
+class EnrollInput(LoginStep):
     device_name: Text | None = None
 
 
-class PinInput(BaseModel):
+class PinInput(LoginStep):
     pin: Short
 
 
@@ -170,14 +176,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def login(body: Credentials, svc: Service) -> LoginView:
         return await svc.login(body.email, body.password, body.device_token)
 
-    @app.post("/v1/login/{login_id}/activation-code", tags=["login"], **login_step)
-    async def activation_code(login_id: Text, body: CodeInput, svc: Service) -> LoginView:
-        return await svc.submit_code(login_id, body.code)
+    @app.post("/v1/login/activation-code", tags=["login"], **login_step)
+    async def activation_code(body: CodeInput, svc: Service) -> LoginView:
+        return await svc.submit_code(body.login_id, body.code)
 
-    @app.post("/v1/login/{login_id}/activate", tags=["login"], **login_step)
-    async def activate(login_id: Text, body: ActivationInput, svc: Service) -> LoginView:
+    @app.post("/v1/login/activate", tags=["login"], **login_step)
+    async def activate(body: ActivationInput, svc: Service) -> LoginView:
         return await svc.activate(
-            login_id,
+            body.login_id,
             pin=body.pin,
             pin_confirmation=body.pin_confirmation,
             seal=body.seal,
@@ -185,13 +191,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             email=body.email,
         )
 
-    @app.post("/v1/login/{login_id}/enroll-browser", status_code=202, tags=["login"], **login_step)
-    async def enroll_browser(login_id: Text, body: EnrollInput, svc: Service) -> LoginView:
-        return await svc.enroll_browser(login_id, body.device_name)
+    @app.post("/v1/login/enroll-browser", status_code=202, tags=["login"], **login_step)
+    async def enroll_browser(body: EnrollInput, svc: Service) -> LoginView:
+        return await svc.enroll_browser(body.login_id, body.device_name)
 
-    @app.post("/v1/login/{login_id}/pin", tags=["login"], **login_step)
-    async def pin(login_id: Text, body: PinInput, svc: Service) -> LoginView:
-        return await svc.submit_pin(login_id, body.pin)
+    @app.post("/v1/login/pin", tags=["login"], **login_step)
+    async def pin(body: PinInput, svc: Service) -> LoginView:
+        return await svc.submit_pin(body.login_id, body.pin)
 
     @app.get("/v1/session", tags=["session"], **v1)
     async def session(current: User, svc: Service) -> SessionView:
