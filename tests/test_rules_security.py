@@ -706,8 +706,8 @@ async def test_contract_unknown_routes_are_json_404(api: Api) -> None:
         ("GET", "/v1/account/devices/x/y"),
     ]:
         assert_error(await api.call(method, path), 404)
-    async with bare_client(api) as http:
-        assert_error(await http.get("/v1/nope"), 404)
+    async with bare_client(api) as http:  # S8: the token first, even before routing
+        assert_error(await http.get("/v1/nope"), 401)
     body = assert_error(await api.call("GET", "/v1/login"), 405)
     assert body["error"] == "method_not_allowed"
 

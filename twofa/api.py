@@ -13,11 +13,14 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from twofa.config import Settings
 from twofa.errors import ServiceError
+from twofa.observability import BoundedInput, Metrics, Observed, no_token
 from twofa.service import CurrentSession, TwoFactorService
 from twofa.store.db import Database
 from twofa.temporal import connect
@@ -85,6 +88,19 @@ def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse
     return JSONResponse(ServiceError(status, code, message, **details).body(), status_code=status)
 
 
+class EdgeGuardedApp(FastAPI):
+    """FastAPI inside the edge middlewares, which run before anything FastAPI does (S8)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, **options: Any) -> None:
+        super().__init__(**options)
+        self.settings = settings
+        self.metrics = metrics
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = BoundedInput(super().build_middleware_stack(), self.settings.resolved_service_token)
+        return Observed(inner, self.metrics)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -96,7 +112,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await db.dispose()
 
-    app = FastAPI(
+    docs = settings.api_docs
+    app = EdgeGuardedApp(
+        settings,
+        Metrics(),
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="Cockpit 2FA",
         version="1",
         summary="Two-factor authentication for Cockpit: enrollment, PIN login, trusted browsers.",
@@ -114,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expected = settings.resolved_service_token.encode()
         given = credentials.credentials.encode() if credentials else b""
         if not hmac.compare_digest(given, expected):
-            raise ServiceError(401, "invalid_service_token", "A valid service token is required.")
+            raise no_token()
 
     async def user(
         svc: Annotated[TwoFactorService, Depends(service)],
@@ -150,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         return _error(
             error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
         )
@@ -167,6 +189,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"status": "ok" if all(checks.values()) else "unavailable", **checks},
             status_code=200 if all(checks.values()) else 503,
         )
+
+    @app.get("/metrics", include_in_schema=False, **v1)
+    async def metrics() -> Response:
+        """Prometheus text format; labels are route templates and codes, never an id (S4)."""
+        return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/accounts", status_code=201, tags=["accounts"], **v1)
     async def register(body: NewAccount, svc: Service) -> AccountView:

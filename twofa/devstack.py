@@ -27,6 +27,9 @@ from twofa.store.db import migrate
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 
 _PR_SET_PDEATHSIG = 1
+#: Streamlit's bounds at their smallest (1 MB, its unit): the dashboard takes no upload, and
+#: its pages send small, paged messages.
+DASHBOARD_LIMITS = ["--server.maxUploadSize", "1", "--server.maxMessageSize", "1"]
 
 
 def die_with_parent() -> None:
