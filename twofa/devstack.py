@@ -136,9 +136,9 @@ def up(settings: Settings) -> int:
     manager.add_process("worker", f"exec {twofa} worker")
     manager.add_process("api", f"exec {twofa} api")
     manager.add_process("dashboard", f"exec {twofa} dashboard")
+    docs = f"  (docs http://{settings.host}:{settings.api_port}/docs)" if settings.api_docs else ""
     lines += [
-        f"HTTP API             http://{settings.host}:{settings.api_port}"
-        f"  (docs http://{settings.host}:{settings.api_port}/docs)",
+        f"HTTP API             http://{settings.host}:{settings.api_port}{docs}",
         f"Dashboard            http://{settings.host}:{settings.dashboard_port}"
         "  (operators: twofa admin create --email E --role admin|auditor)",
         f"Database             {_safe_url(settings.resolved_database_url)}",

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pythonjsonlogger.json import JsonFormatter
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -213,17 +213,23 @@ class Observed:
             return
         incoming = Headers(scope=scope).get("x-request-id", "")
         request_id = incoming if SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        echoed = request_id.encode()
         token = REQUEST_ID.set(request_id)
         start = time.perf_counter()
         status = 500
         captured = bytearray()
 
+        def counted(size: int) -> bool:
+            """Only a login step's answer is read, for its outcome or error code."""
+            route = getattr(scope.get("route"), "path", None)
+            return route in LOGIN_STEPS and size < CAPTURE_BYTES
+
         async def observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = request_id
-            elif message["type"] == "http.response.body" and len(captured) < CAPTURE_BYTES:
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", echoed)]
+            elif message["type"] == "http.response.body" and counted(len(captured)):
                 captured.extend(message.get("body", b""))
             await send(message)
 
