@@ -198,9 +198,15 @@ async def journey(api: ApiClient, mails: MailWatcher, user: BenchUser) -> dict[s
     login_id = body["login_id"]
     await timed(
         "code",
-        api.call("code", "POST", f"/v1/login/{login_id}/activation-code", json={"code": code}),
+        api.call(
+            "code",
+            "POST",
+            "/v1/login/activation-code",
+            json={"login_id": login_id, "code": code},
+        ),
     )
     activation = {
+        "login_id": login_id,
         "pin": user.pin,
         "pin_confirmation": user.pin,
         "seal": user.seal,
@@ -208,11 +214,12 @@ async def journey(api: ApiClient, mails: MailWatcher, user: BenchUser) -> dict[s
     }
     body = await timed(
         "activate",
-        api.call("activate", "POST", f"/v1/login/{login_id}/activate", json=activation),
+        api.call("activate", "POST", "/v1/login/activate", json=activation),
     )
     user.device_token = body["device_token"]
     body = await timed(
-        "pin", api.call("pin", "POST", f"/v1/login/{login_id}/pin", json={"pin": user.pin})
+        "pin",
+        api.call("pin", "POST", "/v1/login/pin", json={"login_id": login_id, "pin": user.pin}),
     )
     assert body["outcome"] == "authenticated", body
     return took
@@ -230,7 +237,7 @@ async def pin_login(api: ApiClient, user: BenchUser) -> tuple[float, float]:
     assert body["outcome"] == "pin_required", body
     middle = time.perf_counter()
     body = await api.call(
-        "pin", "POST", f"/v1/login/{body['login_id']}/pin", json={"pin": user.pin}
+        "pin", "POST", "/v1/login/pin", json={"login_id": body["login_id"], "pin": user.pin}
     )
     assert body["outcome"] == "authenticated", body
     return middle - start, time.perf_counter() - middle

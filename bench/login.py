@@ -1,7 +1,7 @@
 """Login: trusted-browser logins with the PIN, next to the bare argon2 work they need.
 
 Each login is ``POST /v1/login`` (password + device token, answered ``pin_required``) and
-``POST /v1/login/{id}/pin``: two argon2id verifications (password, PIN). The bare cost of that
+``POST /v1/login/pin``: two argon2id verifications (password, PIN). The bare cost of that
 pair is measured in this process at the same concurrency, just before each level. "No login
 touches Temporal" is shown by the history length of every account's workflow before and after.
 """

@@ -99,18 +99,27 @@ class Api:
         return dict(r.json())
 
     async def submit_code(self, login_id: str, code: str) -> httpx.Response:
-        return await self.call("POST", f"/v1/login/{login_id}/activation-code", json={"code": code})
+        body = {"login_id": login_id, "code": code}
+        return await self.call("POST", "/v1/login/activation-code", json=body)
 
     async def activate(self, login_id: str, user: User, **extra: Any) -> httpx.Response:
-        body = {"pin": user.pin, "pin_confirmation": user.pin, "seal": user.seal, **extra}
-        return await self.call("POST", f"/v1/login/{login_id}/activate", json=body)
+        body = {
+            "login_id": login_id,
+            "pin": user.pin,
+            "pin_confirmation": user.pin,
+            "seal": user.seal,
+            **extra,
+        }
+        return await self.call("POST", "/v1/login/activate", json=body)
 
-    async def enroll_browser(self, login_id: str, device_name: str | None) -> httpx.Response:
-        body = {"device_name": device_name} if device_name else {}
-        return await self.call("POST", f"/v1/login/{login_id}/enroll-browser", json=body)
+    async def enroll(self, login_id: str, **extra: Any) -> httpx.Response:
+        """S8: the browser enrollment step, its login id in the body."""
+        return await self.call(
+            "POST", "/v1/login/enroll-browser", json={"login_id": login_id, **extra}
+        )
 
     async def pin(self, login_id: str, pin: str) -> httpx.Response:
-        return await self.call("POST", f"/v1/login/{login_id}/pin", json={"pin": pin})
+        return await self.call("POST", "/v1/login/pin", json={"login_id": login_id, "pin": pin})
 
     def messages_to(self, email: str) -> list[EmailMessage]:
         """The sink's messages to ``email``, comparing parsed addresses (quoting aside)."""
@@ -176,7 +185,9 @@ class Api:
         login = await self.login_ok(user)
         assert login["outcome"] == "browser_not_trusted", login
         mails = len(self.mails_to(user.email))
-        r = await self.enroll_browser(login["login_id"], device_name)
+        r = await self.enroll(
+            login["login_id"], **({"device_name": device_name} if device_name else {})
+        )
         assert r.status_code == 202, r.text
         code = await self.code_mail(user, count=mails + 1)
         r = await self.submit_code(login["login_id"], code)

@@ -40,6 +40,7 @@ LONG_RUNNING = {
     "worker",
     "api",
     "dashboard",
+    "prometheus",  # profile "metrics"
 }
 APP_COMMANDS = {
     "migrate": ["twofa", "migrate"],

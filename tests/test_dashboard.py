@@ -35,6 +35,7 @@ from tests.processes import environment
 from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.dashboard import runtime, ui
+from twofa.devstack import DASHBOARD_LIMITS
 from twofa.errors import ServiceError
 from twofa.service import TwoFactorService
 from twofa.store.db import Database
@@ -512,6 +513,7 @@ async def served_dashboard(
         "--server.port", str(port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        *DASHBOARD_LIMITS,  # the production bounds: the pages must work within them
     ]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -212,7 +212,7 @@ async def test_double_clicked_enroll_browser_mails_one_code(
     codes_before = (await progress(client, user.account_id))["code_number"]
 
     def enroll() -> Awaitable[httpx.Response]:
-        return api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={"device_name": "b"})
+        return api.enroll(login_id, device_name="b")
 
     answers = await asyncio.gather(enroll(), enroll())
     assert [r.status_code for r in answers] == [202, 202], [r.text for r in answers]
@@ -237,7 +237,7 @@ async def test_double_submitted_pin_of_a_browser_enrollment_trusts_one_browser(
     login = await api.login_ok(other)
     assert login["outcome"] == "browser_not_trusted", login
     login_id = login["login_id"]
-    r = await api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={"device_name": "b"})
+    r = await api.enroll(login_id, device_name="b")
     assert r.status_code == 202, r.text
     code = await api.code_mail(user, count=2)
     r = await api.submit_code(login_id, code)

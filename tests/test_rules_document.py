@@ -118,18 +118,9 @@ async def at_activation_step(api: Api, user: User) -> str:
 
 async def enroll_browser(api: Api, user: User, name: str | None = None) -> tuple[str, str]:
     """R9 from an untrusted browser: enroll-browser, the mailed code, the PIN."""
-    mails_before = len(api.mails_to(user.email))
-    login = await api.login_ok(user, device_token="")
-    assert login["outcome"] == "browser_not_trusted", login
-    body = {"device_name": name} if name else {}
-    r = await api.call("POST", f"/v1/login/{login['login_id']}/enroll-browser", json=body)
-    assert r.status_code == 202, r.text
-    code = await api.code_mail(user, count=mails_before + 1)
-    r = await api.submit_code(login["login_id"], code)
-    assert r.status_code == 200, r.text
-    r = await api.pin(login["login_id"], user.pin)
-    assert r.status_code == 200, r.text
-    return str(r.json()["device_id"]), str(r.json()["device_token"])
+    other = await api.enrolled(User(email=user.email, password=user.password, pin=user.pin), name)
+    assert other.device_id and other.device_token
+    return other.device_id, other.device_token
 
 
 MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>")
@@ -476,10 +467,12 @@ async def test_r5_code_comes_before_anything_else(api: Api, database: Database) 
     assert login["login_id"] and login["code_expires_at"], login
     login_id = login["login_id"]
 
-    activate = await api.call("POST", f"/v1/login/{login_id}/activate", json=VALID_ACTIVATION)
+    activate = await api.call(
+        "POST", "/v1/login/activate", json={"login_id": login_id, **VALID_ACTIVATION}
+    )
     assert_error(activate, 409, "wrong_step", expected="code")
     assert_error(await api.pin(login_id, user.pin), 409, "wrong_step", expected="code")
-    enroll = await api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={})
+    enroll = await api.enroll(login_id)
     assert_error(enroll, 409, "wrong_step", expected="code")
     account = await account_row(database, user.account_id)
     assert account.two_factor_state == "pending_code"
@@ -490,7 +483,7 @@ async def test_r5_code_comes_before_anything_else(api: Api, database: Database) 
     assert r.status_code == 200 and r.json() == {"outcome": "activation_required"}, r.text
     # The PIN still waits for the activation; the code is not asked twice.
     assert_error(await api.pin(login_id, user.pin), 409, "wrong_step", expected="activation")
-    enroll = await api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={})
+    enroll = await api.enroll(login_id)
     assert_error(enroll, 409, "wrong_step", expected="activation")
     # The code is not asked twice: sent again, it tells the step's outcome and changes nothing.
     r = await api.submit_code(login_id, code)
@@ -527,7 +520,7 @@ async def test_r6_activation_refuses_bad_inputs_naming_the_field(
     for name, change, field in refusals:
         body = {**good, **change}
         body = {k: v for k, v in body.items() if v is not None}
-        r = await api.call("POST", f"/v1/login/{login_id}/activate", json=body)
+        r = await api.call("POST", "/v1/login/activate", json={"login_id": login_id, **body})
         assert r.status_code == 422, (name, r.text)
         assert r.json().get("field") == field, (name, r.json())
         account = await account_row(database, user.account_id)
@@ -537,7 +530,7 @@ async def test_r6_activation_refuses_bad_inputs_naming_the_field(
         assert await draft_rows(database, user.account_id) == [], name
 
     # No device name: optional. The same login then activates.
-    r = await api.call("POST", f"/v1/login/{login_id}/activate", json=good)
+    r = await api.call("POST", "/v1/login/activate", json={"login_id": login_id, **good})
     assert r.status_code == 200, r.text
     assert r.json()["outcome"] == "pin_required"
     r = await api.pin(login_id, user.pin)
@@ -641,9 +634,7 @@ async def test_r9_untrusted_browser_is_enrolled_with_a_code_then_the_pin(
         assert_error(await api.pin(login["login_id"], user.pin), 409, "wrong_step")
 
     login = await api.login_ok(user, device_token="")
-    r = await api.call(
-        "POST", f"/v1/login/{login['login_id']}/enroll-browser", json={"device_name": "Phone"}
-    )
+    r = await api.enroll(login["login_id"], device_name="Phone")
     assert r.status_code == 202, r.text
     assert r.json()["outcome"] == "activation_code_required", r.json()
     assert ts(r.json()["code_expires_at"]) > now()
@@ -675,21 +666,20 @@ async def test_r9_enroll_browser_needs_the_enroll_step(api: Api) -> None:
     user = await api.activated(new_user("r9step"))
     trusted = await api.login_ok(user)
     assert trusted["outcome"] == "pin_required"
-    r = await api.call("POST", f"/v1/login/{trusted['login_id']}/enroll-browser", json={})
+    r = await api.enroll(trusted["login_id"])
     assert_error(r, 409, "wrong_step")
 
     pending = new_user("r9pending")
     login_id = await at_code_step(api, pending)
-    r = await api.call("POST", f"/v1/login/{login_id}/enroll-browser", json={})
+    r = await api.enroll(login_id)
     assert r.status_code == 409, r.text
 
     # An enrollment already at its code step is not restarted on the same login: sent again,
     # the request gets the first one's answer and no second code (S9).
     login = await api.login_ok(user, device_token="")
-    path = f"/v1/login/{login['login_id']}/enroll-browser"
-    first = await api.call("POST", path, json={})
+    first = await api.enroll(login["login_id"])
     assert first.status_code == 202, first.text
-    again = await api.call("POST", path, json={})
+    again = await api.enroll(login["login_id"])
     assert again.status_code == 202 and again.json() == first.json(), again.text
     assert len(api.mails_to(user.email)) == 2
 

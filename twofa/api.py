@@ -13,11 +13,14 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from twofa.config import Settings
 from twofa.errors import ServiceError
+from twofa.observability import BoundedInput, Metrics, Observed, no_token
 from twofa.service import CurrentSession, TwoFactorService
 from twofa.store.db import Database
 from twofa.temporal import connect
@@ -50,11 +53,17 @@ class Credentials(BaseModel):
     device_token: Text | None = None
 
 
-class CodeInput(BaseModel):
+class LoginStep(BaseModel):
+    """S8: a login step names its login in the body, never in the URL (no log holds it)."""
+
+    login_id: Text
+
+
+class CodeInput(LoginStep):
     code: Annotated[Short, Field(min_length=1)]
 
 
-class ActivationInput(BaseModel):
+class ActivationInput(LoginStep):
     pin: Short
     pin_confirmation: Short
     seal: Text
@@ -62,11 +71,11 @@ class ActivationInput(BaseModel):
     email: Text | None = None
 
 
-class EnrollInput(BaseModel):
+class EnrollInput(LoginStep):
     device_name: Text | None = None
 
 
-class PinInput(BaseModel):
+class PinInput(LoginStep):
     pin: Short
 
 
@@ -77,6 +86,19 @@ class TwoFactorSwitch(BaseModel):
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return JSONResponse(ServiceError(status, code, message, **details).body(), status_code=status)
+
+
+class EdgeGuardedApp(FastAPI):
+    """FastAPI inside the edge middlewares, which run before anything FastAPI does (S8)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, **options: Any) -> None:
+        super().__init__(**options)
+        self.settings = settings
+        self.metrics = metrics
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = BoundedInput(super().build_middleware_stack(), self.settings.resolved_service_token)
+        return Observed(inner, self.metrics)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -90,7 +112,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await db.dispose()
 
-    app = FastAPI(
+    docs = settings.api_docs
+    app = EdgeGuardedApp(
+        settings,
+        Metrics(),
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="Cockpit 2FA",
         version="1",
         summary="Two-factor authentication for Cockpit: enrollment, PIN login, trusted browsers.",
@@ -108,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expected = settings.resolved_service_token.encode()
         given = credentials.credentials.encode() if credentials else b""
         if not hmac.compare_digest(given, expected):
-            raise ServiceError(401, "invalid_service_token", "A valid service token is required.")
+            raise no_token()
 
     async def user(
         svc: Annotated[TwoFactorService, Depends(service)],
@@ -144,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         return _error(
             error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
         )
@@ -162,6 +190,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=200 if all(checks.values()) else 503,
         )
 
+    @app.get("/metrics", include_in_schema=False, **v1)
+    async def metrics() -> Response:
+        """Prometheus text format; labels are route templates and codes, never an id (S4)."""
+        return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/v1/accounts", status_code=201, tags=["accounts"], **v1)
     async def register(body: NewAccount, svc: Service) -> AccountView:
         return await svc.register(body.email, body.password)
@@ -170,14 +203,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def login(body: Credentials, svc: Service) -> LoginView:
         return await svc.login(body.email, body.password, body.device_token)
 
-    @app.post("/v1/login/{login_id}/activation-code", tags=["login"], **login_step)
-    async def activation_code(login_id: Text, body: CodeInput, svc: Service) -> LoginView:
-        return await svc.submit_code(login_id, body.code)
+    @app.post("/v1/login/activation-code", tags=["login"], **login_step)
+    async def activation_code(body: CodeInput, svc: Service) -> LoginView:
+        return await svc.submit_code(body.login_id, body.code)
 
-    @app.post("/v1/login/{login_id}/activate", tags=["login"], **login_step)
-    async def activate(login_id: Text, body: ActivationInput, svc: Service) -> LoginView:
+    @app.post("/v1/login/activate", tags=["login"], **login_step)
+    async def activate(body: ActivationInput, svc: Service) -> LoginView:
         return await svc.activate(
-            login_id,
+            body.login_id,
             pin=body.pin,
             pin_confirmation=body.pin_confirmation,
             seal=body.seal,
@@ -185,13 +218,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             email=body.email,
         )
 
-    @app.post("/v1/login/{login_id}/enroll-browser", status_code=202, tags=["login"], **login_step)
-    async def enroll_browser(login_id: Text, body: EnrollInput, svc: Service) -> LoginView:
-        return await svc.enroll_browser(login_id, body.device_name)
+    @app.post("/v1/login/enroll-browser", status_code=202, tags=["login"], **login_step)
+    async def enroll_browser(body: EnrollInput, svc: Service) -> LoginView:
+        return await svc.enroll_browser(body.login_id, body.device_name)
 
-    @app.post("/v1/login/{login_id}/pin", tags=["login"], **login_step)
-    async def pin(login_id: Text, body: PinInput, svc: Service) -> LoginView:
-        return await svc.submit_pin(login_id, body.pin)
+    @app.post("/v1/login/pin", tags=["login"], **login_step)
+    async def pin(body: PinInput, svc: Service) -> LoginView:
+        return await svc.submit_pin(body.login_id, body.pin)
 
     @app.get("/v1/session", tags=["session"], **v1)
     async def session(current: User, svc: Service) -> SessionView:

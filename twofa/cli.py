@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -28,9 +27,9 @@ app = typer.Typer(
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from twofa.observability import configure_logging
+
+    configure_logging(Settings().log_format)
 
 
 @app.command()
@@ -54,6 +53,8 @@ def worker() -> None:
 @app.command()
 def api(workers: int = typer.Option(1, help="uvicorn worker processes")) -> None:
     """Run the HTTP API (uvicorn)."""
+    from twofa.observability import UVICORN_LIMITS
+
     settings = Settings()
     _logging()
     uvicorn.run(
@@ -63,6 +64,8 @@ def api(workers: int = typer.Option(1, help="uvicorn worker processes")) -> None
         port=settings.api_port,
         workers=workers,
         log_level="info",
+        log_config=None,  # uvicorn's records, access lines included, go through ours
+        **UVICORN_LIMITS,
     )
 
 
@@ -73,6 +76,7 @@ def dashboard() -> None:
     import sys
     from pathlib import Path
 
+    from twofa.devstack import DASHBOARD_LIMITS
     from twofa.store.db import migrate as run_migrations
 
     settings = Settings()
@@ -84,6 +88,7 @@ def dashboard() -> None:
         "--server.port", str(settings.dashboard_port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        *DASHBOARD_LIMITS,
     ]  # fmt: skip
     os.environ.setdefault("STREAMLIT_CLIENT_TOOLBAR_MODE", "viewer")  # no developer menu
     sys.stdout.flush()

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     session_ttl_seconds: float = Field(12 * 3600, gt=0)
     history_event_limit: int = Field(2000, ge=50)
     workflow_call_timeout_seconds: float = Field(30, gt=0)
+    #: Interactive API docs (/docs, /redoc, /openapi.json); production may turn them off.
+    api_docs: bool = True
+    #: Log lines as text for a terminal, or one JSON object per line for a log shipper.
+    log_format: Literal["text", "json"] = "text"
+    #: Where the worker serves the Temporal SDK's Prometheus metrics; unset: not served.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _smtp_credentials_only_over_tls(self) -> Self:

@@ -27,6 +27,9 @@ from twofa.store.db import migrate
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 
 _PR_SET_PDEATHSIG = 1
+#: Streamlit's bounds at their smallest (1 MB, its unit): the dashboard takes no upload, and
+#: its pages send small, paged messages.
+DASHBOARD_LIMITS = ["--server.maxUploadSize", "1", "--server.maxMessageSize", "1"]
 
 
 def die_with_parent() -> None:
@@ -133,9 +136,9 @@ def up(settings: Settings) -> int:
     manager.add_process("worker", f"exec {twofa} worker")
     manager.add_process("api", f"exec {twofa} api")
     manager.add_process("dashboard", f"exec {twofa} dashboard")
+    docs = f"  (docs http://{settings.host}:{settings.api_port}/docs)" if settings.api_docs else ""
     lines += [
-        f"HTTP API             http://{settings.host}:{settings.api_port}"
-        f"  (docs http://{settings.host}:{settings.api_port}/docs)",
+        f"HTTP API             http://{settings.host}:{settings.api_port}{docs}",
         f"Dashboard            http://{settings.host}:{settings.dashboard_port}"
         "  (operators: twofa admin create --email E --role admin|auditor)",
         f"Database             {_safe_url(settings.resolved_database_url)}",

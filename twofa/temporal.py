@@ -14,6 +14,14 @@ from typing import Any
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import Worker
 
@@ -58,13 +66,33 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def connect(settings: Settings, *, wait: timedelta = timedelta(seconds=60)) -> Client:
+def worker_runtime(settings: Settings) -> Runtime:
+    """The worker's SDK runtime: its core's logs through Python logging (so they share the
+    process's format, JSON included), and its Prometheus metrics when a port is set."""
+    metrics = None
+    if settings.worker_metrics_port is not None:
+        metrics = PrometheusConfig(bind_address=f"{settings.host}:{settings.worker_metrics_port}")
+    logs = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+    return Runtime(telemetry=TelemetryConfig(logging=logs, metrics=metrics))
+
+
+async def connect(
+    settings: Settings,
+    *,
+    wait: timedelta = timedelta(seconds=60),
+    runtime: Runtime | None = None,
+) -> Client:
     """Connect, waiting for a server that is still starting (the dev server takes a few seconds)."""
     deadline = asyncio.get_running_loop().time() + wait.total_seconds()
     options = connect_options(settings)
     while True:
         try:
-            return await Client.connect(settings.resolved_temporal_address, **options)
+            return await Client.connect(
+                settings.resolved_temporal_address, runtime=runtime, **options
+            )
         except RuntimeError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
@@ -116,7 +144,7 @@ async def serving(client: Client, settings: Settings, db: Database) -> AsyncIter
 async def run_worker(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then let running activities finish (graceful shutdown)."""
     db = Database(settings.resolved_database_url)
-    client = await connect(settings)
+    client = await connect(settings, runtime=worker_runtime(settings))
     await ensure_search_attributes(client, settings.temporal_namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
