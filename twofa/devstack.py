@@ -22,6 +22,7 @@ from supervisor import supervisord
 from supervisor.events import (
     Event,
     ProcessLogEvent,
+    ProcessStateBackoffEvent,
     ProcessStateFatalEvent,
     ProcessStateStartingEvent,
 )
@@ -32,8 +33,9 @@ from twofa.store.db import migrate
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 
 #: supervisord's restart rule for every part: one that dies is started again at once; one that
-#: dies again within STARTSECS is retried after 1 s, 2 s, 3 s... and given up after STARTRETRIES.
-STARTSECS = 3
+#: dies within STARTSECS of its start is started again after 1 s, 2 s, 3 s... and given up after
+#: STARTRETRIES such restarts in a row (a Python part on a busy 2-core machine takes ~9 s to fail).
+STARTSECS = 10
 STARTRETRIES = 10
 #: The parts, in start order (the reverse is the stop order): the dev server outlives its clients.
 PARTS = ("temporal", "smtp-sink", "worker", "api", "dashboard")
@@ -64,7 +66,7 @@ def supervisord_config(settings: Settings, parts: dict[str, list[str]]) -> str:
         config["supervisord"]["user"] = "root"  # said on purpose: no warning about it
     config["eventlistener:output"] = {
         "command": shlex.join([*shim, "--relay"]),
-        "events": "PROCESS_LOG,PROCESS_STATE_STARTING,PROCESS_STATE_FATAL",
+        "events": "PROCESS_LOG,PROCESS_STATE_STARTING,PROCESS_STATE_BACKOFF,PROCESS_STATE_FATAL",
         "buffer_size": "10000",
         "result_handler": "twofa.devstack:relay_output",
         "stdout_logfile": "NONE",
@@ -95,22 +97,29 @@ def supervisord_config(settings: Settings, parts: dict[str, list[str]]) -> str:
 def relay_output(event: Event, response: bytes) -> None:
     """supervisord's result handler for the output listener: each whole line, behind its part.
 
-    It also says when a part is restarted or given up, which supervisord logs below ``warn``.
+    It also says when a part is restarted, backs off or is given up, which supervisord logs
+    below ``warn`` (its ``warn`` line says how the part died).
     """
     name = event.process.config.name
-    lines: list[bytes] = []
+    lines: list[str] = []
     if isinstance(event, ProcessLogEvent):
-        *lines, rest = (_partial_lines.pop(name, b"") + event.data).split(b"\n")
+        *whole, rest = (_partial_lines.pop(name, b"") + event.data).split(b"\n")
         if rest:
             _partial_lines[name] = rest
-    elif isinstance(event, ProcessStateStartingEvent) and event.from_state != ProcessStates.STOPPED:
-        lines = [b"restarting"]
+        lines = [line.decode(errors="replace") for line in whole]
+    elif isinstance(event, ProcessStateStartingEvent) and event.from_state == ProcessStates.EXITED:
+        lines = ["restarting"]
+    elif isinstance(event, ProcessStateBackoffEvent):
+        tries = dict(event.extra_values)["tries"]  # also the seconds supervisord waits
+        lines = [
+            f"died within {STARTSECS} s of its start ({tries} in a row), next try in {tries} s"
+        ]
     elif isinstance(event, ProcessStateFatalEvent):
-        lines = [f"gave up after {STARTRETRIES} failed starts in a row".encode()]
+        lines = [f"gave up: died within {STARTSECS} s of its start {STARTRETRIES + 1} times"]
     width = max(map(len, PARTS))  # the names line up behind one prefix width
     stamp = time.strftime("%H:%M:%S")
     for line in lines:
-        sys.stdout.write(f"{stamp} {name:<{width}} | {line.decode(errors='replace')}\n")
+        sys.stdout.write(f"{stamp} {name:<{width}} | {line}\n")
     sys.stdout.flush()
 
 
