@@ -29,8 +29,9 @@ from temporalio.client import Client
 
 from bench.floor import TASK_QUEUE as FLOOR_TASK_QUEUE
 from twofa.config import Settings
-from twofa.devstack import dev_server_args, die_with_parent, temporal_binary
+from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import migrate
+from twofa.supervised import die_with_parent
 from twofa.temporal import connect
 
 ROOT = Path(__file__).resolve().parent.parent

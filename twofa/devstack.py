@@ -2,57 +2,128 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
+import configparser
+import io
 import logging
+import os
 import shlex
 import shutil
-import signal
 import sys
 import time
 import uuid
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SMTPSession
-from honcho.manager import Manager
-from honcho.process import Popen, Process
+from supervisor import supervisord
+from supervisor.events import (
+    Event,
+    ProcessLogEvent,
+    ProcessStateBackoffEvent,
+    ProcessStateFatalEvent,
+    ProcessStateStartingEvent,
+)
+from supervisor.states import ProcessStates
 
 from twofa.config import Settings
 from twofa.store.db import migrate
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 
-_PR_SET_PDEATHSIG = 1
 #: Streamlit's bounds at their smallest (1 MB, its unit): the dashboard takes no upload, and
 #: its pages send small, paged messages.
 DASHBOARD_LIMITS = ["--server.maxUploadSize", "1", "--server.maxMessageSize", "1"]
+#: supervisord's restart rule for every part: one that dies is started again at once; one that
+#: dies within STARTSECS of its start is started again after 1 s, 2 s, 3 s... and given up after
+#: STARTRETRIES such restarts in a row (a Python part on a busy 2-core machine takes ~9 s to fail).
+STARTSECS = 10
+STARTRETRIES = 10
+#: The parts, in start order (the reverse is the stop order): the dev server outlives its clients.
+PARTS = ("temporal", "smtp-sink", "worker", "api", "dashboard")
+#: A part's last line cut across two reads of its pipe, until its end comes.
+_partial_lines: dict[str, bytes] = {}
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: killed when its supervising process dies, even by SIGKILL.
+def supervisord_config(settings: Settings, parts: dict[str, list[str]]) -> str:
+    """supervisord's configuration: every part restarted, its output relayed with its name.
 
-    A normal stop never gets here (honcho sends SIGTERM and waits); this only covers a
-    supervisor killed without a chance to clean up, and SIGKILL, unlike SIGTERM, cannot be
-    caught by a child (Streamlit) that would then hang on its closed output pipe.
+    Each command goes through ``twofa.supervised``, which arms the parent-death signal before
+    exec (supervisord has no hook for it), so a SIGKILL of ``twofa up`` leaves no orphan.
     """
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    data = settings.data_dir.resolve()
+    shim = [sys.executable, "-m", "twofa.supervised", str(os.getpid())]
+    config = configparser.RawConfigParser()
+    config["supervisord"] = {
+        "nodaemon": "true",  # in the foreground, its own log also on stdout
+        "loglevel": "warn",  # deaths and stops; the restarts are said by relay_output
+        "logfile": str(data / "supervisord.log"),
+        "logfile_maxbytes": "1MB",
+        "logfile_backups": "1",
+        "pidfile": str(data / "supervisord.pid"),
+        "childlogdir": str(data),
+        "nocleanup": "true",
+    }
+    if os.geteuid() == 0:
+        config["supervisord"]["user"] = "root"  # said on purpose: no warning about it
+    config["eventlistener:output"] = {
+        "command": shlex.join([*shim, "--relay"]),
+        "events": "PROCESS_LOG,PROCESS_STATE_STARTING,PROCESS_STATE_BACKOFF,PROCESS_STATE_FATAL",
+        "buffer_size": "10000",
+        "result_handler": "twofa.devstack:relay_output",
+        "stdout_logfile": "NONE",
+        "stderr_logfile": "NONE",
+    }
+    for name, command in parts.items():
+        config[f"program:{name}"] = {
+            "command": shlex.join([*shim, *command]),
+            "priority": str(PARTS.index(name)),  # started in PARTS' order, stopped in reverse
+            "autorestart": "true",
+            "startsecs": str(STARTSECS),
+            "startretries": str(STARTRETRIES),
+            "stopasgroup": "true",
+            "killasgroup": "true",
+            "redirect_stderr": "true",
+            "stdout_logfile": "NONE",
+            "stdout_events_enabled": "true",
+            "environment": 'PYTHONUNBUFFERED="1"',
+        }
+    for section in config.sections():  # supervisord expands %(name)s in every value
+        for key, value in config[section].items():
+            config[section][key] = value.replace("%", "%%")
+    text = io.StringIO()
+    config.write(text)
+    return text.getvalue()
 
 
-class Supervisor(Manager):
-    """honcho's manager, whose children also stop when it is killed without a chance to clean up.
+def relay_output(event: Event, response: bytes) -> None:
+    """supervisord's result handler for the output listener: each whole line, behind its part.
 
-    honcho puts each child in its own session, so a SIGKILL of ``make run``'s process group
-    would leave them running with their ports bound; the parent-death signal prevents that.
+    It also says when a part is restarted, backs off or is given up, which supervisord logs
+    below ``warn`` (its ``warn`` line says how the part died).
     """
-
-    def add_process(self, name: str, cmd: str, **options: Any) -> Process:
-        process: Process = super().add_process(name, cmd, **options)
-        process._child_ctor = functools.partial(Popen, preexec_fn=die_with_parent)
-        return process
+    name = event.process.config.name
+    lines: list[str] = []
+    if isinstance(event, ProcessLogEvent):
+        *whole, rest = (_partial_lines.pop(name, b"") + event.data).split(b"\n")
+        if rest:
+            _partial_lines[name] = rest
+        lines = [line.decode(errors="replace") for line in whole]
+    elif isinstance(event, ProcessStateStartingEvent) and event.from_state == ProcessStates.EXITED:
+        lines = ["restarting"]
+    elif isinstance(event, ProcessStateBackoffEvent):
+        tries = dict(event.extra_values)["tries"]  # also the seconds supervisord waits
+        lines = [
+            f"died within {STARTSECS} s of its start ({tries} in a row), next try in {tries} s"
+        ]
+    elif isinstance(event, ProcessStateFatalEvent):
+        lines = [f"gave up: died within {STARTSECS} s of its start {STARTRETRIES + 1} times"]
+    width = max(map(len, PARTS))  # the names line up behind one prefix width
+    stamp = time.strftime("%H:%M:%S")
+    for line in lines:
+        sys.stdout.write(f"{stamp} {name:<{width}} | {line}\n")
+    sys.stdout.flush()
 
 
 def temporal_binary() -> str:
@@ -115,12 +186,11 @@ def up(settings: Settings) -> int:
     """Everything on loopback, in the foreground; Ctrl-C or SIGTERM stops every child."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
-    twofa = shlex.quote(str(Path(sys.executable).parent / "twofa"))
-    manager = Supervisor()
+    twofa = str(Path(sys.executable).parent / "twofa")
+    parts: dict[str, list[str]] = {}
     lines = []
     if settings.embedded_temporal:
-        command = [temporal_binary(), "server", "start-dev", *dev_server_args(settings)]
-        manager.add_process("temporal", "exec " + shlex.join(command))
+        parts["temporal"] = [temporal_binary(), "server", "start-dev", *dev_server_args(settings)]
         lines.append(
             f"Temporal dev server  {settings.resolved_temporal_address}"
             f"  (web UI http://127.0.0.1:{settings.temporal_ui_port})"
@@ -128,14 +198,12 @@ def up(settings: Settings) -> int:
     else:
         lines.append(f"Temporal (external)  {settings.resolved_temporal_address}")
     if settings.smtp_sink:
-        manager.add_process("smtp-sink", f"exec {twofa} smtp-sink")
+        parts["smtp-sink"] = [twofa, "smtp-sink"]
         lines.append(
             f"SMTP sink            {settings.smtp_host}:{settings.smtp_port}"
             f"  (mail kept in {settings.mail_dir.resolve()})"
         )
-    manager.add_process("worker", f"exec {twofa} worker")
-    manager.add_process("api", f"exec {twofa} api")
-    manager.add_process("dashboard", f"exec {twofa} dashboard")
+    parts |= {name: [twofa, name] for name in ("worker", "api", "dashboard")}
     docs = f"  (docs http://{settings.host}:{settings.api_port}/docs)" if settings.api_docs else ""
     lines += [
         f"HTTP API             http://{settings.host}:{settings.api_port}{docs}",
@@ -145,8 +213,10 @@ def up(settings: Settings) -> int:
         f"Service token        {settings.resolved_service_token}",
     ]
     print("Cockpit 2FA is starting:\n  " + "\n  ".join(lines), flush=True)
-    manager.loop()
-    return manager.returncode or 0
+    config = settings.data_dir / "supervisord.conf"
+    config.write_text(supervisord_config(settings, parts))
+    supervisord.main(["--configuration", str(config)])  # here: the parts' parent is this pid
+    return 0
 
 
 def _safe_url(url: str) -> str:
