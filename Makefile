@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint system-packages clean
+.PHONY: run test lint system-packages clean admin seed user
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -16,6 +16,22 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 run: $(STAMP)
 	exec $(BIN)/twofa up
+
+# Helpers for a second shell while `make run` is going; with non-default ports or data dir, give
+# that shell the same TWOFA_* variables. `twofa` itself is $(BIN)/twofa (not on PATH).
+ROLE ?= admin
+N ?= 200
+admin: $(STAMP)  # a dashboard operator: make admin EMAIL=you@example.com [ROLE=auditor]
+	$(BIN)/twofa admin create --email '$(EMAIL)' --role '$(ROLE)'
+
+seed: $(STAMP)  # demo accounts in every 2FA state: make seed [N=200]
+	$(BIN)/twofa seed --accounts $(N)
+
+user:  # an end user for the pages: make user EMAIL=ann@example.com PASSWORD='correct horse'
+	@curl -sS -X POST "http://$${TWOFA_HOST:-127.0.0.1}:$${TWOFA_API_PORT:-8000}/v1/accounts" \
+	  -H "Authorization: Bearer $${TWOFA_SERVICE_TOKEN:-$$(cat "$${TWOFA_DATA_DIR:-.data}/service-token")}" \
+	  -H "content-type: application/json" -d '{"email":"$(EMAIL)","password":"$(PASSWORD)"}'
+	@echo
 
 # Debian packages the tests use: PostgreSQL (second database backend) and Chromium (browser tests).
 system-packages:

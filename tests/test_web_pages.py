@@ -9,11 +9,13 @@ document, with the codes read from the SMTP sink and a screenshot per step.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.browser import launch
 from tests.conftest import ApiFactory
@@ -34,6 +36,11 @@ PAGE_PATHS = {
     "/settings/disable",
     "/settings/browsers",
 }
+#: The document's words after Yes on the disable confirmation.
+DISABLED_SENTENCE = (
+    "Two-factor authentication is disabled for your account, and automatically for all the "
+    "browsers you had enrolled as trusted devices."
+)
 #: Where forms post (each also a page path above, or one of these).
 FORM_PATHS = {
     "/logout",
@@ -184,7 +191,8 @@ async def test_pages_journey_without_javascript(start_api: ApiFactory) -> None:
             at(r, "/login/activate", message, f'id="{field}-error"')
             assert r.status_code == 422
             assert re.search(rf'id="{field}"[^>]*aria-invalid="true"', r.text), r.text
-            assert "Laptop" in r.text and user.pin not in r.text  # kept, but never the PIN
+            assert "Laptop" in r.text  # kept; the PIN only when both its boxes were right
+            assert (user.pin in r.text) is (field not in ("pin", "pin_confirmation")), field
         form = {"device_name": "Laptop", "pin": user.pin, "pin_confirmation": user.pin}
         r = await first.post("/login/activate", {**form, "seal": user.seal, "email": ""})
         at(r, "/login/activated", "your browser is enrolled as a trusted device")
@@ -215,8 +223,12 @@ async def test_pages_journey_without_javascript(start_api: ApiFactory) -> None:
         tablet = re.search(r'Tablet.*?name="device_id" value="([^"]+)"', r.text, re.DOTALL)
         assert tablet, r.text
         r = await first.post("/settings/browsers/delete", {"device_id": tablet.group(1)})
-        at(r, "/settings/browsers", "The browser was deleted from your trusted devices.")
-        assert "Tablet" not in r.text and "Laptop" in r.text
+        at(r, "/settings/browsers/delete", "Delete the trusted browser “Tablet”?")
+        at(await second.get("/"), "/")  # nothing deleted before the Yes
+        form = {"device_id": tablet.group(1), "confirm": "yes"}
+        r = await first.post("/settings/browsers/delete", form)
+        at(r, "/settings/browsers", "The browser “Tablet” was deleted from your trusted devices.")
+        assert "Tablet" not in r.text.split("</h1>", 1)[1] and "Laptop" in r.text  # the list
         at(await second.get("/"), "/login", "Your session has ended.")
         r = await second.post("/login", {"email": user.email, "password": user.password})
         at(r, "/login/not-trusted")
@@ -226,11 +238,8 @@ async def test_pages_journey_without_javascript(start_api: ApiFactory) -> None:
         r = await first.get("/settings/disable")
         at(r, "/settings/disable", "Yes", "No")
         r = await first.post("/settings/two-factor/disable", {"confirm": "yes"})
-        at(r, "/login", "Two-factor authentication is disabled for your account")
-        r = await first.post("/login", {"email": user.email, "password": user.password})
-        at(r, "/", user.email)
-        r = await first.get("/settings")
-        at(r, "/settings", 'aria-checked="false"')
+        at(r, "/settings", DISABLED_SENTENCE, 'aria-checked="false"', user.email)
+        at(await first.get("/"), "/", user.email)  # still signed in
 
         user.codes.append(code)
         for visitor in (first, second):
@@ -501,7 +510,8 @@ async def test_document_in_a_real_browser(start_api: ApiFactory, tmp_path: Path)
             await expect(rows).to_have_count(2)
             await shot(first, "trusted-browsers")
             await first.get_by_role("button", name="Delete Home PC").click()
-            await expect(first.get_by_text("The browser was deleted")).to_be_visible()
+            await first.get_by_role("button", name="Yes, delete “Home PC”").click()
+            await expect(first.get_by_text("The browser “Home PC” was deleted")).to_be_visible()
             await expect(rows).to_have_count(1)
             await expect(rows.first).to_contain_text("Work laptop")
             await shot(first, "browser-deleted")
@@ -516,8 +526,10 @@ async def test_document_in_a_real_browser(start_api: ApiFactory, tmp_path: Path)
             await expect(first.get_by_text("Disable two-factor authentication?")).to_be_visible()
             await shot(first, "disable-confirmation")
             await first.get_by_role("button", name="Yes").click()
-            await expect(first.get_by_text("Two-factor authentication is disabled")).to_be_visible()
+            await expect(first.get_by_text(DISABLED_SENTENCE)).to_be_visible()
+            await expect(switch).to_have_attribute("aria-checked", "false")
             await shot(first, "disabled")
+            await first.context.clear_cookies(name="twofa_session")
             await log_in(first)
             await expect(first.get_by_text("You are connected to Cockpit")).to_be_visible()
             await shot(first, "logged-in-without-2fa")
@@ -556,6 +568,7 @@ async def test_countdown_logs_out_with_and_without_javascript(start_api: ApiFact
                 await expect(page.get_by_text("after 3 seconds")).to_be_visible()
                 await expect(page).to_have_url(f"{base}/login", timeout=10_000)
                 await expect(page.get_by_text("Log in to Cockpit")).to_be_visible()
+                await expect(page.get_by_label("Email address")).to_have_value(user.email)
                 if javascript:
                     await expect(
                         page.get_by_text("You are logged out from Cockpit.")
@@ -565,3 +578,241 @@ async def test_countdown_logs_out_with_and_without_javascript(start_api: ApiFact
                 await context.close()
         finally:
             await browser.close()
+
+
+# -- issue 13: the pages as a person meets them, at a desktop width and on a 375 px phone
+
+VIEWPORTS = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {
+        "viewport": {"width": 375, "height": 740},
+        "is_mobile": True,
+        "has_touch": True,
+        "device_scale_factor": 2,
+    },
+}
+
+
+def screenshots(tmp_path: Path) -> Path:
+    """Where the screenshots go: the test's own folder, or TWOFA_TEST_SCREENSHOTS to keep them."""
+    folder = Path(os.environ.get("TWOFA_TEST_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def enroll_second_browser(api: Api, user: User, name: str) -> None:
+    """Another browser of ``user`` enrolled through the pages (no script needed)."""
+    other = Visitor(str(api.http.base_url))
+    try:
+        await other.get("/login")
+        await other.post("/login", {"email": user.email, "password": user.password})
+        await other.post("/login/not-trusted", {"device_name": name})
+        # the user's second mail: the activation's code came first
+        r = await other.post("/login/code", {"code": await api.code_mail(user, count=2)})
+        r = await other.post("/login/pin", {"pin": user.pin})
+        at(r, "/", "This browser is enrolled as a trusted device.")
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("form_factor", list(VIEWPORTS))
+async def test_issue_13_pages_in_chromium(
+    start_api: ApiFactory, tmp_path: Path, form_factor: str
+) -> None:
+    """Each page point of issue 13, seen by Chromium at a desktop width and at 375 px:
+    the home page names what the top bar shows; the login form remembers the email after the
+    auto-logout; the activation form reports every wrong field at once and keeps the valid
+    ones; "1 attempt left"; five wrong PINs lead to a lock page of its own; the trusted
+    browsers fit a phone and a deletion asks first, naming the browser; disabling 2FA keeps
+    the user signed in, on Settings, with the document's sentence."""
+    from playwright.async_api import Page, async_playwright, expect
+
+    api = await pages_api(start_api)
+    base = str(api.http.base_url).rstrip("/")
+    shots = screenshots(tmp_path)
+    width = VIEWPORTS[form_factor]["viewport"]["width"]  # type: ignore[index]
+
+    async def shot(page: Page, name: str) -> None:
+        await page.screenshot(path=shots / f"{form_factor}-{name}.png", full_page=True)
+
+    async def fits(page: Page) -> None:
+        """Nothing wider than the screen: no sideways scrolling at 375 px."""
+        scroll = await page.evaluate("document.documentElement.scrollWidth")
+        assert scroll <= width, (page.url, scroll, width)
+
+    async def log_in(page: Page, user: User, email: bool = True) -> None:
+        await page.goto(f"{base}/login")
+        if email:
+            await page.get_by_label("Email address").fill(user.email)
+        await page.get_by_label("Password").fill(user.password)
+        await page.get_by_role("button", name="Log in").click()
+
+    async with async_playwright() as p:
+        browser = await launch(p)
+        try:
+            # A new user: the home page, the auto-logout, then the activation.
+            erin = await api.register(new_user("erin"))
+            page = await (await browser.new_context(**VIEWPORTS[form_factor])).new_page()
+            await log_in(page, erin)
+            await expect(page.locator("header summary")).to_have_text(erin.email)
+            await expect(
+                page.get_by_text("click your email address in the top bar")
+            ).to_be_visible()
+            await fits(page)
+            await shot(page, "home")
+            await page.goto(f"{base}/settings")
+            await page.get_by_role("switch", name="Two-factor authentication").click()
+            await page.get_by_role("button", name="Auto-logout").click()
+            await expect(page.get_by_text("You are logged out from Cockpit.")).to_be_visible()
+            await expect(page.get_by_label("Email address")).to_have_value(erin.email)
+            await expect(page.get_by_label("Password")).to_be_focused()
+            await fits(page)
+            await shot(page, "login-after-auto-logout")
+
+            code = await api.code_mail(erin)
+            await log_in(page, erin, email=False)  # the remembered email, as a person would
+            await page.get_by_label("Enter an inWebo Secure Site ID").fill(code)
+            await page.get_by_role("button", name="Validate").click()
+            await page.get_by_label("Name this trusted device (optional)").fill("Erin phone")
+            await page.get_by_label("Password", exact=True).fill("12")
+            await page.get_by_label("Confirm password").fill("99")
+            await page.get_by_label("Antiphishing seal").fill("")
+            await page.get_by_label("Email address (optional)").fill("erin new@example.com")
+            await page.get_by_role("button", name="Activate inWebo").click()
+            for field, words in [
+                ("pin", "between 4 and 8 digits"),
+                ("pin_confirmation", "does not match"),
+                ("seal", "The antiphishing seal is required."),
+                ("email", "' '"),
+            ]:
+                await expect(page.locator(f"#{field}-error")).to_contain_text(words)
+                await expect(page.locator(f"#{field}")).to_have_attribute("aria-invalid", "true")
+            await expect(page.locator(".field-error")).to_have_count(4)
+            await expect(page.get_by_label("Password", exact=True)).to_have_value("")
+            await expect(page.get_by_label("Confirm password")).to_have_value("")
+            await expect(page.get_by_label("Name this trusted device (optional)")).to_have_value(
+                "Erin phone"
+            )
+            await expect(page.get_by_label("Email address (optional)")).to_have_value(
+                "erin new@example.com"
+            )
+            await fits(page)
+            await shot(page, "activation-four-errors")
+            await page.get_by_label("Password", exact=True).fill(erin.pin)
+            await page.get_by_label("Confirm password").fill(erin.pin)
+            await page.get_by_label("Email address (optional)").fill("")
+            await page.get_by_role("button", name="Activate inWebo").click()
+            await expect(page.locator(".field-error")).to_have_count(1)
+            await expect(page.locator("#seal-error")).to_be_visible()
+            await expect(page.get_by_label("Password", exact=True)).to_have_value(erin.pin)
+            await expect(page.get_by_label("Confirm password")).to_have_value(erin.pin)
+            await page.get_by_label("Antiphishing seal").fill(erin.seal)
+            await page.get_by_role("button", name="Activate inWebo").click()
+            await page.get_by_role("link", name="OK").click()
+
+            # Wrong PINs: the count in correct English, then the lock page.
+            for left in (4, 3, 2, 1):
+                await page.get_by_label("Password").fill("90817263")
+                await page.get_by_role("button", name="Connect").click()
+                noun = "attempt" if left == 1 else "attempts"
+                await expect(page.locator("#pin-error")).to_have_text(
+                    f"Wrong password. {left} {noun} left."
+                )
+            await shot(page, "pin-one-attempt-left")
+            await page.get_by_label("Password").fill("90817263")
+            await page.get_by_role("button", name="Connect").click()
+            await expect(
+                page.get_by_role("heading", name="Two-factor authentication is locked")
+            ).to_be_visible()
+            await expect(page.get_by_text("locked for your account until")).to_be_visible()
+            await expect(page.get_by_text("until an administrator unlocks it")).to_be_visible()
+            assert "Something stopped here" not in await page.content()
+            await fits(page)
+            await shot(page, "locked")
+
+            # A user with two trusted browsers: the list fits, a deletion asks first.
+            ann = await api.activated(new_user("ann"), device_name="Ann laptop")
+            await enroll_second_browser(api, ann, "Ann home PC with a rather long name")
+            context = await browser.new_context(**VIEWPORTS[form_factor])
+            await context.add_cookies(
+                [{"name": "twofa_device", "value": ann.device_token or "", "url": base}]
+            )
+            page = await context.new_page()
+            await log_in(page, ann)
+            await page.get_by_label("Password").fill(ann.pin)
+            await page.get_by_role("button", name="Connect").click()
+            await page.goto(f"{base}/settings/browsers")
+            await expect(page.locator("table.devices tbody tr")).to_have_count(2)
+            await fits(page)
+            for button in await page.get_by_role("button", name=re.compile("^Delete ")).all():
+                await expect(button).to_be_visible()
+                box = await button.bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+            await shot(page, "trusted-browsers")
+            other = "Ann home PC with a rather long name"
+            await page.get_by_role("button", name=f"Delete {other}").click()
+            await expect(page.get_by_role("heading")).to_have_text(
+                f"Delete the trusted browser “{other}”?"
+            )
+            await fits(page)
+            await shot(page, "delete-browser-confirmation")
+            await page.get_by_role("link", name="No").click()
+            await expect(page.locator("table.devices tbody tr")).to_have_count(2)
+            await page.get_by_role("button", name=f"Delete {other}").click()
+            await page.get_by_role("button", name=f"Yes, delete “{other}”").click()
+            await expect(
+                page.get_by_text(f"The browser “{other}” was deleted from your trusted devices.")
+            ).to_be_visible()
+            await expect(page.locator("table.devices tbody tr")).to_have_count(1)
+            await shot(page, "browser-deleted")
+
+            # Disabling: Yes keeps Ann signed in, on Settings, with the document's sentence.
+            await page.goto(f"{base}/settings")
+            await page.get_by_role("switch", name="Two-factor authentication").click()
+            await page.get_by_role("button", name="Yes").click()
+            await expect(page).to_have_url(f"{base}/settings")
+            await expect(page.get_by_text(DISABLED_SENTENCE)).to_be_visible()
+            switch = page.get_by_role("switch", name="Two-factor authentication")
+            await expect(switch).to_have_attribute("aria-checked", "false")
+            await expect(page.locator("header summary")).to_have_text(ann.email)
+            await fits(page)
+            await shot(page, "disabled-stays-signed-in")
+            await page.reload()  # the session really lives on, on the server
+            await expect(page).to_have_url(f"{base}/settings")
+            await expect(page.locator("header summary")).to_have_text(ann.email)
+        finally:
+            await browser.close()
+
+
+async def test_third_lock_in_a_row_says_an_admin_unlocks(start_api: ApiFactory) -> None:
+    """S2 as the lock page tells it: two short locks say until when; the third lock in a row
+    has no end time, and the page says an administrator unlocks it."""
+    api = await start_api(pin_lock_seconds=1)
+    user = await api.activated(new_user("thirdlock"))
+    visitor = Visitor(str(api.http.base_url))
+    visitor.http.cookies.set("twofa_device", user.device_token or "")
+    try:
+        await visitor.get("/login")
+        for lock in (1, 2, 3):
+            while True:  # until the last lock is over, the login answers with the lock page
+                r = await visitor.post("/login", {"email": user.email, "password": user.password})
+                if r.request.url.path == "/login/pin":
+                    break
+                assert r.status_code == 423 and lock > 1, r.text
+                await asyncio.sleep(0.2)
+            for _ in range(4):
+                r = await visitor.post("/login/pin", {"pin": "90817263"})
+                assert r.status_code == 400, r.text
+            r = await visitor.post("/login/pin", {"pin": "90817263"})
+            assert r.status_code == 423, r.text
+            assert "Two-factor authentication is locked" in r.text
+            if lock < 3:
+                assert "locked for your account until" in r.text
+            else:
+                assert "until an administrator unlocks it" in r.text
+                assert "locked for your account until" not in r.text
+                assert "Contact your Cockpit administrator" in r.text
+        r = await visitor.post("/login", {"email": user.email, "password": user.password})
+        assert r.status_code == 423 and "Contact your Cockpit administrator" in r.text
+    finally:
+        await visitor.close()

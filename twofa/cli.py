@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ def _logging() -> None:
     from twofa.observability import configure_logging
 
     configure_logging(Settings().log_format)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per plugin at every start
 
 
 @app.command()

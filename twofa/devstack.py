@@ -9,12 +9,14 @@ import os
 import shlex
 import shutil
 import sys
+import threading
 import time
 import uuid
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SMTPSession
@@ -146,7 +148,9 @@ def dev_server_args(settings: Settings) -> list[str]:
         "--sqlite-pragma", "journal_mode=WAL",
         "--sqlite-pragma", "synchronous=NORMAL",
         "--ui-disable-news-fetch",
-        "--log-level", "warn",
+        # warn would print the server's own registration of the attribute above as "already
+        # exists", and a screen of "connection refused" from its internal clients at every stop
+        "--log-level", "error",
     ]  # fmt: skip
 
 
@@ -208,15 +212,33 @@ def up(settings: Settings) -> int:
     lines += [
         f"HTTP API             http://{settings.host}:{settings.api_port}{docs}",
         f"Dashboard            http://{settings.host}:{settings.dashboard_port}"
-        "  (operators: twofa admin create --email E --role admin|auditor)",
+        "  (operators: make admin EMAIL=you@example.com)",
         f"Database             {_safe_url(settings.resolved_database_url)}",
         f"Service token        {settings.resolved_service_token}",
     ]
     print("Cockpit 2FA is starting:\n  " + "\n  ".join(lines), flush=True)
     config = settings.data_dir / "supervisord.conf"
     config.write_text(supervisord_config(settings, parts))
+    threading.Thread(target=announce_when_ready, args=(settings,), daemon=True).start()
     supervisord.main(["--configuration", str(config)])  # here: the parts' parent is this pid
+    print("Cockpit 2FA stopped.", flush=True)
     return 0
+
+
+def announce_when_ready(settings: Settings) -> None:
+    """Polls the API's health and the dashboard's until both answer, then says so once."""
+    api = f"http://{settings.host}:{settings.api_port}"
+    dashboard = f"http://{settings.host}:{settings.dashboard_port}"
+    pending = [f"{api}/healthz", f"{dashboard}/_stcore/health"]
+    while pending:
+        try:
+            if httpx.get(pending[0], timeout=2).status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    print(f"ready: pages {api}/  dashboard {dashboard}  (Ctrl-C stops everything)", flush=True)
 
 
 def _safe_url(url: str) -> str:

@@ -118,6 +118,47 @@ def rule_refused(error: RuleViolation) -> ServiceError:
     return ServiceError(422, error.code, error.message, field=error.field, **error.details)
 
 
+def checked_activation(
+    pin: str, pin_confirmation: str, seal: str, device_name: str | None, email: str | None
+) -> tuple[str, str | None, str | None]:
+    """R6: every activation field checked, and every wrong one reported at once.
+
+    The 422 names the first wrong field as usual (``field``, ``error``, ``message``) and lists
+    each wrong field in ``fields``, so a form can show all its errors at the first try.
+    """
+    violations: list[RuleViolation] = []
+    values: dict[str, str | None] = {}
+    checks: list[tuple[str, Callable[[], str | None]]] = [
+        ("pin", lambda: check_pin(pin, pin)),
+        ("pin_confirmation", lambda: check_pin_confirmation(pin, pin_confirmation)),
+        ("seal", lambda: check_seal(seal)),
+        ("device_name", lambda: check_device_name(device_name)),
+        ("email", lambda: check_two_factor_email(email) if email and email.strip() else None),
+    ]
+    for name, check in checks:
+        try:
+            values[name] = check()
+        except RuleViolation as error:
+            violations.append(error)
+    if violations:
+        first = rule_refused(violations[0])
+        first.details["fields"] = [
+            {"field": v.field, "error": v.code, "message": v.message, **v.details}
+            for v in violations
+        ]
+        raise first
+    return str(values["seal"]), values["device_name"], values["email"]
+
+
+def check_pin_confirmation(pin: str, confirmation: str) -> str:
+    """The confirmation must repeat the PIN, whether or not the PIN itself is valid."""
+    if confirmation != pin:
+        raise RuleViolation(
+            "pin_confirmation", "pin_mismatch", "The PIN confirmation does not match the PIN."
+        )
+    return confirmation
+
+
 def effective_state(account: Account, now: datetime) -> str:
     """The projection's state, read exactly: a lock whose time has passed is over already."""
     state = account.two_factor_state
@@ -349,13 +390,9 @@ class TwoFactorService:
             if challenge.device_id != draft_id:
                 raise errors.wrong_step(challenge.step)
             return await self._activated(account.id, draft_id, device_token)
-        try:
-            check_pin(pin, pin_confirmation)
-            seal = check_seal(seal)
-            device_name = check_device_name(device_name)
-            email = check_two_factor_email(email) if email is not None and email.strip() else None
-        except RuleViolation as error:
-            raise rule_refused(error) from None
+        seal, device_name, email = checked_activation(
+            pin, pin_confirmation, seal, device_name, email
+        )
         pin_hash = await self.kdf(self.keyring.hash_secret, pin)
         draft = ActivationDraft(
             id=draft_id,
@@ -633,8 +670,19 @@ class TwoFactorService:
             auto_logout_at=result.auto_logout_at, code_expires_at=result.code_expires_at
         )
 
-    async def disable(self, account: Account, confirm: bool, actor: str = "user") -> DisabledView:
-        """R10: only with an explicit confirmation; every trusted browser goes with it."""
+    async def disable(
+        self,
+        account: Account,
+        confirm: bool,
+        actor: str = "user",
+        *,
+        keep: Session | None = None,
+    ) -> DisabledView:
+        """R10: only with an explicit confirmation; every trusted browser goes with it.
+
+        ``keep``: the session of the user who said Yes, which stays open (no longer tied to a
+        browser); every other session a trusted browser opened ends with its browser.
+        """
         if not confirm:
             raise ServiceError(
                 400,
@@ -648,13 +696,15 @@ class TwoFactorService:
             result = await self.call_workflow(
                 account.id, TwoFactorWorkflow.disable, ActorRequest(actor=actor)
             )
+            revoked = result.revoked_devices
         except ServiceError as error:
             if error.code != "two_factor_not_enabled":
                 raise
             revoked = await self._disable_without_workflow(account, actor)
-            return DisabledView(revoked_devices=revoked)
         log.info("2FA disabled for account %s by %s", account.id, actor)
-        return DisabledView(revoked_devices=result.revoked_devices)
+        if keep is not None:
+            await self._keep_session(keep)
+        return DisabledView(revoked_devices=revoked)
 
     async def _disable_without_workflow(self, account: Account, actor: str) -> int:
         """The store says 2FA is on but no workflow runs to turn it off (it ended or was
@@ -671,6 +721,21 @@ class TwoFactorService:
                 actor=actor,
             )
             return await disable_in_store(db, projection)
+
+    async def _keep_session(self, kept: Session) -> None:
+        """Reopens the session that the revocation of its browser has just ended."""
+        async with self.db.write() as db:
+            session = await db.get(Session, kept.id)
+            if (
+                session is None
+                or session.end_reason != "device_revoked"
+                or session.expires_at <= utcnow()
+            ):
+                return
+            session.ended_at, session.end_reason, session.device_id = None, None, None
+            await audit.append(
+                db, "session_kept", account_id=session.account_id, actor="user", reason="disable"
+            )
 
     async def devices(self, account_id: str) -> list[DeviceView]:
         async with self.db.read() as db:

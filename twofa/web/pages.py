@@ -5,6 +5,8 @@ cookies, check the CSRF token of every form and turn service refusals into messa
 No postponed annotations here: FastAPI resolves the dependencies declared below.
 """
 
+import base64
+import binascii
 import math
 import re
 import secrets
@@ -62,10 +64,11 @@ FLASH: dict[str, tuple[str, str]] = {
         "This browser is enrolled as a trusted device. You are securely connected to your "
         "Cockpit account with two-factor authentication.",
     ),
-    "browser_deleted": ("success", "The browser was deleted from your trusted devices."),
+    "browser_deleted": ("success", "The browser “{name}” was deleted from your trusted devices."),
+    "browser_gone": ("info", "This browser is no longer among your trusted devices."),
     "this_browser_deleted": (
         "info",
-        "This browser was deleted from your trusted devices, and you are logged out.",
+        "This browser (“{name}”) was deleted from your trusted devices, and you are logged out.",
     ),
     "disabled": (
         "success",
@@ -92,6 +95,17 @@ PAGE_STEPS = {"code": "code", "enroll_code": "code", "enroll_pin": "pin", "enrol
 def in_page_words(message: str) -> str:
     """The service says PIN; the document (and so the pages) says inWebo password."""
     return re.sub(r"\bPIN(s?)\b", r"inWebo password\1", message)
+
+
+def attempts_text(left: object) -> str:
+    """The count in correct English ("1 attempt left", "4 attempts left"), or nothing."""
+    if not isinstance(left, int):
+        return ""
+    return f" {left} attempt{'s' if left != 1 else ''} left."
+
+
+def device_label(name: str | None) -> str:
+    return name or "Unnamed browser"
 
 
 def duration_text(seconds: float) -> str:
@@ -121,7 +135,7 @@ def render(
     """A page with its CSRF token, its one-shot notice and a per-response CSP nonce."""
     token, fresh = csrf_token(request)
     nonce = secrets.token_urlsafe(16)
-    flash = FLASH.get(request.cookies.get(FLASH_COOKIE, ""))
+    flash = read_flash(request)
     response = templates.TemplateResponse(
         request,
         name,
@@ -143,12 +157,33 @@ def render(
     return response
 
 
-def redirect(request: Request, path: str, flash: str | None = None) -> RedirectResponse:
-    """303 See Other: after a form post the browser GETs the next page (POST-redirect-GET)."""
+def redirect(
+    request: Request, path: str, flash: str | None = None, name: str | None = None
+) -> RedirectResponse:
+    """303 See Other: after a form post the browser GETs the next page (POST-redirect-GET).
+
+    ``name`` fills the notice's ``{name}``, carried base64-encoded beside its key.
+    """
     response = RedirectResponse(path, status_code=303)
     if flash:
-        set_cookie(response, request, FLASH_COOKIE, flash, max_age=60)
+        value = flash
+        if name is not None:
+            value += "." + base64.urlsafe_b64encode(name.encode()).decode()
+        set_cookie(response, request, FLASH_COOKIE, value, max_age=60)
     return response
+
+
+def read_flash(request: Request) -> tuple[str, str] | None:
+    """The one-shot notice of the flash cookie, if its key is known (and its name decodes)."""
+    key, _, encoded = request.cookies.get(FLASH_COOKIE, "").partition(".")
+    notice = FLASH.get(key)
+    if notice is None:
+        return None
+    try:
+        name = base64.urlsafe_b64decode(encoded.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return notice[0], notice[1].replace("{name}", name)
 
 
 def service_of(request: Request) -> TwoFactorService:
@@ -183,15 +218,24 @@ def error_page(request: Request, error: ServiceError) -> Response:
         flow.step = PAGE_STEPS.get(expected, expected)
         flows(request).write(response, request, flow)
         return response
+    if error.code == "locked":
+        return locked_page(request, error.details.get("locked_until"))
+    return render(request, "error.html", error.status, message=in_page_words(error.message))
+
+
+def locked_page(request: Request, locked_until: datetime | None) -> Response:
+    """S2: five wrong PINs in a row lock 2FA; the page says until when, and what to do."""
+    settings = service_of(request).settings
+    left = (locked_until - datetime.now(UTC)).total_seconds() if locked_until else None
     response = render(
         request,
-        "error.html",
-        error.status,
-        message=in_page_words(error.message),
-        locked_until=error.details.get("locked_until"),
+        "locked.html",
+        423,
+        locked_until=locked_until,
+        remaining=duration_text(max(60, math.ceil(left / 60) * 60)) if left is not None else None,
+        lock_time=duration_text(settings.pin_lock_seconds),
     )
-    if error.code == "locked":
-        FlowCookie.clear(response, request)
+    FlowCookie.clear(response, request)
     return response
 
 
@@ -261,11 +305,16 @@ def start_session(request: Request, response: Response, view: LoginView) -> None
 
 
 def field_errors(error: ServiceError, fields: set[str]) -> dict[str, str] | None:
-    """A refusal naming one of the form's fields, as an inline error for that field."""
-    field = error.details.get("field")
-    if error.status in (409, 422) and field in fields:
-        return {str(field): in_page_words(error.message)}
-    return None
+    """A refusal naming the form's fields (one, or each in ``fields``), as inline errors."""
+    if error.status not in (409, 422):
+        return None
+    named = error.details.get("fields") or [error.details]
+    errors = {
+        str(item["field"]): in_page_words(str(item.get("message", error.message)))
+        for item in named
+        if item.get("field") in fields
+    }
+    return errors or None
 
 
 # -- home, login and logout
@@ -280,7 +329,7 @@ async def home(request: Request, current: User) -> Response:
 async def login_page(request: Request, svc: Service) -> Response:
     if await optional_session(request, svc):
         return redirect(request, "/")
-    return render(request, "login.html")
+    return render(request, "login.html", email=flows(request).remembered_email(request))
 
 
 @router.post("/login")
@@ -294,7 +343,9 @@ async def login(request: Request, form: Form, svc: Service) -> Response:
             message = error.message + (f" Try again in {retry} seconds." if retry else "")
             return render(request, "login.html", error.status, error=message, email=email)
         raise
-    return login_outcome(request, view)
+    response = login_outcome(request, view)
+    flows(request).remember_email(response, request, email.strip())
+    return response
 
 
 def login_outcome(request: Request, view: LoginView) -> Response:
@@ -304,15 +355,7 @@ def login_outcome(request: Request, view: LoginView) -> Response:
         start_session(request, response, view)
         return response
     if view.outcome == "locked":
-        response = render(
-            request,
-            "error.html",
-            423,
-            message="Too many wrong inWebo passwords: two-factor authentication is locked.",
-            locked_until=view.locked_until,
-        )
-        FlowCookie.clear(response, request)
-        return response
+        return locked_page(request, view.locked_until)
     assert view.login_id is not None
     flow = LoginFlow(login_id=view.login_id, step="code")
     if view.outcome == "activation_code_required":
@@ -390,8 +433,7 @@ async def code(request: Request, form: Form, svc: Service) -> Response:
             FlowCookie.clear(response, request)
             return response
         if error.code == "invalid_code":
-            left = error.details.get("attempts_left")
-            message = error.message + (f" {left} attempts left." if left is not None else "")
+            message = error.message + attempts_text(error.details.get("attempts_left"))
             return code_page(request, flow, 400, message)
         raise
     if view.outcome == "pin_required":
@@ -429,7 +471,9 @@ async def activate(request: Request, form: Form, svc: Service) -> Response:
         errors = field_errors(error, ACTIVATION_FIELDS)
         if errors is None:
             raise
-        kept = {k: v for k, v in values.items() if k not in ("pin", "pin_confirmation")}
+        pins = ("pin", "pin_confirmation")
+        # the PIN is typed back only when both its boxes were right: a wrong one is retyped
+        kept = {k: v for k, v in values.items() if k not in pins or not errors.keys() & pins}
         return render(request, "activate.html", error.status, errors=errors, values=kept)
     response = redirect(request, "/login/activated")
     assert view.device_token is not None
@@ -463,8 +507,7 @@ async def pin(request: Request, form: Form, svc: Service) -> Response:
         view = await svc.submit_pin(flow.login_id, form.get("pin"))
     except ServiceError as error:
         if error.code == "invalid_pin":
-            left = error.details.get("attempts_left")
-            message = "Wrong password." + (f" {left} attempts left." if left is not None else "")
+            message = "Wrong password." + attempts_text(error.details.get("attempts_left"))
             return pin_page(request, flow, 400, message)
         if error.status == 422:
             return pin_page(request, flow, 422, in_page_words(error.message))
@@ -561,17 +604,19 @@ async def disable(request: Request, form: Form, current: User, svc: Service) -> 
     """R10: only the Yes of the confirmation page gets here; every trusted browser goes."""
     if form.get("confirm") != "yes":
         return redirect(request, "/settings")
-    await svc.disable(current.account, confirm=True)
-    return await after_revocation(request, svc, "/settings", "disabled")
+    await svc.disable(current.account, confirm=True, keep=current.session)
+    response = await after_revocation(request, svc, "/settings", "disabled")
+    clear_cookie(response, request, DEVICE_COOKIE)  # revoked with every other browser
+    return response
 
 
 async def after_revocation(
-    request: Request, svc: TwoFactorService, page: str, flash: str
+    request: Request, svc: TwoFactorService, page: str, flash: str, name: str | None = None
 ) -> Response:
     """Revoking this browser ends the sessions it opened: then back to the login page."""
     if await optional_session(request, svc):
-        return redirect(request, page, flash)
-    response = redirect(request, "/login", flash)
+        return redirect(request, page, flash, name)
+    response = redirect(request, "/login", flash, name)
     clear_cookie(response, request, SESSION_COOKIE)
     clear_cookie(response, request, DEVICE_COOKIE)
     return response
@@ -591,9 +636,25 @@ async def browsers(request: Request, current: User, svc: Service) -> Response:
 
 @router.post("/settings/browsers/delete")
 async def delete_browser(request: Request, form: Form, current: User, svc: Service) -> Response:
-    """R11: one browser goes, the others keep working."""
+    """R11: one browser goes, the others keep working; the Delete button asks first."""
     device_id = form.get("device_id")
+    device = next((d for d in await svc.devices(current.account.id) if d.id == device_id), None)
+    if device is None:
+        return redirect(request, "/settings/browsers", "browser_gone")
+    this_browser = device_id == current.session.device_id
+    if form.get("confirm") != "yes":
+        return render(
+            request,
+            "delete_browser.html",
+            current=current,
+            device=device,
+            label=device_label(device.name),
+            this_browser=this_browser,
+        )
     await svc.delete_device(current, device_id)
-    if device_id == current.session.device_id:
-        return await after_revocation(request, svc, "/settings/browsers", "this_browser_deleted")
-    return redirect(request, "/settings/browsers", "browser_deleted")
+    name = device_label(device.name)
+    if this_browser:
+        return await after_revocation(
+            request, svc, "/settings/browsers", "this_browser_deleted", name
+        )
+    return redirect(request, "/settings/browsers", "browser_deleted", name)

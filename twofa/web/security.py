@@ -25,6 +25,9 @@ DEVICE_COOKIE = "twofa_device"
 LOGIN_COOKIE = "twofa_login"
 CSRF_COOKIE = "twofa_csrf"
 FLASH_COOKIE = "twofa_flash"
+#: The email of the last login that passed the password, to fill the login form next time.
+EMAIL_COOKIE = "twofa_email"
+EMAIL_MAX_AGE = 30 * 24 * 3600
 CSRF_FIELD = "csrf_token"
 #: The login in progress is only ever needed by the pages under /login.
 LOGIN_PATH = "/login"
@@ -154,6 +157,23 @@ class FlowCookie:
     @staticmethod
     def clear(response: Response, request: Request) -> None:
         clear_cookie(response, request, LOGIN_COOKIE, path=LOGIN_PATH)
+
+    def remember_email(self, response: Response, request: Request, email: str) -> None:
+        """After the auto-logout (or any logout) the login form still knows who logs in.
+
+        Encrypted like the login in progress, so the browser's cookie store shows no address.
+        """
+        value = self._fernet.encrypt(email.encode()).decode()
+        set_cookie(response, request, EMAIL_COOKIE, value, max_age=EMAIL_MAX_AGE, path=LOGIN_PATH)
+
+    def remembered_email(self, request: Request) -> str | None:
+        raw = request.cookies.get(EMAIL_COOKIE)
+        if not raw:
+            return None
+        try:
+            return self._fernet.decrypt(raw.encode()).decode()
+        except (InvalidToken, UnicodeDecodeError):
+            return None
 
 
 # -- headers of every page
