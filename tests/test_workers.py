@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -113,3 +114,18 @@ async def test_the_api_runs_with_several_uvicorn_workers(
                 await api.pin_login(user)
         finally:
             await api.close()
+
+
+async def test_python_worker_py_serves_the_queue_as_temporal_samples_do(
+    start_api: ApiFactory, base_settings: Settings, tmp_path: Path
+) -> None:
+    """The design card's entry point: ``python worker.py`` at the repository's top."""
+    queue = f"worker-py-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    env = environment(base_settings, temporal_task_queue=queue)
+    top = Path(__file__).parent.parent
+    with started([sys.executable, str(top / "worker.py")], env, tmp_path / "w.log") as process:
+        user = new_user("worker-py")
+        await api.enabled(user)  # answered only once a worker ran the enable
+        await api.code_mail(user)
+        assert process.poll() is None
