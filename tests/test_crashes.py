@@ -122,7 +122,7 @@ async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: P
             await _finish_journey(api, user)
             await api.pin_login(user)
             assert "sessions_ended" in await _events(data, user.account_id)
-            assert len(api.mails_to(user.email)) == 1  # no second, different code
+            assert len(api.activation_mails_to(user.email)) == 1  # no second, different code
         finally:
             await api.close()
 

@@ -220,9 +220,9 @@ async def test_double_clicked_enroll_browser_mails_one_code(
     code = await api.code_mail(user, count=2)
     await asyncio.sleep(1)  # a second mail, if any, has had time to arrive
     issued = (await progress(client, user.account_id))["code_number"] - codes_before
-    assert (issued, len(api.mails_to(user.email))) == (1, 2), (
+    assert (issued, len(api.activation_mails_to(user.email))) == (1, 2), (
         f"one enrollment, yet {issued} codes were issued and "
-        f"{len(api.mails_to(user.email)) - 1} enrollment mails sent"
+        f"{len(api.activation_mails_to(user.email)) - 1} enrollment mails sent"
     )
     r = await api.submit_code(login_id, code)
     assert r.status_code == 200, r.text
@@ -272,7 +272,7 @@ async def test_enabling_twice_at_once_starts_one_workflow_and_mails_one_code(
     await api.code_mail(user)
     await asyncio.sleep(1)  # a second mail or run, if any, has had time to appear
     assert await workflow_runs(client, user.account_id) == 1
-    assert len(api.mails_to(user.email)) == 1
+    assert len(api.activation_mails_to(user.email)) == 1
     assert await mails_recorded(database, user.account_id) == 1
     state = await progress(client, user.account_id)
     assert state["state"] == "pending_code" and state["code_number"] == 1, state

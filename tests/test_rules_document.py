@@ -135,7 +135,7 @@ async def test_r1_enable_mails_one_code_and_starts_the_workflow(
 ) -> None:
     user = await api.registered_and_logged_in(new_user("r1"))
     assert await workflow_status(client, user.account_id) is None
-    assert api.mails_to(user.email) == []
+    assert api.activation_mails_to(user.email) == []
 
     before = now()
     enabled = await api.enable(user)
@@ -144,13 +144,13 @@ async def test_r1_enable_mails_one_code_and_starts_the_workflow(
     assert ts(enabled["auto_logout_at"]) > before
 
     # The mail went out before the API answered: exactly one, to the account's address.
-    mails = api.mails_to(user.email)
+    mails = api.activation_mails_to(user.email)
     assert len(mails) == 1, mails
     match = CODE_LINE.search(mails[0])
     assert match, mails[0]
     assert f"valid until {code_expires_at:%Y-%m-%d %H:%M:%S} UTC" in mails[0], mails[0]
     await asyncio.sleep(0.3)
-    assert len(api.mails_to(user.email)) == 1, "a second mail was sent"
+    assert len(api.activation_mails_to(user.email)) == 1, "a second mail was sent"
 
     # The second-factor identity: the account's workflow runs, the store says pending_code.
     assert await workflow_status(client, user.account_id) == WorkflowExecutionStatus.RUNNING
@@ -182,7 +182,7 @@ async def test_r1_enable_twice_makes_one_identity_and_sends_no_second_mail(api: 
     r = await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
     assert r.status_code == 202 and r.json() == first.json(), r.text
     await asyncio.sleep(0.2)
-    assert len(api.mails_to(user.email)) == 1
+    assert len(api.activation_mails_to(user.email)) == 1
     # Once 2FA is on, enabling it again is refused.
     active = await api.activated(new_user("r1active"))
     r = await api.call("PUT", "/v1/account/two-factor", active, json={"enabled": True})
@@ -291,8 +291,8 @@ async def test_r2_activation_email_with_bad_character_is_refused(
     user.email = new_email
     assert (await api.login_ok(user))["outcome"] == "pin_required"
     await enroll_browser(api, user)
-    assert len(api.mails_to(new_email)) == 1
-    assert len(api.mails_to(old_email)) == 1
+    assert len(api.activation_mails_to(new_email)) == 1
+    assert len(api.activation_mails_to(old_email)) == 1
 
 
 async def test_r2_activation_refuses_space_and_names_it(api: Api, database: Database) -> None:
@@ -411,12 +411,12 @@ async def test_r4_expired_code_is_refused_and_a_new_login_mails_a_new_one(
     assert early["outcome"] == "activation_code_required", early
     assert early["code_sent"] is False
     assert ts(early["code_expires_at"]) == code_expires_at
-    assert len(api.mails_to(user.email)) == 1
+    assert len(api.activation_mails_to(user.email)) == 1
 
     await asyncio.sleep(max((code_expires_at - now()).total_seconds(), 0) + 0.1)
     r = await api.submit_code(early["login_id"], first_code)
     assert_error(r, 410, "code_expired")
-    assert len(api.mails_to(user.email)) == 1, "a mail was sent without a login"
+    assert len(api.activation_mails_to(user.email)) == 1, "a mail was sent without a login"
 
     login = await api.login_ok(user)
     assert login["outcome"] == "activation_code_required", login
@@ -426,7 +426,7 @@ async def test_r4_expired_code_is_refused_and_a_new_login_mails_a_new_one(
     assert second_code != first_code
     again = await api.login_ok(user)  # the new code is fresh: no third mail
     assert again["code_sent"] is False, again
-    assert len(api.mails_to(user.email)) == 2
+    assert len(api.activation_mails_to(user.email)) == 2
 
     # The old code no longer works, on either login; the new one does.
     for login_id in (login["login_id"], early["login_id"]):
@@ -681,7 +681,7 @@ async def test_r9_enroll_browser_needs_the_enroll_step(api: Api) -> None:
     assert first.status_code == 202, first.text
     again = await api.enroll(login["login_id"])
     assert again.status_code == 202 and again.json() == first.json(), again.text
-    assert len(api.mails_to(user.email)) == 2
+    assert len(api.activation_mails_to(user.email)) == 2
 
 
 # -- R10: disabling needs a confirmation and revokes every trusted browser

@@ -33,7 +33,7 @@ async def _one_device_one_mail_per_code(
             select(func.count()).select_from(SentMail).where(SentMail.account_id == account_id)
         )
     assert devices == 1
-    assert len(api.mails_to(email)) == codes
+    assert len(api.activation_mails_to(email)) == codes
 
 
 async def test_a_journey_survives_a_killed_worker(

@@ -76,9 +76,9 @@ async def test_mail_activity_is_idempotent(
     first = await env.run(effects.send_activation_code, mail)
     second = await env.run(effects.send_activation_code, mail)
     assert first == second
-    assert len(api.mails_to(user.email)) == 1
+    assert len(api.activation_mails_to(user.email)) == 1
     other = await env.run(
         effects.send_activation_code, CodeMail(user.account_id, "enrollment-x", 2, mail.expires_at)
     )
     assert other != first
-    assert len(api.mails_to(user.email)) == 2
+    assert len(api.activation_mails_to(user.email)) == 2
