@@ -20,6 +20,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,7 +198,9 @@ class OldApi:
         assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
         return dict(r.json()) if r.content else {}
 
-    async def step(self, login_id: str, step: str, status: int = 200, **body: Any) -> Any:
+    async def step(
+        self, login_id: str, step: str, status: int = 200, **body: Any
+    ) -> dict[str, Any]:
         return await self.expect(status, "POST", f"/v1/login/{login_id}/{step}", **body)
 
     async def login(self, user: User, device_token: str | None = None) -> dict[str, Any]:
@@ -320,40 +323,46 @@ async def _leave_accounts_in_every_state(old: OldApi) -> Accounts:
 
 
 async def test_every_account_goes_on_after_the_upgrade(stack: Stack, release_tree: Path) -> None:
+    """The README's order: migrate under the running release, then the workers, then the API."""
     old_env = stack.env(api_port=str(free_port())) | {"PYTHONPATH": str(release_tree)}
     assert _twofa_imported_from(old_env) == release_tree / "twofa"
-    new_port = free_port()
-    new_env = stack.env(api_port=str(new_port))
+    new_env = stack.env(api_port=str(free_port()))
     assert _twofa_imported_from(new_env) == ROOT / "twofa"
     subprocess.run([*OLD_TWOFA, "migrate"], env=old_env, check=True)
-
     logs = stack.logs
-    with (
-        started([*OLD_TWOFA, "worker"], old_env, logs / "old-worker.log") as ow,
-        started([*OLD_TWOFA, "api"], old_env, logs / "old-api.log") as oa,
-    ):
-        await stack.worker_polls(ow, logs / "old-worker.log")
-        base = f"http://127.0.0.1:{old_env['TWOFA_API_PORT']}"
-        await asyncio.to_thread(wait_for_http, f"{base}/healthz")
-        old = OldApi(base, SERVICE_TOKEN, stack.settings.mail_dir)
+    with ExitStack() as processes:
+        old_api = processes.enter_context(
+            started([*OLD_TWOFA, "api"], old_env, logs / "old-api.log")
+        )
+        old_worker = processes.enter_context(
+            started([*OLD_TWOFA, "worker"], old_env, logs / "old-worker.log")
+        )
+        await stack.worker_polls(old_worker, logs / "old-worker.log")
+        old = OldApi(_url(old_env), SERVICE_TOKEN, stack.settings.mail_dir)
+        await asyncio.to_thread(wait_for_http, _url(old_env, "/healthz"))
         try:
             accounts = await _leave_accounts_in_every_state(old)
+            migrate(stack.settings.resolved_database_url)
+            login = await old.login(accounts.active)  # the old API reads the migrated schema
+            assert login["outcome"] == "pin_required", login
+
+            new_worker = processes.enter_context(
+                started([TWOFA, "worker"], new_env, logs / "new-worker.log")
+            )
+            await stack.worker_polls(new_worker, logs / "new-worker.log")
+            old_worker.terminate()
+            assert old_worker.wait(timeout=30) == 0, "the old worker did not stop gracefully"
+            # the old API's update reaches the new worker, which replays the old history
+            r = await old.step(login["login_id"], "pin", 400, pin="0000")
+            assert r["attempts_left"] == 2, r
         finally:
             await old.close()
-        oa.terminate()  # the API first: no request reaches a stopped worker
-        oa.wait(timeout=30)
-        ow.terminate()
-        assert ow.wait(timeout=30) == 0, "the old worker did not shut down gracefully"
 
-    migrate(stack.settings.resolved_database_url)
-    with (
-        started([TWOFA, "worker"], new_env, logs / "new-worker.log") as new_worker,
-        started([TWOFA, "api"], new_env, logs / "new-api.log"),
-    ):
-        await stack.worker_polls(new_worker, logs / "new-worker.log")
-        base = f"http://127.0.0.1:{new_port}"
-        await asyncio.to_thread(wait_for_http, f"{base}/healthz")
-        api = Api(base, SERVICE_TOKEN, stack.settings.data_dir)
+        processes.enter_context(started([TWOFA, "api"], new_env, logs / "new-api.log"))
+        await asyncio.to_thread(wait_for_http, _url(new_env, "/healthz"))
+        old_api.terminate()
+        old_api.wait(timeout=30)
+        api = Api(_url(new_env), SERVICE_TOKEN, stack.settings.data_dir)
         database = Database(stack.settings.resolved_database_url)
         try:
             await _every_account_goes_on(api, database, accounts)
@@ -361,6 +370,10 @@ async def test_every_account_goes_on_after_the_upgrade(stack: Stack, release_tre
             await api.close()
             await database.dispose()
         await _no_workflow_task_failed(stack.client, accounts, new_worker.pid)
+
+
+def _url(env: dict[str, str], path: str = "") -> str:
+    return f"http://127.0.0.1:{env['TWOFA_API_PORT']}{path}"
 
 
 async def _every_account_goes_on(api: Api, database: Database, a: Accounts) -> None:
@@ -382,14 +395,14 @@ async def _every_account_goes_on(api: Api, database: Database, a: Accounts) -> N
     assert login["outcome"] == "activation_required", login
     await _activate(api, user, login["login_id"])
 
-    # the session opened under the old release holds; its two wrong PINs still count
+    # the session opened under the old release holds; the three wrong PINs still count
     user = a.active
     r = await api.call("GET", "/v1/session", user)
     assert r.status_code == 200, r.text
     login = await api.login_ok(user)
     assert login["outcome"] == "pin_required", login
     r = await api.pin(login["login_id"], "0000")
-    assert r.status_code == 400 and r.json()["attempts_left"] == 2, r.text
+    assert r.status_code == 400 and r.json()["attempts_left"] == 1, r.text
     r = await api.pin(login["login_id"], user.pin)
     assert r.status_code == 200, r.text
 
