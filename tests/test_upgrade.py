@@ -370,6 +370,8 @@ async def test_every_account_goes_on_after_the_upgrade(stack: Stack, release_tre
             await api.close()
             await database.dispose()
         await _no_workflow_task_failed(stack.client, accounts, new_worker.pid)
+    verified = subprocess.run([TWOFA, "audit", "verify"], env=new_env, capture_output=True)
+    assert verified.returncode == 0, verified.stderr.decode()  # both releases' records chain
 
 
 def _url(env: dict[str, str], path: str = "") -> str:
