@@ -142,7 +142,9 @@ def _day_time(rng: random.Random, now: datetime, days: float) -> datetime:
     day = now - timedelta(days=rng.uniform(0, days))
     hour = rng.choices(range(24), weights=HOURLY_WEIGHTS)[0]
     moment = day.replace(hour=hour, minute=rng.randrange(60), second=rng.randrange(60))
-    return moment if moment < now else now - timedelta(minutes=rng.uniform(1, 60))
+    if moment >= now:
+        return now - timedelta(minutes=rng.uniform(1, 60))
+    return max(moment, now - timedelta(days=days) + timedelta(minutes=rng.uniform(1, 600)))
 
 
 class _Story:

@@ -216,6 +216,7 @@ def sessions(detail: AccountDetail) -> None:
         ),
         hide_index=True,
         width="stretch",
+        height="content",  # every open session, no inner scroll box
     )
 
 
