@@ -351,7 +351,7 @@ async def test_locked_account_shows_when_it_unlocks(
     shown = texts(at)
     assert f"2FA state={ui.state_label('locked')}" in shown
     # the lock resets the wrong-PIN count: say what locked it and which lock in a row it is
-    assert "Locked by=5 wrong PINs" in shown and "Wrong PINs in a row" not in shown
+    assert "Locked by wrong PINs=5" in shown and "Wrong PINs in a row" not in shown
     assert "1st lock in a row; the 3rd in a row needs an admin" in shown
     unlocks = next(m.value for m in at.metric if m.label == "Unlocks")
     assert unlocks.startswith("in 1") and unlocks.endswith(" min"), unlocks  # in 15 or 14 min
@@ -606,11 +606,18 @@ async def test_seed_spreads_accounts_like_real_traffic(
         trail = await admin_service.audit_trail(account.id)
         times = [r.time for r in trail]
         assert times == sorted(times) and times[-1] <= now and times[0] == account.created_at
+        previous: tuple[str, Any] = ("", None)  # wrong PINs count down 4, 3, 2, 1, 0 in order
+        for record in trail:
+            left = json.loads(record.details).get("attempts_left")
+            if record.event == "pin_rejected" and left != users.policy.max_pin_failures - 1:
+                assert previous == ("pin_rejected", left + 1), (account.email, record)
+            if record.event in ("pin_rejected", "two_factor_unlocked", "login_succeeded"):
+                previous = (record.event, left)
     held = [a for a in locked if a.locked_until is None]
     assert held and running, "this rng gives both kinds of lock"
     at = await open_page(operators["auditor"], "account.py", held[0].id)  # why a held lock holds
     assert "3rd lock in a row; held until an admin unlocks it" in texts(at)
-    assert "Unlocks=by an admin" in texts(at)
+    assert "Unlocks=by admin" in texts(at)
 
 
 # -- a real browser against `streamlit run`

@@ -160,6 +160,8 @@ class _Story:
         self.rng, self.policy, self.state, self.now = rng, policy, state, now
         self.created = _day_time(rng, now, DAYS)
         self.enabled: datetime | None = None
+        self._held = False
+        self._locks_left = 0
         self.events: list[tuple[datetime, str, str, dict[str, Any]]] = []
 
     def after(self, moment: datetime, low: float, high: float) -> datetime:
@@ -228,12 +230,28 @@ class _Story:
         return disabled
 
     def _wrong_pins(self, end: datetime, count: int, lock: bool) -> None:
-        """``count`` wrong PINs in the minutes before ``end``, each saying what is left."""
-        for n in range(count):
-            at = end - timedelta(minutes=(count - n) * self.rng.uniform(0.2, 1.5))
+        """``count`` wrong PINs a few seconds to minutes apart, the last at ``end``."""
+        at = end
+        times = []
+        for _ in range(count):
+            times.append(at)
+            at -= timedelta(seconds=self.rng.uniform(8, 90))
+        for n, at in enumerate(reversed(times)):
             left = self.policy.max_pin_failures - n - 1
             locked = lock and left == 0
+            if locked:  # the workflow records the lock, then the service the refused PIN
+                until = self._lock_ends(at)
+                self.add(
+                    at, "two_factor_locked", before="active", after="locked", locked_until=until
+                )
             self.add(at, "pin_rejected", attempts_left=left, locked=locked)
+
+    def _lock_ends(self, at: datetime) -> datetime | None:
+        """The end of the lock starting at ``at``: the last of three in a row waits for an admin."""
+        self._locks_left -= 1
+        if self._locks_left == 0 and self._held:
+            return None
+        return at + timedelta(seconds=self.policy.pin_lock_seconds)
 
     def _enrollment(self, session: AsyncSession, account: Account) -> datetime:
         rng, policy, state = self.rng, self.policy, self.state
@@ -259,20 +277,19 @@ class _Story:
             last_lock = self.after(activated, 60, 60 * 24 * 20)
         else:  # a lock still running: it began less than the lock's length ago
             last_lock = self.now - timedelta(seconds=rng.uniform(10, lock_seconds - 30))
-        if last_lock - timedelta(seconds=(locks - 1) * lock_seconds * 1.2) < activated:
-            last_lock = min(activated + timedelta(minutes=10), self.now - timedelta(seconds=5))
-            locks, held = 1, False  # too recent an activation for earlier locks
-        for n in range(locks):
-            at = last_lock - timedelta(seconds=(locks - 1 - n) * lock_seconds * 1.2)
-            self._wrong_pins(at, policy.max_pin_failures, lock=True)
-            until = (
-                None
-                if n == policy.locks_before_admin_unlock - 1
-                else at + timedelta(seconds=lock_seconds)
+        if last_lock - (locks - 1) * timedelta(seconds=lock_seconds + 4 * 3600) < activated:
+            locks, held = 1, False  # too recent an activation for earlier locks: one, running
+            last_lock = max(
+                self.now - timedelta(seconds=rng.uniform(10, lock_seconds - 30)), activated
             )
-            self.add(at, "two_factor_locked", before="active", after="locked", locked_until=until)
+        self._held = held
+        gap = timedelta(seconds=lock_seconds) + timedelta(minutes=rng.uniform(5, 240))
+        self._locks_left = locks
+        for n in range(locks):
+            at = last_lock - (locks - 1 - n) * gap
+            self._wrong_pins(at, policy.max_pin_failures, lock=True)
             if n < locks - 1:
-                assert until is not None
+                until = at + timedelta(seconds=lock_seconds)
                 self.add(until, "two_factor_unlocked", "system", before="locked", after="active")
         account.pin_locks_in_a_row = locks
         account.locked_until = None if held else last_lock + timedelta(seconds=lock_seconds)

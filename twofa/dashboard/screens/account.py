@@ -130,8 +130,8 @@ def pin_counter(cell: Any, detail: AccountDetail) -> None:
     locks = detail.pin_locks_in_a_row
     if detail.account.state == "locked":
         cell.metric(
-            "Locked by",
-            f"{policy.max_pin_failures} wrong PINs",
+            "Locked by wrong PINs",
+            policy.max_pin_failures,
             help="Five wrong PINs in a row lock 2FA; the count starts over at the lock.",
         )
         held = (
@@ -162,7 +162,7 @@ def timers(detail: AccountDetail) -> None:
     )
     timer(cells[2], "Code expires", detail.code_expires_at, "The emailed activation code's end.")
     if row.state == "locked" and row.locked_until is None:
-        cells[3].metric("Unlocks", "by an admin", help="The third lock in a row holds.")
+        cells[3].metric("Unlocks", "by admin", help="The third lock in a row holds.")
     else:
         timer(cells[3], "Unlocks", row.locked_until, "Too many wrong PINs lock 2FA a while.")
     pin_counter(cells[4], detail)

@@ -70,13 +70,13 @@ st.page_link(
 )
 
 story = history_story.story(trail)
-st.subheader(f"What happened ({len(story)} records)")
+st.subheader(f"What happened ({history_story.plural(len(story), 'record')})")
 if story:
     st.table(
         pd.DataFrame(
             [
                 {
-                    "#": line.seq,
+                    "record": line.seq,
                     "time (UTC)": ui.when(line.time),
                     "what happened": line.what,
                     "by": line.by,
@@ -115,7 +115,8 @@ with st.expander(f"Audit records as stored ({len(trail)})", icon=":material/rece
     downloads("audit-trail", trail, AuditRow, "audit")
 
 with st.expander(
-    f"Engine detail: workflow history ({len(timeline)} steps)", icon=":material/account_tree:"
+    f"Engine detail: workflow history ({history_story.plural(len(timeline), 'step')})",
+    icon=":material/account_tree:",
 ):
     st.caption(
         "Every run of the account's Temporal workflow: requests, effects, timers and state "
