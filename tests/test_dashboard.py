@@ -13,11 +13,14 @@ import csv
 import io
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +28,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, async_playwright
 from playwright.async_api import expect as page_expect
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 from temporalio.client import Client
 
@@ -34,14 +38,18 @@ from tests.journey import Api, User, new_user
 from tests.processes import environment
 from twofa.admin import AdminService
 from twofa.config import Settings
-from twofa.dashboard import runtime, ui
+from twofa.dashboard import runtime, session_cookie, ui
 from twofa.devstack import DASHBOARD_LIMITS
 from twofa.errors import ServiceError
-from twofa.service import TwoFactorService
+from twofa.seed import seed
+from twofa.service import TwoFactorService, utcnow
 from twofa.store.db import Database
+from twofa.store.models import Account, OperatorSession
 from twofa.views import AuditRow, OperatorView, TimelineRow
 
 APP = Path(ui.__file__).parent / "app.py"
+#: What `twofa dashboard` serves: app.py plus the session cookie's route.
+SERVER = Path(ui.__file__).parent / "server.py"
 PASSWORD = "correct horse battery staple"
 Role = Literal["admin", "auditor"]
 ROLES: tuple[Role, ...] = ("admin", "auditor")
@@ -177,11 +185,13 @@ async def test_wrong_passwords_are_refused_then_throttled(
         at.text_input(key="sign_in_password").input("not the password")
         at.button[0].click()
         await run(at)
-        shown = texts(at)
-        if attempt < 4:
-            assert "401 invalid_credentials" in shown, shown
+        errors = [str(e.value) for e in at.error]
+        if attempt < 4:  # operators read the sentence, not the status and code
+            assert errors == ["Wrong email or password."], errors
         else:  # four failures in a row block sign-ins for a minute (S2)
-            assert "429 too_many_attempts" in shown and "Try again in" in shown, shown
+            assert len(errors) == 1 and re.fullmatch(
+                r"Too many failed logins for this email; try again in \d+ seconds\.", errors[0]
+            ), errors
         assert ui.TOKEN_KEY not in at.session_state
 
 
@@ -340,7 +350,9 @@ async def test_locked_account_shows_when_it_unlocks(
     at = await open_page(operators["auditor"], "account.py", user.account_id)
     shown = texts(at)
     assert f"2FA state={ui.state_label('locked')}" in shown
-    assert "Wrong PINs in a row" in shown
+    # the lock resets the wrong-PIN count: say what locked it and which lock in a row it is
+    assert "Locked by wrong PINs=5" in shown and "Wrong PINs in a row" not in shown
+    assert "1st lock in a row; the 3rd in a row needs an admin" in shown
     unlocks = next(m.value for m in at.metric if m.label == "Unlocks")
     assert unlocks.startswith("in 1") and unlocks.endswith(" min"), unlocks  # in 15 or 14 min
     detail = await admin_service.account(user.account_id)
@@ -448,7 +460,9 @@ async def test_auditor_cannot_act_even_around_the_page(
         await run(at)
         at.button(key="confirm_action").click()
         await run(at)
-        assert "403 read_only" in "\n".join(str(e.value) for e in at.error)
+        assert [str(e.value) for e in at.error] == [
+            "Auditors can read everything but change nothing."
+        ]
         at.button(key="cancel_action").click()
         await run(at)
     detail = await admin_service.account(user.account_id)
@@ -459,43 +473,151 @@ async def test_auditor_cannot_act_even_around_the_page(
 # -- history
 
 
+def story_rows(at: AppTest) -> list[list[Any]]:
+    """The History page's story table: number, time, what happened, by."""
+    return at.table[0].value.values.tolist()
+
+
 @pytest.mark.parametrize("role", ROLES)
-async def test_history_timeline_beside_audit_trail_with_downloads(
+async def test_history_tells_the_story_with_engine_detail_one_click_away(
     role: Role,
     api: Api,
     dashboard_env: dict[str, str],
     operators: dict[Role, Operator],
     admin_service: AdminService,
 ) -> None:
-    user = await api.activated(new_user())
+    user = await api.activated(new_user(), device_name="Carol laptop")
+    login = await api.login_ok(user)
+    assert (await api.pin(login["login_id"], "11112222")).status_code == 400  # one wrong PIN
+    at = await open_page(operators[role], "account.py", user.account_id)
+    assert "Wrong PINs in a row=1 of 5" in texts(at)
+
     at = await open_page(operators[role], "history.py", user.account_id)
     assert [t.value for t in at.title] == ["History"]
-    timeline, trail = table_values(at)
+    story = story_rows(at)
+    records = await admin_service.audit_trail(user.account_id)
+    assert [row[0] for row in story] == [r.seq for r in records]  # one line per audit record
+    said = {row[2] for row in story}
+    for sentence in (
+        "Account registered",
+        "2FA enabled; the user is logged out to enter the code",
+        "Activation code accepted",
+        "2FA activated",
+        "Browser “Carol laptop” enrolled at activation",
+        "Logged in with the PIN",
+        "Wrong PIN, 4 attempts left",
+    ):
+        assert sentence in said, (sentence, said)
+    assert any(re.fullmatch(r"Activation code #1 emailed, valid until .* UTC", w) for w in said)
+    wrong_pin = next(row for row in story if row[2] == "Wrong PIN, 4 attempts left")
+    assert next(r for r in records if r.seq == wrong_pin[0]).event == "pin_rejected"
+    assert {row[3] for row in story} >= {"the user"}
+
+    # the records as stored and the engine's steps: each in its own expander, in full
+    assert [e.label for e in at.expander] == [
+        f"Audit records as stored ({len(records)})",
+        f"Engine detail: workflow history ({len(await admin_service.timeline(user.account_id))}"
+        " steps)",
+    ]
+    trail, timeline = (e.dataframe[0].value.values.tolist() for e in at.expander)
+    assert [row[3] for row in trail] == [r.event for r in records]
     steps = [row[2] for row in timeline]
     assert steps[0] == "run started" and "timer set" in steps and "request answered" in steps
     assert any(row[3] == "now active" for row in timeline)
-    events = [row[3] for row in trail]
-    for event in ("account_registered", "code_issued", "device_enrolled", "login_succeeded"):
-        assert event in events
     labels = [(b.key, b.label) for b in at.get("download_button")]
     assert labels == [
-        ("timeline_json", "Download JSON"),
-        ("timeline_csv", "Download CSV"),
         ("audit_json", "Download JSON"),
         ("audit_csv", "Download CSV"),
+        ("timeline_json", "Download JSON"),
+        ("timeline_csv", "Download CSV"),
     ]
-    shown = texts(at) + json.dumps(timeline + trail, default=str)
+    shown = texts(at) + json.dumps(story + trail + timeline, default=str)
     for secret in user.secrets():
         assert secret not in shown
 
     # what the buttons hand over: the same records, as JSON and as CSV
     rows = await admin_service.timeline(user.account_id)
-    records = await admin_service.audit_trail(user.account_id)
     assert [r["step"] for r in json.loads(ui.as_json(rows))] == [r.step for r in rows]
     read = list(csv.DictReader(io.StringIO(ui.as_csv(records, AuditRow))))
     assert [int(r["seq"]) for r in read] == [r.seq for r in records]
     assert list(read[0]) == list(AuditRow.model_fields)
     assert ui.as_csv([], TimelineRow).strip() == ",".join(TimelineRow.model_fields)
+
+
+async def test_history_says_locks_and_admin_actions(
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    admin_service: AdminService,
+) -> None:
+    user = await locked_user(api)
+    locked_until = (await admin_service.account(user.account_id)).account.locked_until
+    await admin_service.disable(operators["admin"].view, user.account_id)
+    at = await open_page(operators["auditor"], "history.py", user.account_id)
+    said = [row[2] for row in story_rows(at)]
+    for left in (4, 3, 2):
+        assert f"Wrong PIN, {left} attempts left" in said
+    assert "Wrong PIN, 1 attempt left" in said  # not "1 attempts"
+    assert "Wrong PIN: 2FA locked" in said
+    assert f"2FA locked until {ui.when(locked_until)} UTC" in said
+    admin = operators["admin"].view.email
+    assert f"2FA disabled by admin {admin}" in said
+    assert any(w.endswith("revoked as 2FA was disabled") for w in said), said
+
+
+# -- seeded data looks like traffic
+
+
+async def test_seed_spreads_accounts_like_real_traffic(
+    dashboard_env: dict[str, str],
+    base_settings: Settings,
+    admin_service: AdminService,
+    operators: dict[Role, Operator],
+    worker: None,
+) -> None:
+    users = admin_service.users
+    async with users.db.read() as db:
+        before = set(await db.scalars(select(Account.id)))
+    tally = await seed(
+        users.db, users.client, users.keyring, users.policy,
+        base_settings.temporal_task_queue, 120, rng=random.Random(13),
+    )  # fmt: skip
+    assert tally["locked"] >= 3, tally
+    now = utcnow()
+    async with users.db.read() as db:
+        seeded = [a for a in await db.scalars(select(Account)) if a.id not in before]
+    assert len(seeded) == 120
+    created = sorted(a.created_at for a in seeded)
+    assert created[0] < now - timedelta(days=60) and created[-1] <= now  # over the last 90 days
+    assert created[0] >= now - timedelta(days=90, minutes=1)
+    assert len({c.date() for c in created}) > 40  # not all on a few days
+    assert all(a.updated_at >= a.created_at for a in seeded)
+    enabled = [a for a in seeded if a.two_factor_state != "disabled"]
+    assert all(a.updated_at > a.created_at for a in enabled)
+    locked = [a for a in seeded if a.two_factor_state == "locked"]
+    running = [a for a in locked if a.locked_until is not None]
+    assert len({a.locked_until for a in running}) == len(running)  # not one second for all
+    for account in running:  # a lock ends 15 minutes after it began, which was its last change
+        assert account.locked_until > now
+        lock = timedelta(seconds=users.policy.pin_lock_seconds)
+        assert account.locked_until - account.updated_at == lock
+        assert 1 <= account.pin_locks_in_a_row < users.policy.locks_before_admin_unlock
+    for account in seeded:  # every record of an account in time order, none ahead of now
+        trail = await admin_service.audit_trail(account.id)
+        times = [r.time for r in trail]
+        assert times == sorted(times) and times[-1] <= now and times[0] == account.created_at
+        previous: tuple[str, Any] = ("", None)  # wrong PINs count down 4, 3, 2, 1, 0 in order
+        for record in trail:
+            left = json.loads(record.details).get("attempts_left")
+            if record.event == "pin_rejected" and left != users.policy.max_pin_failures - 1:
+                assert previous == ("pin_rejected", left + 1), (account.email, record)
+            if record.event in ("pin_rejected", "two_factor_unlocked", "login_succeeded"):
+                previous = (record.event, left)
+    held = [a for a in locked if a.locked_until is None]
+    assert held and running, "this rng gives both kinds of lock"
+    at = await open_page(operators["auditor"], "account.py", held[0].id)  # why a held lock holds
+    assert "3rd lock in a row; held until an admin unlocks it" in texts(at)
+    assert "Unlocks=by admin" in texts(at)
 
 
 # -- a real browser against `streamlit run`
@@ -508,7 +630,7 @@ async def served_dashboard(
     port = free_port()
     log = tmp_path / "streamlit.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+        sys.executable, "-m", "streamlit", "run", str(SERVER),
         "--server.address", "127.0.0.1",
         "--server.port", str(port),
         "--server.headless", "true",
@@ -610,3 +732,121 @@ async def test_browser_admin_revokes_a_device_and_the_api_refuses_it(
     login = await api.login_ok(user)  # the device token no longer opens the PIN step
     assert login["outcome"] == "browser_not_trusted", login
     assert len(list(shots.glob("*.png"))) == 6
+
+
+async def session_cookie_of(context: Any) -> dict[str, Any] | None:
+    for cookie in await context.cookies():
+        if cookie["name"] == session_cookie.COOKIE:
+            return cookie
+    return None
+
+
+async def test_browser_reload_and_new_tab_keep_the_sign_in_until_sign_out(
+    served_dashboard: str, admin_service: AdminService
+) -> None:
+    operator = await admin_service.create_operator(
+        f"auditor.{uuid.uuid4().hex[:10]}@ops.example.com", "auditor", PASSWORD
+    )
+    async with async_playwright() as p:
+        browser = await launch(p)
+        try:
+            context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = await context.new_page()
+            page.set_default_timeout(45_000)
+            overview = page.get_by_role("heading", name="Overview")
+            await page.goto(served_dashboard)
+            await page.get_by_role("textbox", name="Email").fill(operator.email)
+            await page.get_by_role("textbox", name="Password").fill(PASSWORD)
+            await page.get_by_role("button", name="Sign in").click()
+            await page_expect(overview).to_be_visible()
+            await page.wait_for_function(  # the page's script has fetched the cookie
+                "() => performance.getEntriesByName("
+                f"location.origin + '{session_cookie.PATH}').length > 0"
+            )
+            cookie = await session_cookie_of(context)
+            assert cookie is not None
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+            assert cookie["expires"] > 0  # it lives as long as the session, not the tab
+            token = cookie["value"]
+            assert token not in await page.evaluate("document.cookie")  # out of scripts' reach
+            assert (await admin_service.operator(token)).email == operator.email
+            async with admin_service.db.read() as db:  # the store keeps its keyed hash only
+                stored = await db.get(
+                    OperatorSession, admin_service.keyring.digest("operator-session", token)
+                )
+                assert stored is not None and stored.ended_at is None
+                assert token not in json.dumps([str(v) for v in vars(stored).values()])
+
+            await page.reload()
+            await page_expect(overview).to_be_visible()
+            assert token not in page.url and "token" not in page.url
+            tab = await context.new_page()
+            await tab.goto(served_dashboard)
+            await page_expect(tab.get_by_role("heading", name="Overview")).to_be_visible()
+            await page_expect(tab.get_by_text(operator.email)).to_be_visible()
+            await tab.close()
+
+            await page.get_by_role("button", name="Sign out").click()
+            await page_expect(page.get_by_role("textbox", name="Email")).to_be_visible()
+            with pytest.raises(ServiceError):  # ended on the server, not only in the browser
+                await admin_service.operator(token)
+            await page.reload()
+            await page_expect(page.get_by_role("textbox", name="Email")).to_be_visible()
+            await page_expect(overview).to_have_count(0)
+            assert await session_cookie_of(context) is None
+
+            # the old cookie, replayed, opens nothing: the server ended that session
+            replay = await browser.new_context()
+            await replay.add_cookies([{**cookie, "expires": -1}])
+            again = await replay.new_page()
+            await again.goto(served_dashboard)
+            await page_expect(again.get_by_text("session has ended")).to_be_visible()
+            await page_expect(again.get_by_role("textbox", name="Email")).to_be_visible()
+        finally:
+            await browser.close()
+
+    async with httpx.AsyncClient(base_url=served_dashboard) as http:  # the route itself
+        url = session_cookie.PATH
+        other = await http.post(url, json={"handoff": "x"}, headers={"Origin": "http://evil"})
+        assert other.status_code == 403 and "set-cookie" not in other.headers
+        host = served_dashboard.removeprefix("http://")
+        unknown = await http.post(
+            url, json={"handoff": "not-offered"}, headers={"Origin": f"http://{host}"}
+        )
+        assert unknown.status_code == 400 and "set-cookie" not in unknown.headers
+
+
+def test_a_handoff_gives_its_token_once() -> None:
+    handoffs = session_cookie.Handoffs()
+    handoff = handoffs.offer("token-a")
+    assert handoffs.take("not-offered") is None
+    assert handoffs.take(handoff) == "token-a"
+    assert handoffs.take(handoff) is None  # single use: a replayed POST sets no cookie
+
+
+def test_the_server_preloads_everything_the_pages_import() -> None:
+    """The first visitor must not wait for imports (11 s cold before): after the server's
+    preload, importing what app.py and every screen import loads no new module."""
+    sources = [APP, *sorted((APP.parent / "screens").glob("*.py"))]
+    imports = sorted(
+        {
+            line.strip()
+            for source in sources
+            for line in source.read_text().splitlines()
+            if line.startswith(("import ", "from ")) and "__future__" not in line
+        }
+    )
+    probe = "\n".join(
+        [
+            "import sys",
+            "from twofa.dashboard import server",
+            "server.preload()",
+            "before = set(sys.modules)",
+            *imports,
+            "print(sorted(set(sys.modules) - before))",
+        ]
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -268,6 +268,7 @@ class AdminService:
             if account.two_factor_state == "pending_code"
             else None,
             pin_failures=account.pin_failures,
+            pin_locks_in_a_row=account.pin_locks_in_a_row,
             devices=await self.users.devices(account.id),
             sessions=[
                 SessionRow(

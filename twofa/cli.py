@@ -83,7 +83,7 @@ def dashboard() -> None:
 
     settings = Settings()
     run_migrations(settings.resolved_database_url)
-    script = Path(__file__).parent / "dashboard" / "app.py"
+    script = Path(__file__).parent / "dashboard" / "server.py"  # app.py and its cookie route
     args = [
         sys.executable, "-m", "streamlit", "run", str(script),
         "--server.address", settings.host,

@@ -128,6 +128,8 @@ class AccountDetail(BaseModel):
     auto_logout_at: datetime | None
     code_expires_at: datetime | None
     pin_failures: int
+    #: Locks by wrong PINs since the last right PIN or unlock; the lock resets ``pin_failures``.
+    pin_locks_in_a_row: int = 0
     devices: list[DeviceView]
     sessions: list[SessionRow]
 

@@ -27,6 +27,7 @@ except Exception as error:  # the store or Temporal is down: say so instead of a
         icon=":material/cloud_off:",
     )
     st.stop()
+ui.sync_cookie()
 if operator is None:
     page = st.navigation(
         [

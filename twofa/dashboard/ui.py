@@ -18,8 +18,10 @@ import streamlit as st
 from pydantic import BaseModel
 
 from twofa.admin import AdminService
+from twofa.dashboard import session_cookie
 from twofa.dashboard.runtime import get_runtime
 from twofa.errors import ServiceError
+from twofa.policy import Policy
 from twofa.views import OperatorView
 
 T = TypeVar("T")
@@ -31,6 +33,11 @@ ACCOUNT_KEY = "account_id"
 FLASH_KEY = "flash"
 NOTICE_KEY = "sign_in_notice"
 PENDING_KEY = "pending_action"
+#: What the page's cookie script must do next: keep (with a handoff) or forget the cookie.
+COOKIE_ACTION_KEY = "cookie_action"
+#: Set once this tab signed out or found its cookie dead: the first request's cookie, which
+#: ``st.context.cookies`` keeps offering for the tab's life, is not read again.
+COOKIE_SPENT_KEY = "cookie_spent"
 #: Widgets whose values outlive a visit to another page (the Accounts page's question).
 KEPT_WIDGETS = (
     "accounts_search",
@@ -55,27 +62,51 @@ def call(make: Callable[[AdminService], Coroutine[Any, Any, T]]) -> T:
     return runtime.run(make(runtime.admin))
 
 
+def policy() -> Policy:
+    """The rules' numbers (wrong PINs before a lock, locks before an admin must unlock)."""
+    return get_runtime().admin.users.policy
+
+
 def describe(error: ServiceError) -> str:
-    """An error as an on-call admin wants it: the status, the code and the sentence."""
-    text = f"**{error.status} {error.code}** — {error.message}"
+    """An error as an operator reads it: the service's sentence, and when to try again."""
+    text = error.message
     if "retry_after" in error.details:
-        text += f" Try again in {error.details['retry_after']} s."
+        seconds = int(error.details["retry_after"])
+        wait = f"try again in {seconds} second{'s' if seconds != 1 else ''}."
+        if text.endswith("try again later."):
+            return text.removesuffix("try again later.") + wait
+        text += " " + wait.capitalize()
     return text
+
+
+def _session_token() -> tuple[str | None, bool]:
+    """This tab's token, or the cookie's (a reload, a new tab); says which it came from."""
+    token = st.session_state.get(TOKEN_KEY)
+    if token:
+        return token, False
+    if st.session_state.get(COOKIE_SPENT_KEY):
+        return None, False
+    return st.context.cookies.get(session_cookie.COOKIE), True
 
 
 def signed_in_operator() -> OperatorView | None:
     """The operator of this browser session, or None (a dead token is dropped, with a notice)."""
-    token = st.session_state.get(TOKEN_KEY)
+    token, from_cookie = _session_token()
     if not token:
         return None
     try:
-        return call(lambda a: a.operator(token))
+        operator = call(lambda a: a.operator(token))
     except ServiceError as error:
         if error.status != 401:
             raise
         st.session_state.pop(TOKEN_KEY, None)
+        st.session_state[COOKIE_SPENT_KEY] = True
+        st.session_state[COOKIE_ACTION_KEY] = {"action": "forget"}
         st.session_state[NOTICE_KEY] = "Your dashboard session has ended; sign in again."
         return None
+    if from_cookie:
+        st.session_state[TOKEN_KEY] = token
+    return operator
 
 
 def require_operator() -> OperatorView:
@@ -87,14 +118,45 @@ def require_operator() -> OperatorView:
     return operator
 
 
+def signed_in(token: str) -> None:
+    """After a sign-in: this tab holds the token, and the page is asked to fetch the cookie."""
+    st.session_state[TOKEN_KEY] = token
+    st.session_state.pop(COOKIE_SPENT_KEY, None)
+    st.session_state[COOKIE_ACTION_KEY] = {
+        "action": "keep",
+        "handoff": session_cookie.handoffs.offer(token),
+    }
+
+
 def sign_out() -> None:
-    """The sidebar's button: ends the session in the store, not only in this browser."""
-    token = st.session_state.pop(TOKEN_KEY, None)
+    """The sidebar's button: ends the session in the store, then the browser's cookie."""
+    token, _ = _session_token()
+    st.session_state.pop(TOKEN_KEY, None)
     if token:
         call(lambda a: a.sign_out(token))
     for key in (ACCOUNT_KEY, FLASH_KEY, PENDING_KEY):
         st.session_state.pop(key, None)
+    st.session_state[COOKIE_SPENT_KEY] = True
+    st.session_state[COOKIE_ACTION_KEY] = {"action": "forget"}
     st.session_state[NOTICE_KEY] = "Signed out."
+
+
+_cookie_script = st.components.v2.component("twofa_session_cookie", js=session_cookie.JS)
+
+
+def sync_cookie() -> None:
+    """Mounts the cookie script while the browser's cookie has to change; gone once done."""
+    action = st.session_state.get(COOKIE_ACTION_KEY)
+    if not action:
+        return
+    result = _cookie_script(
+        key="session_cookie",
+        data={**action, "path": session_cookie.PATH},
+        height=0,
+        on_done_change=lambda: None,
+    )
+    if result.done is not None:
+        st.session_state.pop(COOKIE_ACTION_KEY, None)
 
 
 def keep_widget_values() -> None:

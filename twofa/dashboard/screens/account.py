@@ -120,6 +120,36 @@ def timer(cell: Any, label: str, moment: datetime | None, help: str) -> None:
         cell.caption(f"{ui.when(moment)} UTC")
 
 
+def ordinal(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def pin_counter(cell: Any, detail: AccountDetail) -> None:
+    """What the PIN counters mean now: a lock resets the wrong-PIN count, so say why it holds."""
+    policy = ui.policy()
+    locks = detail.pin_locks_in_a_row
+    if detail.account.state == "locked":
+        cell.metric(
+            "Locked by wrong PINs",
+            policy.max_pin_failures,
+            help="Five wrong PINs in a row lock 2FA; the count starts over at the lock.",
+        )
+        held = (
+            "held until an admin unlocks it"
+            if detail.account.locked_until is None
+            else f"the {ordinal(policy.locks_before_admin_unlock)} in a row needs an admin"
+        )
+        cell.caption(f"{ordinal(max(locks, 1))} lock in a row; {held}")
+        return
+    cell.metric(
+        "Wrong PINs in a row",
+        f"{detail.pin_failures} of {policy.max_pin_failures}",
+        help="The last one locks 2FA for a while; a right PIN starts the count over.",
+    )
+    if locks:
+        cell.caption(f"{locks} lock{'s' if locks != 1 else ''} in a row before this")
+
+
 def timers(detail: AccountDetail) -> None:
     row = detail.account
     cells = st.columns(5)
@@ -132,10 +162,10 @@ def timers(detail: AccountDetail) -> None:
     )
     timer(cells[2], "Code expires", detail.code_expires_at, "The emailed activation code's end.")
     if row.state == "locked" and row.locked_until is None:
-        cells[3].metric("Unlocks", "by an admin", help="The third lock in a row holds.")
+        cells[3].metric("Unlocks", "by admin", help="The third lock in a row holds.")
     else:
         timer(cells[3], "Unlocks", row.locked_until, "Too many wrong PINs lock 2FA a while.")
-    cells[4].metric("Wrong PINs in a row", detail.pin_failures)
+    pin_counter(cells[4], detail)
 
 
 def devices(detail: AccountDetail, can_act: bool) -> None:
@@ -186,6 +216,7 @@ def sessions(detail: AccountDetail) -> None:
         ),
         hide_index=True,
         width="stretch",
+        height="content",  # every open session, no inner scroll box
     )
 
 

@@ -1,19 +1,19 @@
-"""History, for auditors: the account's workflow history as a timeline beside its audit trail.
+"""History, for auditors: the account's story, told from its audit trail in the document's words.
 
-The timeline covers every run of the account's workflow (each enrollment, each continue-as-new)
-and names steps and durations only, never a payload (S4). Both download as JSON and CSV.
+Each line carries its audit record's number; the records as stored and the engine's own steps
+(every run of the account's workflow: names and durations only, never a payload, S4) are one
+click away, in expanders. Both download as JSON and CSV.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import pandas as pd
 import streamlit as st
 from pydantic import BaseModel
 
-from twofa.dashboard import ui
+from twofa.dashboard import history_story, ui
 from twofa.views import AccountDetail, AuditRow, TimelineRow
 
 ui.require_operator()
@@ -30,17 +30,6 @@ def _history(account_id: str) -> tuple[AccountDetail, list[TimelineRow], list[Au
 
 detail, timeline, trail = ui.load_account("history_pick", "history.py", _history)
 account_id = detail.account.id
-
-
-def readable(details: str) -> str:
-    """An audit record's details as ``key: value`` pairs instead of raw JSON."""
-    try:
-        values = json.loads(details)
-    except ValueError:
-        return details
-    if not isinstance(values, dict):
-        return details
-    return ", ".join(f"{key}: {value}" for key, value in values.items())
 
 
 def downloads(name: str, rows: Sequence[BaseModel], model: type[BaseModel], key: str) -> None:
@@ -80,15 +69,65 @@ st.page_link(
     query_params={"id": account_id},
 )
 
-timeline_col, audit_col = st.columns([2, 3])
-with timeline_col:
-    st.subheader(f"Workflow timeline ({len(timeline)} steps)")
+story = history_story.story(trail)
+st.subheader(f"What happened ({history_story.plural(len(story), 'record')})")
+if story:
+    st.table(
+        pd.DataFrame(
+            [
+                {
+                    "record": line.seq,
+                    "time (UTC)": ui.when(line.time),
+                    "what happened": line.what,
+                    "by": line.by,
+                }
+                for line in story
+            ]
+        ),
+        hide_index=True,
+    )
+else:
+    st.caption("No audit record for this account.")
+
+with st.expander(f"Audit records as stored ({len(trail)})", icon=":material/receipt_long:"):
+    st.caption("Match a line above by its number; `twofa audit verify` checks the chain.")
+    if trail:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "#": row.seq,
+                        "time (UTC)": ui.when(row.time),
+                        "actor": row.actor,
+                        "event": row.event,
+                        "details": row.details,
+                    }
+                    for row in trail
+                ]
+            ),
+            hide_index=True,
+            height="content",
+            column_config={
+                "#": st.column_config.NumberColumn(width="small"),
+                "details": st.column_config.TextColumn(width="large"),
+            },
+        )
+    downloads("audit-trail", trail, AuditRow, "audit")
+
+with st.expander(
+    f"Engine detail: workflow history ({history_story.plural(len(timeline), 'step')})",
+    icon=":material/account_tree:",
+):
+    st.caption(
+        "Every run of the account's Temporal workflow: requests, effects, timers and state "
+        "changes, without payloads."
+    )
     if timeline:
         st.dataframe(
             pd.DataFrame(
                 [
                     {
-                        "time": ui.when(row.time),
+                        "time (UTC)": ui.when(row.time),
                         "run": row.run,
                         "step": row.step,
                         "details": row.details,
@@ -97,30 +136,12 @@ with timeline_col:
                 ]
             ),
             hide_index=True,
-            width="stretch",
+            height="content",
+            column_config={
+                "run": st.column_config.NumberColumn(width="small"),
+                "details": st.column_config.TextColumn(width="large"),
+            },
         )
     else:
         st.caption("No workflow yet: 2FA was never enabled for this account.")
     downloads("timeline", timeline, TimelineRow, "timeline")
-with audit_col:
-    st.subheader(f"Audit trail ({len(trail)} records)")
-    if trail:
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "#": row.seq,
-                        "time": ui.when(row.time),
-                        "actor": row.actor,
-                        "event": row.event,
-                        "details": readable(row.details),
-                    }
-                    for row in trail
-                ]
-            ),
-            hide_index=True,
-            width="stretch",
-        )
-    else:
-        st.caption("No audit record for this account.")
-    downloads("audit-trail", trail, AuditRow, "audit")

@@ -124,7 +124,12 @@ def locked_table(view: OverviewView) -> None:
             for row in view.locked_now
         ]
     )
-    st.dataframe(frame, hide_index=True, width="stretch")
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        height=min(38 + 35 * len(frame), 38 + 35 * 20),  # up to 20 rows, then scroll
+    )
     choice = st.selectbox(
         "Locked account",
         view.locked_now,

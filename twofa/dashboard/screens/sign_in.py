@@ -7,7 +7,7 @@ import streamlit as st
 from twofa.dashboard import ui
 from twofa.errors import ServiceError
 
-st.title(":material/shield_lock: Cockpit 2FA dashboard")
+st.title("Cockpit 2FA dashboard")  # a :material: icon here is fetched from a font server
 st.caption("For admins and auditors. Operators are created with `twofa admin create`.")
 notice = st.session_state.pop(ui.NOTICE_KEY, None)
 if notice:
@@ -26,5 +26,5 @@ if submitted:
     except ServiceError as error:
         st.error(ui.describe(error), icon=":material/error:")
     else:
-        st.session_state[ui.TOKEN_KEY] = token
+        ui.signed_in(token)
         st.rerun()
