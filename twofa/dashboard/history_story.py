@@ -25,6 +25,14 @@ STEP_NAMES = {
 }
 
 
+#: S10's notification mails, by kind.
+NOTICES = {
+    "browser_enrolled": "a browser was enrolled",
+    "two_factor_disabled": "2FA was disabled",
+    "two_factor_locked": "2FA was locked",
+}
+
+
 @dataclass(frozen=True)
 class StoryLine:
     seq: int
@@ -168,6 +176,15 @@ SENTENCES: dict[str, Callable[[dict[str, Any], str], str]] = {
         if d.get("reason") == "auto_logout"
         else f"{plural(int(d.get('count', 0)), 'session')} ended"
     ),
+    "mail_failed": lambda d, by: (
+        f"Activation mail {d.get('number', '')} could not be sent: {d.get('reason', 'refused')}"
+    ),
+    "notification_sent": lambda d, by: f"Told the user by mail: {NOTICES.get(d.get('kind'), '')}",
+    "notification_failed": lambda d, by: (
+        f"Could not tell the user by mail ({NOTICES.get(d.get('kind'), '')}): "
+        f"{d.get('reason', 'refused')}"
+    ),
+    "session_kept": lambda d, by: "The session that disabled 2FA stays open",
 }
 
 
