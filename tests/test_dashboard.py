@@ -20,7 +20,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +38,7 @@ from tests.journey import Api, User, new_user
 from tests.processes import environment
 from twofa.admin import AdminService
 from twofa.config import Settings
-from twofa.dashboard import runtime, session_cookie, ui
+from twofa.dashboard import history_story, runtime, session_cookie, ui
 from twofa.devstack import DASHBOARD_LIMITS
 from twofa.errors import ServiceError
 from twofa.seed import seed
@@ -850,3 +850,20 @@ def test_the_server_preloads_everything_the_pages_import() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_history_tells_mail_failures_and_notifications_in_words() -> None:
+    def said(event: str, details: dict[str, object], actor: str = "system") -> str:
+        row = AuditRow(seq=7, time=datetime.now(UTC), actor=actor, event=event, details="")
+        return history_story.line(row.model_copy(update={"details": json.dumps(details)})).what
+
+    assert said("mail_failed", {"number": 2, "reason": "the relay answered 550"}) == (
+        "Activation mail 2 could not be sent: the relay answered 550"
+    )
+    assert said("notification_sent", {"kind": "two_factor_locked"}) == (
+        "Told the user by mail: 2FA was locked"
+    )
+    assert "a browser was enrolled" in said(
+        "notification_failed", {"kind": "browser_enrolled", "reason": "550"}
+    )
+    assert said("session_kept", {}, "user") == "The session that disabled 2FA stays open"
