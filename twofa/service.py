@@ -128,6 +128,7 @@ class TwoFactorService:
         self.db = db
         self.client = client
         self.keyring = Keyring(settings.pepper_bytes)
+        db.audit = db.audit or audit.chain_for(settings, self.keyring)
         self._kdf_limiter = CapacityLimiter(os.cpu_count() or 1)
         self.policy = Policy(
             auto_logout_seconds=settings.auto_logout_seconds,
