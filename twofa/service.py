@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
     Client,
@@ -154,19 +155,23 @@ class TwoFactorService:
             created_at=now,
             updated_at=now,
         )
-        async with self.db.write() as db:
-            if await queries.email_taken(db, email):
-                raise ServiceError(409, "email_taken", "An account with this email already exists.")
-            db.add(account)
-            await audit.append(db, "account_registered", account_id=account.id, actor="user")
+        taken = ServiceError(409, "email_taken", "An account with this email already exists.")
+        try:
+            async with self.db.write() as db:
+                if await queries.email_taken(db, email):  # in any case: Bob@ and bob@ are one
+                    raise taken
+                db.add(account)
+                await audit.append(db, "account_registered", account_id=account.id, actor="user")
+        except IntegrityError:  # its twin registered in the same instant (PostgreSQL)
+            raise taken from None
         log.info("account %s registered", account.id)
         return AccountView(id=account.id, email=account.email, two_factor="disabled")
 
     async def login(self, email: str, password: str, device_token: str | None) -> LoginView:
         """Primary password first, throttled per email whether or not it exists (S2, S7)."""
-        email = normalize_email(email)
-        async with self.db.read() as db:
-            account = await queries.account_by_email(db, email)
+        async with self.db.read() as db:  # the database lowercases both sides, as its index
+            account = await queries.account_by_email(db, email.strip())
+        email = normalize_email(email)  # the throttle's key, whatever the case typed
         passed = await self.password_gate(
             "login", email, password, account.password_hash if account else None,
             account_id=account.id if account else None,
