@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -79,6 +80,10 @@ def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> N
             json={"email": "up@example.com", "password": "a long password"},
         )
         assert r.status_code == 201, r.text
+        data = tmp_path / "data"  # readable by their owner only, the audit anchor too
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for name in ("twofa.db", "temporal.db", "pepper", "service-token", "audit-anchor"):
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
