@@ -397,6 +397,21 @@ async def test_no_audit_record_without_the_key(database_url: str) -> None:
 
 
 @pytest.mark.single_backend
+def test_the_anchor_only_moves_forward(tmp_path: Path) -> None:
+    """A writer that committed earlier but reaches the anchor later changes nothing."""
+    chain = chain_in(tmp_path / "data")
+    chain.advance(audit.Anchor(5, "a" * 64))
+    chain.advance(audit.Anchor(3, "b" * 64))
+    assert chain.read_anchor() == audit.Anchor(5, "a" * 64)
+    chain.advance(audit.Anchor(6, "c" * 64))
+    assert chain.read_anchor() == audit.Anchor(6, "c" * 64)
+    assert stat.S_IMODE(chain.anchor_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(chain.anchor_path.parent.stat().st_mode) == 0o700
+    names = sorted(p.name for p in chain.anchor_path.parent.iterdir())
+    assert names == [".audit-anchor.lock", "audit-anchor"]  # no temporary file left behind
+
+
+@pytest.mark.single_backend
 def test_data_dir_and_database_are_created_for_their_owner_only(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir, service_token=None, pepper=None)

@@ -81,6 +81,9 @@ def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> N
         )
         assert r.status_code == 201, r.text
         data = tmp_path / "data"  # readable by their owner only, the audit anchor too
+        while not (data / "audit-anchor").exists():  # moved just after the record commits
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         for name in ("twofa.db", "temporal.db", "pepper", "service-token", "audit-anchor"):
             assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name

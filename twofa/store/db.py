@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -24,7 +22,6 @@ from sqlalchemy.ext.asyncio import (
 from twofa.audit import CHAIN_INFO, HEAD_INFO, Chain
 from twofa.config import private_dir
 
-log = logging.getLogger(__name__)
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -87,12 +84,11 @@ class Database:
                 yield session
             head = session.info.pop(HEAD_INFO, None)
         if head is not None and self.audit is not None:
-            try:
-                await asyncio.to_thread(self.audit.advance, head)
-            except OSError:  # committed all the same; verify shows how far the anchor lags
-                log.exception("the audit anchor could not be moved to record %d", head.seq)
+            self.audit.advance_soon(head)
 
     async def dispose(self) -> None:
+        if self.audit is not None:
+            await self.audit.settle()
         await self.engine.dispose()
 
 
