@@ -40,6 +40,8 @@ GENESIS = "0" * 64
 UNKEYED, KEYED = 1, 2
 #: Where a write session carries the chain it appends with, and the head it leaves to anchor.
 CHAIN_INFO, HEAD_INFO = "twofa_audit_chain", "twofa_audit_head"
+#: The most often one process moves the anchor (see Chain.advance_soon).
+ANCHOR_INTERVAL = 0.2
 #: Two writers must not read the same chain head: PostgreSQL takes this transaction lock, while
 #: SQLite's BEGIN IMMEDIATE already serializes writers.
 _ADVISORY_LOCK_KEY = 0x2FA0A0D1
@@ -150,8 +152,12 @@ class Chain:
             os.close(lock)  # closing releases the lock
 
     def advance_soon(self, head: Anchor) -> None:
-        """Moves the anchor to a committed head off the caller's path (its fsync costs a few
-        ms on a busy disk); heads committed while a move runs coalesce into the next one."""
+        """Moves the anchor to a committed head off the caller's path.
+
+        Its fsync costs a few ms on a busy disk and stalls the database's own syncs, so a
+        process moves it at most every ``ANCHOR_INTERVAL`` seconds: heads committed meanwhile
+        coalesce into the next move, and the anchor trails the log by that much at most.
+        """
         if self._pending is None or head.seq > self._pending.seq:
             self._pending = head
         if self._mover is None or self._mover.done():
@@ -164,6 +170,7 @@ class Chain:
                 await asyncio.to_thread(self.advance, head)
             except OSError:  # committed all the same; verify shows how far the anchor lags
                 log.exception("the audit anchor could not be moved to record %d", head.seq)
+            await asyncio.sleep(ANCHOR_INTERVAL)  # a rate limit: heads committed meanwhile wait
 
     async def settle(self) -> None:
         """Returns once the anchor names every record this process committed."""
