@@ -3,29 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session as OrmSession
 
+from tests.conftest import PEPPER
 from tests.journey import Api, new_user
 from twofa import audit
+from twofa.config import Settings
+from twofa.crypto import Keyring
 from twofa.store.db import Database, migrate, sync_url
 from twofa.store.models import AuditRecord
 
 TWOFA = str(Path(sys.executable).parent / "twofa")
 
 
-def verify(url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TWOFA_DATABASE_URL": url}
+def verify(url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`twofa audit verify` as an operator runs it: the database, the data dir, the pepper."""
+    env = {
+        **os.environ,
+        "TWOFA_DATABASE_URL": url,
+        "TWOFA_DATA_DIR": str(data_dir),
+        "TWOFA_PEPPER": PEPPER,
+    }
     return subprocess.run(
         [TWOFA, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60
     )
+
+
+def chain_in(data_dir: Path) -> audit.Chain:
+    return audit.Chain(Keyring(PEPPER.encode()).audit_key, data_dir / "audit-anchor")
 
 
 async def _events(database: Database, account_id: str) -> list[tuple[str, str]]:
@@ -97,52 +116,95 @@ def _create_database(url: str, name: str, template: str | None = None) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
-def _empty(url: str, name: str, tmp_path: Path) -> str:
+@dataclass(frozen=True)
+class Store:
+    """A database and the data dir beside it (the anchor, the pepper's stand-in for verify)."""
+
+    url: str
+    data_dir: Path
+
+    def verify(self) -> subprocess.CompletedProcess[str]:
+        return verify(self.url, self.data_dir)
+
+    @property
+    def chain(self) -> audit.Chain:
+        return chain_in(self.data_dir)
+
+
+def _empty(url: str, name: str, tmp_path: Path) -> Store:
     """A new, migrated database beside the test session's, on the same backend."""
+    data_dir = tmp_path / f"{name}-data"
     if url.startswith("sqlite"):
-        fresh = f"sqlite:///{tmp_path / name}.db"
+        fresh = f"sqlite:///{data_dir / 'twofa.db'}"
     else:
         fresh = _create_database(url, name)
     migrate(fresh)
-    return fresh
+    return Store(fresh, data_dir)
 
 
-def _clone(url: str, name: str, tmp_path: Path) -> str:
-    """A copy of the database at ``url``, to tamper with."""
-    if url.startswith("sqlite"):
-        copy = tmp_path / f"{name}.db"
-        shutil.copy(make_url(url).database, copy)  # type: ignore[arg-type]
-        return f"sqlite:///{copy}"
-    return _create_database(url, name, template=make_url(url).database)
+def _clone(store: Store, name: str, tmp_path: Path) -> Store:
+    """A copy of the database and its anchor, to tamper with."""
+    data_dir = tmp_path / f"{name}-data"
+    shutil.copytree(store.data_dir, data_dir)
+    if store.url.startswith("sqlite"):
+        return Store(f"sqlite:///{data_dir / 'twofa.db'}", data_dir)
+    return Store(_create_database(store.url, name, template=make_url(store.url).database), data_dir)
+
+
+WRITER = """
+import asyncio, sys
+from twofa import audit
+from twofa.config import Settings
+from twofa.crypto import Keyring
+from twofa.store.db import Database
+async def main():
+    settings = Settings()
+    db = Database(sys.argv[1], audit=audit.chain_for(settings, Keyring(settings.pepper_bytes)))
+    for i in range(int(sys.argv[3])):
+        async with db.write() as s:
+            await audit.append(s, 'test_event', actor=f'writer-{sys.argv[2]}', i=i)
+    await db.dispose()
+asyncio.run(main())
+"""
+
+
+def _write(store: Store, writers: int, each: int) -> None:
+    """``writers`` processes at once, each appending ``each`` records in its own transactions."""
+    env = {**os.environ, "TWOFA_DATA_DIR": str(store.data_dir), "TWOFA_PEPPER": PEPPER}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", WRITER, store.url, str(n), str(each)], env=env)
+        for n in range(writers)
+    ]
+    assert [p.wait(timeout=60) for p in processes] == [0] * writers
 
 
 @pytest.fixture(scope="module")
-def chain(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def chain(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Store:
     """A database with 20 audit records, written by 4 processes at once."""
-    url = _empty(database_url, "audit_chain", tmp_path_factory.mktemp("audit"))
-    script = (
-        "import asyncio, sys\n"
-        "from twofa import audit\n"
-        "from twofa.store.db import Database\n"
-        "async def main():\n"
-        "    db = Database(sys.argv[1])\n"
-        "    for i in range(5):\n"
-        "        async with db.write() as s:\n"
-        "            await audit.append(s, 'test_event', actor=f'writer-{sys.argv[2]}', i=i)\n"
-        "    await db.dispose()\n"
-        "asyncio.run(main())\n"
-    )
-    writers = [subprocess.Popen([sys.executable, "-c", script, url, str(n)]) for n in range(4)]
-    assert [w.wait(timeout=60) for w in writers] == [0, 0, 0, 0]
-    return url
+    store = _empty(database_url, "audit_chain", tmp_path_factory.mktemp("audit"))
+    _write(store, writers=4, each=5)
+    return store
 
 
-def test_concurrent_writers_keep_one_intact_chain(chain: str) -> None:
-    result = verify(chain)
+def test_concurrent_writers_keep_one_intact_chain_and_move_the_anchor_forward(
+    chain: Store,
+) -> None:
+    result = chain.verify()
     assert result.returncode == 0, result.stderr
-    assert "intact: 20 records" in result.stdout
-    rows = _sql(chain, "SELECT seq FROM audit_log ORDER BY seq")
-    assert [seq for (seq,) in rows] == list(range(1, 21))
+    assert "intact: 20 records (20 keyed, 0 unkeyed" in result.stdout, result.stdout
+    assert "anchored at record 20" in result.stdout, result.stdout
+    rows = _sql(chain.url, "SELECT seq, hash, version FROM audit_log ORDER BY seq")
+    assert [seq for seq, _, _ in rows] == list(range(1, 21))
+    assert {version for _, _, version in rows} == {audit.KEYED}
+    assert chain.chain.read_anchor() == audit.Anchor(20, str(rows[-1][1]))
+    assert stat.S_IMODE(chain.chain.anchor_path.stat().st_mode) == 0o600
+
+
+def _drop_guards(url: str) -> list[str]:
+    """What someone who owns the database does first: the append-only triggers go."""
+    if url.startswith("sqlite"):
+        return ["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"]
+    return ["DROP TRIGGER audit_log_append_only ON audit_log"]
 
 
 TAMPERING = {
@@ -151,8 +213,8 @@ TAMPERING = {
     "insert": [
         "UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 7",
         "UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1000",
-        "INSERT INTO audit_log (seq, at, account_id, actor, event, details, prev_hash, hash) "
-        "SELECT 7, at, account_id, 'forger', event, details, prev_hash, hash "
+        "INSERT INTO audit_log (seq, at, account_id, actor, event, details, prev_hash, hash, "
+        "version) SELECT 7, at, account_id, 'forger', event, details, prev_hash, hash, version "
         "FROM audit_log WHERE seq = 8",
     ],
     "reorder": [
@@ -164,25 +226,202 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("tampering", list(TAMPERING))
-def test_verify_names_the_first_tampered_record(chain: str, tmp_path: Path, tampering: str) -> None:
+def test_verify_names_the_first_tampered_record(
+    chain: Store, tmp_path: Path, tampering: str
+) -> None:
     copy = _clone(chain, f"tampered_{tampering}", tmp_path)
-    _sql(copy, *TAMPERING[tampering])
-    result = verify(copy)
+    _sql(copy.url, *_drop_guards(copy.url), *TAMPERING[tampering])
+    result = copy.verify()
     assert result.returncode == 1, result.stdout
     assert "BROKEN at record 7" in result.stderr, result.stderr
 
 
-async def test_append_in_a_failed_transaction_leaves_no_record(database: Database) -> None:
-    with pytest.raises(RuntimeError):
-        async with database.write() as s:
-            await audit.append(s, "never_happened")
-            raise RuntimeError("the change fails")
-    async with database.read() as s:
-        _, broken = await audit.verify(s)
-        found = await s.scalar(
-            select(func.count())
-            .select_from(AuditRecord)
-            .where(AuditRecord.event == "never_happened")
+def test_verify_finds_the_newest_records_cut_off(chain: Store, tmp_path: Path) -> None:
+    """The chain of what is left holds: only the anchor outside the database shows the cut."""
+    copy = _clone(chain, "truncated", tmp_path)
+    _sql(copy.url, *_drop_guards(copy.url), "DELETE FROM audit_log WHERE seq > 17")
+    result = copy.verify()
+    assert result.returncode == 1, result.stdout
+    assert (
+        "the newest records are cut off: the anchor names record 20 but the log ends at 17"
+        in result.stderr
+    ), result.stderr
+
+
+def _rebuild(url: str, *, edit: int, unkeyed_from: int | None) -> None:
+    """Edits record ``edit`` and recomputes every hash from there with the public algorithm,
+    as someone who can write the database but lacks the key would; ``unkeyed_from`` also marks
+    the records from there on as written before the key."""
+    engine = create_engine(sync_url(url))
+    try:
+        with OrmSession(engine) as session, session.begin():
+            for statement in _drop_guards(url):
+                session.execute(text(statement))
+            prev = audit.GENESIS
+            for record in session.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all():
+                if record.seq == edit:
+                    record.actor = "someone else"
+                if unkeyed_from is not None and record.seq >= unkeyed_from:
+                    record.version = audit.UNKEYED
+                if record.seq >= min(edit, unkeyed_from or edit):
+                    record.prev_hash = prev
+                    record.hash = audit.public_hash(prev, record)
+                prev = record.hash
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("unkeyed_from", "found"),
+    [
+        (
+            None,
+            "BROKEN at record 7: record 7's keyed hash does not match: rebuilt or edited "
+            "without the key",
+        ),
+        (7, "BROKEN at record 7: record 7 is unkeyed after keyed records: rebuilt"),
+        (1, "BROKEN at record 20: record 20's keyed hash does not match the anchor: rebuilt"),
+    ],
+    ids=["keyed_label_kept", "unkeyed_from_the_edit", "unkeyed_throughout"],
+)
+def test_verify_finds_a_chain_rebuilt_without_the_key(
+    chain: Store, tmp_path: Path, unkeyed_from: int | None, found: str
+) -> None:
+    """Today's attack on a public chain: edit record 7, recompute every hash after it."""
+    copy = _clone(chain, f"rebuilt_{unkeyed_from}", tmp_path)
+    _rebuild(copy.url, edit=7, unkeyed_from=unkeyed_from)
+    result = copy.verify()
+    assert result.returncode == 1, result.stdout
+    assert found in result.stderr, result.stderr
+
+
+def test_verify_distrusts_a_forged_or_missing_anchor(chain: Store, tmp_path: Path) -> None:
+    copy = _clone(chain, "forged_anchor", tmp_path)
+    anchor = json.loads(copy.chain.anchor_path.read_text())
+    copy.chain.anchor_path.write_text(json.dumps({**anchor, "seq": 17}))
+    result = copy.verify()
+    assert result.returncode == 1, result.stdout
+    assert "has a MAC that does not match" in result.stderr, result.stderr
+    copy.chain.anchor_path.unlink()
+    result = copy.verify()
+    assert result.returncode == 1, result.stdout
+    assert "is missing, yet the log holds keyed records" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_log SET actor = 'someone else' WHERE seq = 1",
+        "DELETE FROM audit_log WHERE seq = 20",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ],
+)
+def test_the_database_refuses_to_change_or_delete_audit_records(
+    chain: Store, statement: str
+) -> None:
+    if statement.startswith("TRUNCATE") and chain.url.startswith("sqlite"):
+        pytest.skip("SQLite has no TRUNCATE; its DELETE without WHERE is refused above")
+    with pytest.raises(DBAPIError, match="audit_log is append-only"):
+        _sql(chain.url, statement)
+    assert _sql(chain.url, "SELECT count(*), min(actor) FROM audit_log") == [(20, "writer-0")]
+
+
+_V1_COLUMNS = ("seq", "at", "account_id", "actor", "event", "details", "prev_hash", "hash")
+
+
+def test_records_from_before_the_key_still_verify_as_a_prefix(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Version 1 records (public SHA-256, as 0006 wrote them), then keyed records after them."""
+    store = _empty(database_url, "audit_legacy", tmp_path)
+    prev, rows = audit.GENESIS, []
+    for seq in range(1, 4):
+        record = AuditRecord(
+            seq=seq,
+            at=datetime(2026, 11, 1, 12, seq, tzinfo=UTC),
+            account_id=None,
+            actor="system",
+            event="old_event",
+            details="{}",
+            prev_hash=prev,
         )
-    assert broken is None
+        record.hash = prev = audit.public_hash(prev, record)
+        rows.append({c: getattr(record, c) for c in _V1_COLUMNS})
+    engine = create_engine(sync_url(store.url))
+    try:
+        with engine.begin() as connection:  # no version given: the column's default, 1
+            connection.execute(insert(AuditRecord.__table__), rows)
+    finally:
+        engine.dispose()
+    result = store.verify()
+    assert result.returncode == 0, result.stderr
+    assert "intact: 3 records (0 keyed, 3 unkeyed" in result.stdout, result.stdout
+    assert "not anchored" in result.stdout, result.stdout
+    _write(store, writers=1, each=2)
+    result = store.verify()
+    assert result.returncode == 0, result.stderr
+    assert "intact: 5 records (2 keyed, 3 unkeyed" in result.stdout, result.stdout
+    assert "anchored at record 5" in result.stdout, result.stdout
+
+
+async def test_append_in_a_failed_transaction_leaves_no_record_nor_anchor(
+    database_url: str, tmp_path: Path
+) -> None:
+    store = _empty(database_url, "audit_rollback", tmp_path)
+    database = Database(store.url, audit=store.chain)
+    try:
+        with pytest.raises(RuntimeError):
+            async with database.write() as s:
+                await audit.append(s, "never_happened")
+                raise RuntimeError("the change fails")
+        async with database.read() as s:
+            verdict = await audit.verify(s, store.chain)
+            found = await s.scalar(select(func.count()).select_from(AuditRecord))
+    finally:
+        await database.dispose()
+    assert verdict.broken is None
     assert found == 0
+    assert store.chain.read_anchor() is None
+
+
+async def test_no_audit_record_without_the_key(database_url: str) -> None:
+    """A store opened without the chain cannot write an unkeyed record by mistake."""
+    database = Database(database_url)
+    try:
+        with pytest.raises(RuntimeError, match="audit chain"):
+            async with database.write() as s:
+                await audit.append(s, "unkeyed")
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.single_backend
+def test_the_anchor_only_moves_forward(tmp_path: Path) -> None:
+    """A writer that committed earlier but reaches the anchor later changes nothing."""
+    chain = chain_in(tmp_path / "data")
+    chain.advance(audit.Anchor(5, "a" * 64))
+    chain.advance(audit.Anchor(3, "b" * 64))
+    assert chain.read_anchor() == audit.Anchor(5, "a" * 64)
+    chain.advance(audit.Anchor(6, "c" * 64))
+    assert chain.read_anchor() == audit.Anchor(6, "c" * 64)
+    assert stat.S_IMODE(chain.anchor_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(chain.anchor_path.parent.stat().st_mode) == 0o700
+    names = sorted(p.name for p in chain.anchor_path.parent.iterdir())
+    assert names == [".audit-anchor.lock", "audit-anchor"]  # no temporary file left behind
+
+
+@pytest.mark.single_backend
+def test_data_dir_and_database_are_created_for_their_owner_only(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir, service_token=None, pepper=None)
+    assert settings.pepper_bytes
+    migrate(settings.resolved_database_url)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "twofa.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data_dir / "pepper").stat().st_mode) == 0o600
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "twofa.db").touch(mode=0o644)
+    migrate(f"sqlite:///{older / 'twofa.db'}")
+    assert stat.S_IMODE((older / "twofa.db").stat().st_mode) == 0o600

@@ -335,6 +335,12 @@ def test_bind_mounts_exist(services: dict[str, dict[str, Any]]) -> None:
                 assert volume.endswith(":ro"), f"{name}: {source} should be mounted read-only"
 
 
+def test_app_services_share_one_persistent_data_dir(services: dict[str, dict[str, Any]]) -> None:
+    """The audit anchor is one file whichever container writes it, and outlives recreation."""
+    for name in ("migrate", "worker", "api", "dashboard"):
+        assert "twofa-data:/var/lib/twofa" in services[name].get("volumes", []), name
+
+
 def test_temporal_server_reads_the_mounted_dynamic_config(
     services: dict[str, dict[str, Any]],
 ) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -193,6 +194,14 @@ def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> N
             json={"email": "up@example.com", "password": "a long password"},
         )
         assert r.status_code == 201, r.text
+        data = stack.data  # readable by their owner only, the audit anchor too
+        deadline = time.monotonic() + 30
+        while not (data / "audit-anchor").exists():  # moved just after the record commits
+            assert time.monotonic() < deadline, stack.output()
+            time.sleep(0.05)
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for name in ("twofa.db", "temporal.db", "pepper", "service-token", "audit-anchor"):
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
         children = stack.children()
         supervised = psutil.Process(stack.process.pid).children()
         assert len(supervised) == 6, supervised  # five parts and the output relay

@@ -101,7 +101,7 @@ class AdminService:
 
     async def create_operator(self, email: str, role: Role, password: str) -> OperatorView:
         try:
-            email = check_email_shape(email)
+            email = normalize_email(check_email_shape(email))  # operators sign in lowercased
             check_password(password)
         except RuleViolation as error:
             raise rule_refused(error) from None
@@ -238,8 +238,9 @@ class AdminService:
         page, page_size = max(page, 1), min(max(page_size, 1), MAX_PAGE_SIZE)
         query: Select[tuple[Account]] = select(Account)
         prefix = normalize_email(search)
-        if prefix:  # a prefix range, which the unique email index answers
-            query = query.where(Account.email >= prefix, Account.email < prefix + "\uffff")
+        if prefix:  # a prefix range, which the unique index on lower(email) answers
+            lowered = func.lower(Account.email)  # kept as typed, searched in any case
+            query = query.where(lowered >= prefix, lowered < prefix + "\uffff")
         if state:
             query = query.where(Account.two_factor_state == state)
         order = [c.desc() if descending else c.asc() for c in _SORT_COLUMNS[sort]]

@@ -1,26 +1,47 @@
-"""The append-only, hash-chained audit log (SPEC S5).
+"""The append-only, keyed hash chain of the audit log, anchored outside the database (SPEC S5).
 
-Each record's hash is SHA-256 over the previous record's hash and the record's canonical content,
-so editing, deleting, inserting or reordering any record breaks the chain from there on.
+Each record's hash covers the previous record's hash and the record's canonical content, so
+editing, deleting, inserting or reordering any record breaks the chain from there on. Since
+version 2 the hash is an HMAC under a key derived from the pepper, which never enters the
+database: someone who can write the database cannot rebuild the chain after an edit. The head of
+the chain (its newest sequence number and keyed hash) is also kept in an anchor file in the data
+dir, so cutting off the newest records shows too. Records written before the key (version 1,
+public SHA-256) still verify, as a prefix: once a keyed record exists, every later one is keyed.
+
 Records are appended inside the transaction of the change they describe: nothing is logged that
-did not happen, and nothing happens unlogged.
+did not happen, and nothing happens unlogged. The anchor moves after that transaction commits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import hashlib
+import hmac
 import json
+import logging
+import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from twofa.config import Settings, private_dir
+from twofa.crypto import Keyring
 from twofa.store.models import AuditRecord
 
+log = logging.getLogger(__name__)
 GENESIS = "0" * 64
+UNKEYED, KEYED = 1, 2
+#: Where a write session carries the chain it appends with, and the head it leaves to anchor.
+CHAIN_INFO, HEAD_INFO = "twofa_audit_chain", "twofa_audit_head"
+#: The most often one process moves the anchor (see Chain.advance_soon).
+ANCHOR_INTERVAL = 0.2
 #: Two writers must not read the same chain head: PostgreSQL takes this transaction lock, while
 #: SQLite's BEGIN IMMEDIATE already serializes writers.
 _ADVISORY_LOCK_KEY = 0x2FA0A0D1
@@ -38,8 +59,128 @@ def canonical(record: AuditRecord) -> str:
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def chain_hash(prev_hash: str, record: AuditRecord) -> str:
+def public_hash(prev_hash: str, record: AuditRecord) -> str:
+    """Version 1: anyone can recompute it, so it proves nothing against a database writer."""
     return hashlib.sha256(f"{prev_hash}\n{canonical(record)}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The chain's head as last committed: record ``seq`` and its keyed hash."""
+
+    seq: int
+    hash: str
+
+
+class AnchorError(Exception):
+    """The anchor file exists but cannot be trusted (unreadable, or its MAC does not match)."""
+
+
+class Chain:
+    """The audit key, and the anchor file that holds the chain's head outside the database."""
+
+    def __init__(self, key: bytes, anchor_path: Path) -> None:
+        self._key = key
+        self.anchor_path = anchor_path
+        self._lock_path = anchor_path.with_name(f".{anchor_path.name}.lock")
+        self._pending: Anchor | None = None
+        self._mover: asyncio.Task[None] | None = None
+
+    def keyed_hash(self, prev_hash: str, record: AuditRecord) -> str:
+        message = f"audit-chain-v2\x00{prev_hash}\n{canonical(record)}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def expected_hash(self, record: AuditRecord) -> str:
+        if record.version == UNKEYED:
+            return public_hash(record.prev_hash, record)
+        return self.keyed_hash(record.prev_hash, record)
+
+    def _anchor_mac(self, seq: int, hash_: str) -> str:
+        message = f"audit-anchor\x00{seq}\x00{hash_}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def read_anchor(self) -> Anchor | None:
+        """The anchored head; None when no keyed record was ever committed with this data dir."""
+        try:
+            raw = self.anchor_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            content = json.loads(raw)
+            anchor = Anchor(seq=int(content["seq"]), hash=str(content["hash"]))
+            mac = str(content["mac"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise AnchorError(f"the anchor {self.anchor_path} is unreadable") from error
+        if not hmac.compare_digest(mac, self._anchor_mac(anchor.seq, anchor.hash)):
+            raise AnchorError(
+                f"the anchor {self.anchor_path} has a MAC that does not match: written "
+                "without the key (or under another pepper)"
+            )
+        return anchor
+
+    def advance(self, head: Anchor) -> None:
+        """Moves the anchor to ``head`` if it is newer; safe across processes.
+
+        An exclusive lock on a side file orders the writers of every process; the anchor only
+        moves forward, so a writer that committed earlier but arrives later changes nothing.
+        The new content goes to a temporary file, is synced, then renamed over the anchor: a
+        crash leaves the old anchor or the new one, never half of one. A distrusted anchor is
+        left as found, for verify to report.
+        """
+        private_dir(self.anchor_path.parent)
+        lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = self.read_anchor()
+            except AnchorError:
+                log.error("the audit anchor is distrusted; left as found for verify to report")
+                return
+            if current is not None and current.seq >= head.seq:
+                return
+            content = {"seq": head.seq, "hash": head.hash}
+            content["mac"] = self._anchor_mac(head.seq, head.hash)
+            partial = self.anchor_path.with_name(f".{self.anchor_path.name}.{secrets.token_hex(8)}")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, json.dumps(content).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(partial, self.anchor_path)
+        finally:
+            os.close(lock)  # closing releases the lock
+
+    def advance_soon(self, head: Anchor) -> None:
+        """Moves the anchor to a committed head off the caller's path.
+
+        Its fsync costs a few ms on a busy disk and stalls the database's own syncs, so a
+        process moves it at most every ``ANCHOR_INTERVAL`` seconds: heads committed meanwhile
+        coalesce into the next move, and the anchor trails the log by that much at most.
+        """
+        if self._pending is None or head.seq > self._pending.seq:
+            self._pending = head
+        if self._mover is None or self._mover.done():
+            self._mover = asyncio.get_running_loop().create_task(self._move())
+
+    async def _move(self) -> None:
+        while self._pending is not None:
+            head, self._pending = self._pending, None
+            try:
+                await asyncio.to_thread(self.advance, head)
+            except OSError:  # committed all the same; verify shows how far the anchor lags
+                log.exception("the audit anchor could not be moved to record %d", head.seq)
+            await asyncio.sleep(ANCHOR_INTERVAL)  # a rate limit: heads committed meanwhile wait
+
+    async def settle(self) -> None:
+        """Returns once the anchor names every record this process committed."""
+        if self._mover is not None:
+            await self._mover
+
+
+def chain_for(settings: Settings, keyring: Keyring) -> Chain:
+    """The deployment's chain: the pepper's audit key, the anchor in the data dir."""
+    return Chain(keyring.audit_key, settings.data_dir / "audit-anchor")
 
 
 async def append(
@@ -51,10 +192,17 @@ async def append(
     at: datetime | None = None,
     **details: Any,
 ) -> AuditRecord:
-    """Adds one record at the head of the chain, in the caller's transaction."""
+    """Adds one keyed record at the head of the chain, in the caller's write transaction."""
+    chain: Chain | None = db.info.get(CHAIN_INFO)
+    if chain is None:
+        raise RuntimeError("audit records are written in Database.write(), with its audit chain")
     if db.bind.dialect.name == "postgresql":
         await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-    head = await db.scalar(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1))
+    head = (
+        await db.execute(
+            select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+        )
+    ).first()
     record = AuditRecord(
         seq=(head.seq + 1) if head else 1,
         at=at or datetime.now(UTC),
@@ -63,10 +211,12 @@ async def append(
         event=event,
         details=json.dumps(details, sort_keys=True, default=_json_default),
         prev_hash=head.hash if head else GENESIS,
+        version=KEYED,
     )
-    record.hash = chain_hash(record.prev_hash, record)
+    record.hash = chain.keyed_hash(record.prev_hash, record)
     db.add(record)
     await db.flush()
+    db.info[HEAD_INFO] = Anchor(record.seq, record.hash)  # anchored once the transaction commits
     return record
 
 
@@ -80,7 +230,7 @@ def _json_default(value: Any) -> Any:
 class Break:
     """The first record where the chain stops holding, and why."""
 
-    seq: int
+    seq: int | None  # None when the anchor itself is at fault
     reason: str
 
 
@@ -90,18 +240,79 @@ async def _records(db: AsyncSession) -> AsyncIterator[AuditRecord]:
         yield record
 
 
-async def verify(db: AsyncSession) -> tuple[int, Break | None]:
-    """Walks the whole chain; returns how many records hold, and the first break if any."""
-    expected_prev, expected_seq, count = GENESIS, 1, 0
+@dataclass(frozen=True)
+class Verdict:
+    """What verify found: how many records hold, the first break, and how far the proof goes."""
+
+    count: int
+    broken: Break | None
+    keyed: int
+    anchor: Anchor | None
+
+
+async def verify(db: AsyncSession, chain: Chain) -> Verdict:
+    """Walks the whole chain, then checks its head against the anchor."""
+    try:
+        anchor = chain.read_anchor()
+    except AnchorError as error:
+        return Verdict(0, Break(None, str(error)), 0, None)
+    expected_prev, expected_seq, count, keyed = GENESIS, 1, 0, 0
+    anchored_hash: str | None = None
+
+    def verdict(broken: Break | None) -> Verdict:
+        return Verdict(count, broken, keyed, anchor)
+
     async for record in _records(db):
-        if record.seq != expected_seq:
-            return count, Break(expected_seq, f"record {expected_seq} is missing")
+        if record.seq > expected_seq:
+            return verdict(Break(expected_seq, f"record {expected_seq} is missing"))
+        if record.seq < expected_seq:
+            return verdict(Break(record.seq, "its number is out of sequence"))
+        if record.version == UNKEYED and keyed:
+            return verdict(
+                Break(record.seq, f"record {record.seq} is unkeyed after keyed records: rebuilt")
+            )
         if record.prev_hash != expected_prev:
-            return count, Break(record.seq, "its previous-hash does not match the record before")
-        if chain_hash(record.prev_hash, record) != record.hash:
-            return count, Break(record.seq, "its content does not match its hash")
+            return verdict(Break(record.seq, "its previous-hash does not match the record before"))
+        if not hmac.compare_digest(chain.expected_hash(record), record.hash):
+            if record.version == UNKEYED:
+                return verdict(Break(record.seq, "its content does not match its hash"))
+            return verdict(
+                Break(
+                    record.seq,
+                    f"record {record.seq}'s keyed hash does not match: rebuilt or edited "
+                    "without the key",
+                )
+            )
+        if anchor is not None and record.seq == anchor.seq:
+            anchored_hash = record.hash
+        keyed += record.version != UNKEYED
         expected_prev, expected_seq, count = record.hash, expected_seq + 1, count + 1
-    return count, None
+    if anchor is None:
+        if keyed:
+            return verdict(
+                Break(
+                    None,
+                    f"the anchor {chain.anchor_path} is missing, yet the log holds keyed records",
+                )
+            )
+        return verdict(None)
+    if count < anchor.seq:
+        return verdict(
+            Break(
+                count + 1,
+                f"the newest records are cut off: the anchor names record {anchor.seq} "
+                f"but the log ends at {count}",
+            )
+        )
+    if anchored_hash is None or not hmac.compare_digest(anchored_hash, anchor.hash):
+        return verdict(
+            Break(
+                anchor.seq,
+                f"record {anchor.seq}'s keyed hash does not match the anchor: rebuilt or "
+                "edited without the key",
+            )
+        )
+    return verdict(None)
 
 
 async def history(db: AsyncSession, account_id: str) -> list[AuditRecord]:

@@ -125,27 +125,47 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Exit 0 when the chain is intact; exit 1 naming the first bad record."""
+    """Exit 0 when the chain is intact up to its anchor; exit 1 naming the first bad record."""
     from twofa import audit
+    from twofa.crypto import Keyring
     from twofa.store.db import Database
 
-    async def check() -> tuple[int, audit.Break | None]:
-        db = Database(Settings().resolved_database_url)
-        try:
-            async with db.read() as session:
-                return await audit.verify(session)
-        finally:
-            await db.dispose()
-
-    count, broken = asyncio.run(check())
-    if broken is not None:
+    settings = Settings()
+    if not settings.pepper and not (settings.data_dir / "pepper").exists():
         typer.echo(
-            f"audit chain BROKEN at record {broken.seq}: {broken.reason} "
-            f"({count} records before it hold)",
+            f"no pepper in {settings.data_dir} nor TWOFA_PEPPER: the audit key derives from it",
             err=True,
         )
         raise typer.Exit(1)
-    typer.echo(f"audit chain intact: {count} records")
+    chain = audit.chain_for(settings, Keyring(settings.pepper_bytes))
+
+    async def check() -> audit.Verdict:
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.read() as session:
+                return await audit.verify(session, chain)
+        finally:
+            await db.dispose()
+
+    verdict = asyncio.run(check())
+    if verdict.broken is not None:
+        where = "" if verdict.broken.seq is None else f" at record {verdict.broken.seq}"
+        typer.echo(
+            f"audit chain BROKEN{where}: {verdict.broken.reason} "
+            f"({verdict.count} records before it hold)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    unkeyed = verdict.count - verdict.keyed
+    proof = (
+        f"anchored at record {verdict.anchor.seq} in {chain.anchor_path}"
+        if verdict.anchor
+        else "not anchored: no keyed record yet, so a cut-off end would not show"
+    )
+    typer.echo(
+        f"audit chain intact: {verdict.count} records ({verdict.keyed} keyed, "
+        f"{unkeyed} unkeyed from before the key); {proof}"
+    )
 
 
 admin_app = typer.Typer(

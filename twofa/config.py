@@ -117,7 +117,7 @@ def _read_or_create_secret(path: Path) -> str:
     """
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     value = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     tmp.touch(mode=0o600)
@@ -129,3 +129,8 @@ def _read_or_create_secret(path: Path) -> str:
     finally:
         tmp.unlink()
     return value
+
+
+def private_dir(path: Path) -> None:
+    """Creates a directory (the data dir) readable by its owner only; an existing one is kept."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -31,6 +31,11 @@ class Keyring:
         self._fernet = Fernet(base64.urlsafe_b64encode(self._mac(b"seal-encryption-key")))
         self._dummy_hash = ARGON2.hash(self._mac(b"dummy-password").hex())
 
+    @property
+    def audit_key(self) -> bytes:
+        """The audit chain's key (S5): the pepper's, under its own label, so it too stays out."""
+        return self._mac(b"audit-chain-key")
+
     def _mac(self, message: bytes) -> bytes:
         return hmac.new(self._pepper, message, hashlib.sha256).digest()
 

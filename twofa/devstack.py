@@ -30,7 +30,7 @@ from supervisor.events import (
 )
 from supervisor.states import ProcessStates
 
-from twofa.config import Settings
+from twofa.config import Settings, private_dir
 from twofa.store.db import migrate
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 
@@ -188,7 +188,11 @@ def read_mails(directory: Path) -> list[EmailMessage]:
 
 def up(settings: Settings) -> int:
     """Everything on loopback, in the foreground; Ctrl-C or SIGTERM stops every child."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # what the children create (temporal.db, mails with codes) is the owner's
+    private_dir(settings.data_dir)
+    temporal_db = settings.data_dir / "temporal.db"
+    if temporal_db.exists() and temporal_db.stat().st_mode & 0o077:
+        temporal_db.chmod(0o600)  # created by an older version, group- or world-readable
     migrate(settings.resolved_database_url)
     twofa = str(Path(sys.executable).parent / "twofa")
     parts: dict[str, list[str]] = {}

@@ -34,26 +34,32 @@ def normalize_email(email: str) -> str:
 
 
 def check_email_shape(email: str, field: str = "email") -> str:
-    """Any address an account may have: one ``@``, no spaces, a sane length."""
-    email = normalize_email(email)
+    """Any address an account may have: one ``@``, no spaces, a sane length.
+
+    Returns the address as typed (only the whitespace around it trimmed): it is stored so, for
+    R2 to judge what the user typed; lookups compare it case-insensitively.
+    """
+    email = email.strip()
     if len(email) > MAX_EMAIL_LENGTH or not _EMAIL_SHAPE.fullmatch(email):
         raise RuleViolation(field, "invalid_email", "This is not a valid email address.")
     return email
 
 
 def check_two_factor_email(email: str, field: str = "email") -> str:
-    """R2: refuse, naming it, the first character the second factor does not support.
+    """R2, at enable (the stored address) and at activation (a new one): the one judge.
 
-    The characters are checked as typed, before lowercasing, which could turn a foreign letter
-    (the Kelvin sign) into an allowed one or rename it.
+    Refuses, naming it, the first character the second factor does not support, as typed:
+    lowercasing first would turn a foreign letter into an allowed one (the Kelvin sign U+212A
+    into "k") or rename it (U+0130 into "i" and U+0307). Returns the address as typed.
     """
     for character in email.strip():
         if character not in TWO_FACTOR_EMAIL_CHARACTERS:
             raise RuleViolation(
                 field,
                 "unsupported_email",
-                f"Two-factor authentication does not support the character {character!r} in an "
-                'email address; use only "a-z", "A-Z", "0-9" and "@ \\ . _ -".',
+                f"Two-factor authentication does not support the character {character!r} "
+                f"(U+{ord(character):04X}) in an email address; use only "
+                '"a-z", "A-Z", "0-9" and "@ \\ . _ -".',
                 character=character,
             )
     return check_email_shape(email, field)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
     Client,
@@ -173,6 +174,7 @@ class TwoFactorService:
         self.db = db
         self.client = client
         self.keyring = Keyring(settings.pepper_bytes)
+        db.audit = db.audit or audit.chain_for(settings, self.keyring)
         self._kdf_limiter = CapacityLimiter(os.cpu_count() or 1)
         self.policy = Policy(
             auto_logout_seconds=settings.auto_logout_seconds,
@@ -198,19 +200,22 @@ class TwoFactorService:
             created_at=now,
             updated_at=now,
         )
-        async with self.db.write() as db:
-            if await queries.email_taken(db, email):
-                raise errors.email_taken()
-            db.add(account)
-            await audit.append(db, "account_registered", account_id=account.id, actor="user")
+        try:
+            async with self.db.write() as db:
+                if await queries.email_taken(db, email):  # in any case: Bob@ and bob@ are one
+                    raise errors.email_taken()
+                db.add(account)
+                await audit.append(db, "account_registered", account_id=account.id, actor="user")
+        except IntegrityError:  # its twin registered in the same instant (PostgreSQL)
+            raise errors.email_taken() from None
         log.info("account %s registered", account.id)
         return AccountView(id=account.id, email=account.email, two_factor="disabled")
 
     async def login(self, email: str, password: str, device_token: str | None) -> LoginView:
         """Primary password first, throttled per email whether or not it exists (S2, S7)."""
-        email = normalize_email(email)
-        async with self.db.read() as db:
-            account = await queries.account_by_email(db, email)
+        async with self.db.read() as db:  # the database lowercases both sides, as its index
+            account = await queries.account_by_email(db, email.strip())
+        email = normalize_email(email)  # the throttle's key, whatever the case typed
         passed = await self.password_gate(
             "login", email, password, account.password_hash if account else None,
             account_id=account.id if account else None,

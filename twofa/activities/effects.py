@@ -47,6 +47,7 @@ class Effects:
         self.settings = settings
         self.db = db
         self.keyring = keyring
+        db.audit = db.audit or audit.chain_for(settings, keyring)
 
     @activity.defn
     async def send_activation_code(self, mail: CodeMail) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from twofa.audit import CHAIN_INFO, HEAD_INFO, Chain
+from twofa.config import private_dir
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -41,9 +45,14 @@ def sync_url(url: str) -> str:
 
 
 class Database:
-    """One engine per process; ``write()`` serializes writers up front on SQLite."""
+    """One engine per process; ``write()`` serializes writers up front on SQLite.
 
-    def __init__(self, url: str) -> None:
+    ``audit`` is the keyed chain audit records are written with; whoever holds the pepper sets
+    it (the service, the worker's effects), and without it a write cannot append to the log.
+    """
+
+    def __init__(self, url: str, *, audit: Chain | None = None) -> None:
+        self.audit = audit
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         options: dict[str, Any] = {}
@@ -66,11 +75,20 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        """A transaction that commits on success and rolls back on any error."""
-        async with self._write_sessions() as session, session.begin():
-            yield session
+        """A transaction that commits on success and rolls back on any error.
+
+        When it appended audit records, the anchor moves to the newest once it has committed.
+        """
+        async with self._write_sessions(info={CHAIN_INFO: self.audit}) as session:
+            async with session.begin():
+                yield session
+            head = session.info.pop(HEAD_INFO, None)
+        if head is not None and self.audit is not None:
+            self.audit.advance_soon(head)
 
     async def dispose(self) -> None:
+        if self.audit is not None:
+            await self.audit.settle()
         await self.engine.dispose()
 
 
@@ -118,6 +136,14 @@ def migrate(url: str) -> None:
 
     if make_url(url).get_backend_name() == "sqlite":
         database = make_url(url).database
-        if database:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if database and database != ":memory:":
+            _private_file(Path(database))
     command.upgrade(alembic_config(url), "head")
+
+
+def _private_file(path: Path) -> None:
+    """The SQLite file readable by its owner only; its journal and WAL inherit its mode."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    if path.stat().st_uid == os.geteuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # created by an older version, group- or world-readable

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    func,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -60,6 +69,11 @@ class Account(Base):
     seal_ciphertext: Mapped[str | None] = mapped_column(Text)
     projection_version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+#: Emails are kept as typed (R2 judges them so), yet one account per address whatever its case;
+#: this index also answers the login's case-insensitive lookup.
+Index("uq_accounts_email_lower", func.lower(Account.email), unique=True)
 
 
 class Device(Base):
@@ -184,6 +198,8 @@ class AuditRecord(Base):
     details: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    #: 1: public SHA-256 (records from before the key); 2: HMAC under the pepper's audit key.
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
 
 
 class Operator(Base):

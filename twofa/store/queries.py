@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,12 +30,17 @@ async def account_by_id(db: AsyncSession, account_id: str) -> Account | None:
     return await db.get(Account, account_id)
 
 
+def email_matches(email: str) -> ColumnElement[bool]:
+    """Case-insensitive, as the unique index on lower(email) judges it (and answers it)."""
+    return func.lower(Account.email) == func.lower(email)
+
+
 async def account_by_email(db: AsyncSession, email: str) -> Account | None:
-    return await db.scalar(select(Account).where(Account.email == email))
+    return await db.scalar(select(Account).where(email_matches(email)))
 
 
 async def email_taken(db: AsyncSession, email: str, *, except_account: str | None = None) -> bool:
-    query = select(Account.id).where(Account.email == email)
+    query = select(Account.id).where(email_matches(email))
     if except_account:
         query = query.where(Account.id != except_account)
     return (await db.scalar(query)) is not None
