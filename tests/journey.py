@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
+from temporalio.client import Client
 
 from twofa.devstack import read_mails
 from twofa.store.db import Database
-from twofa.store.models import Account
+from twofa.store.models import Account, Device
+from twofa.workflows.messages import workflow_id
 
 CODE_LINE = re.compile(r"^Activation code: (\S+)\r?$", re.MULTILINE)
 
@@ -48,6 +52,39 @@ async def account_row(database: Database, account_id: str) -> Account:
 
 def new_user(prefix: str = "user") -> User:
     return User(email=f"{prefix}.{uuid.uuid4().hex[:12]}@example.com")
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30, interval: float = 0.1
+) -> None:
+    """Polls ``check`` until it holds; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = loop_time() + timeout
+    while not await check():
+        assert loop_time() < deadline, f"timed out waiting for: {what}"
+        await asyncio.sleep(interval)
+
+
+async def count(database: Database, model: Any, *where: Any) -> int:
+    async with database.read() as db:
+        return int(await db.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+async def trusted_devices(database: Database, account_id: str) -> int:
+    return await count(
+        database, Device, Device.account_id == account_id, Device.revoked_at.is_(None)
+    )
+
+
+async def progress(client: Client, account_id: str) -> dict[str, Any]:
+    """What the account's workflow knows now (its ``progress_now`` query)."""
+    result: dict[str, Any] = await client.get_workflow_handle(workflow_id(account_id)).query(
+        "progress_now"
+    )
+    return result
 
 
 class Api:
@@ -208,3 +245,14 @@ class Api:
         assert r.status_code == 200, r.text
         user.session_token = r.json()["session_token"]
         return dict(r.json())
+
+
+async def at_activation_step(api: Api, user: User) -> str:
+    """Registered, 2FA enabled, logged in again and the code validated: the login's id."""
+    await api.enabled(user)
+    code = await api.code_mail(user)
+    login = await api.login_ok(user)
+    assert login["outcome"] == "activation_code_required", login
+    r = await api.submit_code(login["login_id"], code)
+    assert r.status_code == 200, r.text
+    return str(login["login_id"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,18 @@ from sqlalchemy import func, select
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory, free_port
-from tests.journey import CODE_LINE, Api, User, new_user
+from tests.journey import (
+    CODE_LINE,
+    Api,
+    User,
+    at_activation_step,
+    count,
+    eventually,
+    loop_time,
+    new_user,
+    progress,
+    trusted_devices,
+)
 from tests.processes import TWOFA, environment, started
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
@@ -33,20 +44,6 @@ CROWD_PARALLELISM = 20
 
 
 # -- helpers
-
-
-def loop_time() -> float:
-    return asyncio.get_running_loop().time()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30, interval: float = 0.1
-) -> None:
-    """Polls ``check`` until it holds; fails naming ``what`` after ``timeout`` seconds."""
-    deadline = loop_time() + timeout
-    while not await check():
-        assert loop_time() < deadline, f"timed out waiting for: {what}"
-        await asyncio.sleep(interval)
 
 
 def assert_error(r: httpx.Response) -> dict[str, Any]:
@@ -70,17 +67,6 @@ def one_success(answers: list[httpx.Response]) -> tuple[httpx.Response, httpx.Re
     return ok, refused
 
 
-async def count(database: Database, model: Any, *where: Any) -> int:
-    async with database.read() as db:
-        return int(await db.scalar(select(func.count()).select_from(model).where(*where)) or 0)
-
-
-async def trusted_devices(database: Database, account_id: str) -> int:
-    return await count(
-        database, Device, Device.account_id == account_id, Device.revoked_at.is_(None)
-    )
-
-
 async def sessions(database: Database, account_id: str) -> int:
     return await count(database, Session, Session.account_id == account_id)
 
@@ -92,24 +78,6 @@ async def mails_recorded(database: Database, account_id: str) -> int:
 async def workflow_runs(client: Client, account_id: str) -> int:
     query = f'WorkflowId = "{workflow_id(account_id)}"'
     return len([run async for run in client.list_workflows(query)])
-
-
-async def progress(client: Client, account_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = await client.get_workflow_handle(workflow_id(account_id)).query(
-        "progress_now"
-    )
-    return result
-
-
-async def at_activation_step(api: Api, user: User) -> str:
-    """Registered, 2FA enabled, logged in again and the code validated: the login's id."""
-    await api.enabled(user)
-    code = await api.code_mail(user)
-    login = await api.login_ok(user)
-    assert login["outcome"] == "activation_code_required", login
-    r = await api.submit_code(login["login_id"], code)
-    assert r.status_code == 200, r.text
-    return str(login["login_id"])
 
 
 # -- two submissions of one login at once
