@@ -418,7 +418,9 @@ class TwoFactorService:
                 account.id,
                 TwoFactorWorkflow.activate,
                 Activation(draft_id=draft_id, email=email),
-                update_id=self._request_id("activate", login_id),
+                # the email is part of the request: after a refusal (the email taken), the
+                # same login may try another one, which the server must not answer from before
+                update_id=self._request_id("activate", login_id, email or ""),
             )
         except ServiceError as error:
             if error.status == 503:  # the outcome is unknown: the repeat will find the draft
