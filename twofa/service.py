@@ -90,6 +90,11 @@ _REFUSALS = {
         "activation_not_expected",
         "This account is not waiting for activation; log in again.",
     ),
+    "activation_draft_gone": (
+        409,
+        "activation_not_expected",
+        "This activation was interrupted; log in again to activate.",
+    ),
 }
 
 
