@@ -628,9 +628,11 @@ def bad_requests(world: World) -> list[Bad]:
         "activate": (secret, "{activation}"),
         "enroll-browser": ({"device_name": "x"}, "{enroll}"),
     }
+    # (a login at the activation step has passed the code: sending a code again gets that
+    # outcome, S9; so the code step's "other" login is one at the PIN step)
     others = {
         "{pin}": "{code}",
-        "{code}": "{activation}",
+        "{code}": "{pin}",
         "{activation}": "{pin}",
         "{enroll}": "{pin}",
     }

@@ -6,6 +6,7 @@ import configparser
 import io
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -15,6 +16,7 @@ import uuid
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 from aiosmtpd.controller import Controller
@@ -224,9 +226,43 @@ def up(settings: Settings) -> int:
     config = settings.data_dir / "supervisord.conf"
     config.write_text(supervisord_config(settings, parts))
     threading.Thread(target=announce_when_ready, args=(settings,), daemon=True).start()
-    supervisord.main(["--configuration", str(config)])  # here: the parts' parent is this pid
+    terminal = sys.stdout
+    sys.stdout = QuietStop(terminal)  # supervisord's log and the relay both print through it
+    try:
+        supervisord.main(["--configuration", str(config)])  # the parts' parent is this pid
+    finally:
+        sys.stdout = terminal
     print("Cockpit 2FA stopped.", flush=True)
     return 0
+
+
+class QuietStop(io.TextIOBase):
+    """The terminal, minus the goodbyes of a stop someone asked for.
+
+    After Ctrl-C or SIGTERM every part stops at once, and their farewells (supervisord's
+    "stopped: api (terminated by SIGTERM)", the SDK's warnings about a server already gone)
+    read like failures to a person. From the signal on only real failures get through; a part
+    that dies on its own is shown in full, with supervisord's line saying how.
+    """
+
+    def __init__(self, terminal: TextIO) -> None:
+        self.terminal = terminal
+        self.stopping = False
+
+    def write(self, text: str) -> int:
+        if not self.stopping and _STOP_REQUESTED.search(text):
+            self.stopping = True
+            self.terminal.write("stopping every part\n")
+        elif not self.stopping or _FAILURE.search(text):
+            self.terminal.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+
+_STOP_REQUESTED = re.compile(r"received SIG(INT|TERM) indicating exit request")
+_FAILURE = re.compile(r"\b(ERROR|CRIT|CRITICAL|FATAL|Traceback)\b")
 
 
 def announce_when_ready(settings: Settings) -> None:
