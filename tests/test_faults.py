@@ -110,6 +110,7 @@ class Journey:
     #: device id -> device token, for every browser this client was told is trusted
     held: dict[str, str] = field(default_factory=dict)
     repeats: int = 0
+    pin_waits: int = 0
     #: an enrollment's PIN answer lost (the API died after its commit): the repeat finds the
     #: login finished, so that browser is trusted but its token never reached the client
     lost_enrollments: int = 0
@@ -124,6 +125,11 @@ class Journey:
                 self.trail.append(f"{method} {path}: {type(error).__name__}")
             else:
                 self.trail.append(f"{method} {path}: {r.status_code}")
+                if r.status_code == 429 and r.json()["error"] == "pin_check_in_progress":
+                    # an API killed mid-check holds the account's PIN slot until its lease ends
+                    self.pin_waits += 1
+                    await asyncio.sleep(float(r.json()["retry_after"]))
+                    continue
                 if r.status_code != 503:
                     assert r.status_code != 500, self.failure("a server error", r)
                     return r
@@ -432,7 +438,9 @@ async def test_journeys_survive_processes_killed_at_random(
         repeats = sum(j.repeats for j in journeys)
         lost = sum(j.lost_enrollments for j in journeys)
         again = sum(len(j.codes_mailed()) - len({m for m, _ in j.codes_mailed()}) for j in journeys)
-        print(f"{repeats} repeated requests, {lost} lost enrollment answers, {again} mails resent")
+        waits = sum(j.pin_waits for j in journeys)
+        print(f"{repeats} repeats, {waits} waits for a PIN slot, {lost} lost enrollment answers,")
+        print(f"{again} mails sent twice (same Message-ID)")
     except BaseException:
         print(f"FAILED with seed {SEED}; chaos schedule:", *schedule, sep="\n  ")
         raise
