@@ -63,15 +63,20 @@ class Request:
 
 
 class WriteLock:
-    """SQLite's write lock, held by the bench: a slow database, as the worker's writes see it."""
+    """SQLite's write lock, held by the bench: a slow database, as the worker's writes see it.
 
-    def __init__(self, path: Path) -> None:
+    ``EXCLUSIVE`` also waits out every reader: held while the worker is SIGSTOPped, it proves
+    the worker froze outside any transaction (else the API's writes would wait on it).
+    """
+
+    def __init__(self, path: Path, mode: str = "IMMEDIATE") -> None:
+        self.mode = mode
         self.connection = sqlite3.connect(
             path, timeout=30, isolation_level=None, check_same_thread=False
         )
 
     async def __aenter__(self) -> WriteLock:
-        await asyncio.to_thread(self.connection.execute, "BEGIN IMMEDIATE")
+        await asyncio.to_thread(self.connection.execute, f"BEGIN {self.mode}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -143,7 +148,8 @@ async def _killed_mid_step(
     stack, client = ctx.stack, ctx.client
     worker = stack.parts["worker"].process
     db_path = stack.data_dir / "twofa.db"
-    worker.send_signal(signal.SIGSTOP)
+    async with WriteLock(db_path, "EXCLUSIVE"):
+        worker.send_signal(signal.SIGSTOP)
     answer = asyncio.create_task(_answer(ctx, request))
 
     async def update_arrived() -> bool:
