@@ -39,6 +39,8 @@ class Sizes:
     listing_samples: int = 50
     memory_accounts: int = 10_000
     memory_hold_seconds: float = 10.0
+    recovery_repetitions: int = 5
+    recovery_delay_seconds: float = 2.0
 
     def with_overrides(self, assignments: list[str]) -> Sizes:
         """``name=value`` pairs; levels are written ``concurrency:count,concurrency:count``."""
@@ -68,6 +70,7 @@ class Sizes:
             listing_samples=10,
             memory_accounts=200,
             memory_hold_seconds=1.0,
+            recovery_repetitions=1,
         )
 
 

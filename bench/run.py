@@ -26,6 +26,7 @@ def benchmarks() -> dict[str, Benchmark]:
     from bench.listing import listing_bench
     from bench.login import login_bench
     from bench.memory import memory_bench
+    from bench.recovery import recovery_bench
 
     return {
         "floor": engine_floor,
@@ -34,6 +35,7 @@ def benchmarks() -> dict[str, Benchmark]:
         "auto-logout": auto_logout_bench,
         "listing": listing_bench,
         "memory": memory_bench,
+        "recovery": recovery_bench,
     }
 
 
