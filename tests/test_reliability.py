@@ -89,6 +89,7 @@ def unavailable(r: httpx.Response) -> None:
     """The contract's 503: the caller cannot know whether the step happened."""
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "temporarily_unavailable", r.text
+    assert int(r.headers["Retry-After"]) >= 1, r.headers  # when to repeat it
 
 
 def instant(value: str) -> datetime:

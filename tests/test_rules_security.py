@@ -199,6 +199,7 @@ async def test_s2_password_failures_block_logins_even_after_restart(
     assert r.status_code == 429, r.text
     assert r.json()["error"] == "too_many_attempts"
     assert 1 <= r.json()["retry_after"] <= 60
+    assert r.headers["Retry-After"] == str(r.json()["retry_after"])
     # The counter lives in the store: a freshly started API instance keeps the block.
     restarted = await start_api(session_ttl_seconds=1234)
     assert restarted is not api

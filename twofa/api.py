@@ -101,6 +101,19 @@ class EdgeGuardedApp(FastAPI):
         return Observed(inner, self.metrics)
 
 
+def retry_after(error: ServiceError) -> dict[str, str]:
+    """The contract's ``Retry-After`` header on a 503 and on a 429, in whole seconds."""
+    if error.status == 503:
+        return {"Retry-After": str(error.details.get("retry_after", UNAVAILABLE_RETRY_SECONDS))}
+    if error.status == 429 and "retry_after" in error.details:
+        return {"Retry-After": str(error.details["retry_after"])}
+    return {}
+
+
+#: How long a caller waits before repeating a request that got a 503 (S9: repeating is safe).
+UNAVAILABLE_RETRY_SECONDS = 1
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -157,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in body.items()},
             status_code=error.status,
+            headers=retry_after(error),
         )
 
     @app.exception_handler(RequestValidationError)
