@@ -110,6 +110,18 @@ async def test_pending_activation(api: Api, client: Client) -> None:
     await save(client, "pending_activation", user)
 
 
+async def test_code_repeated_after_acceptance(api: Api, client: Client) -> None:
+    """Since 2026-12-01: the workflow answers a login's repeated code (a patched branch)."""
+    user = new_user("code-repeated")
+    await api.enabled(user)
+    code = await api.code_mail(user)
+    login = await api.login_ok(user)
+    for _ in range(2):
+        r = await api.submit_code(login["login_id"], code)
+        assert r.status_code == 200, r.text
+    await save(client, "pending_activation_code_repeated", user)
+
+
 async def test_active(api: Api, client: Client) -> None:
     user = await api.activated(new_user("active"))
     await api.pin_login(user)
