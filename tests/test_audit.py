@@ -279,7 +279,7 @@ def _rebuild(url: str, *, edit: int, unkeyed_from: int | None) -> None:
             "BROKEN at record 7: record 7's keyed hash does not match: rebuilt or edited "
             "without the key",
         ),
-        (7, "BROKEN at record 7: record 7 is unkeyed after keyed records: rebuilt"),
+        (7, "BROKEN at record 7: record 7 is unkeyed after keyed records, and no keyed record"),
         (1, "BROKEN at record 20: record 20's keyed hash does not match the anchor: rebuilt"),
     ],
     ids=["keyed_label_kept", "unkeyed_from_the_edit", "unkeyed_throughout"],

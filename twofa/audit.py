@@ -6,7 +6,9 @@ version 2 the hash is an HMAC under a key derived from the pepper, which never e
 database: someone who can write the database cannot rebuild the chain after an edit. The head of
 the chain (its newest sequence number and keyed hash) is also kept in an anchor file in the data
 dir, so cutting off the newest records shows too. Records written before the key (version 1,
-public SHA-256) still verify, as a prefix: once a keyed record exists, every later one is keyed.
+public SHA-256) still verify, as a prefix; during a rolling upgrade an older release may still
+append some after keyed ones, which verify as long as a keyed record follows them (its keyed
+hash covers theirs), so no unkeyed record can stand at the end of a keyed chain.
 
 Records are appended inside the transaction of the change they describe: nothing is logged that
 did not happen, and nothing happens unlogged. The anchor moves after that transaction commits.
@@ -258,6 +260,7 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
         return Verdict(0, Break(None, str(error)), 0, None)
     expected_prev, expected_seq, count, keyed = GENESIS, 1, 0, 0
     anchored_hash: str | None = None
+    uncovered: int | None = None  # the first of the unkeyed records after keyed ones, if any
 
     def verdict(broken: Break | None) -> Verdict:
         return Verdict(count, broken, keyed, anchor)
@@ -267,10 +270,8 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
             return verdict(Break(expected_seq, f"record {expected_seq} is missing"))
         if record.seq < expected_seq:
             return verdict(Break(record.seq, "its number is out of sequence"))
-        if record.version == UNKEYED and keyed:
-            return verdict(
-                Break(record.seq, f"record {record.seq} is unkeyed after keyed records: rebuilt")
-            )
+        if record.version == UNKEYED and keyed and uncovered is None:
+            uncovered = record.seq  # an older release's writer, if a keyed record follows
         if record.prev_hash != expected_prev:
             return verdict(Break(record.seq, "its previous-hash does not match the record before"))
         if not hmac.compare_digest(chain.expected_hash(record), record.hash):
@@ -285,8 +286,17 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
             )
         if anchor is not None and record.seq == anchor.seq:
             anchored_hash = record.hash
-        keyed += record.version != UNKEYED
+        if record.version != UNKEYED:
+            keyed, uncovered = keyed + 1, None
         expected_prev, expected_seq, count = record.hash, expected_seq + 1, count + 1
+    if uncovered is not None:
+        return verdict(
+            Break(
+                uncovered,
+                f"record {uncovered} is unkeyed after keyed records, and no keyed record follows: "
+                "rebuilt without the key (or written by an older release still running)",
+            )
+        )
     if anchor is None:
         if keyed:
             return verdict(
