@@ -173,6 +173,14 @@ async def test_a_dead_token_is_dropped_and_the_form_says_why(
     assert [t.label for t in at.text_input] == ["Email", "Password"]
     assert "session has ended" in texts(at)
     assert ui.TOKEN_KEY not in at.session_state
+    await run(at)  # a rerun (the cookie script's, once the cookie is gone) keeps the notice
+    assert "session has ended" in texts(at)
+    at.text_input(key="sign_in_email").input(operators["admin"].view.email)
+    at.text_input(key="sign_in_password").input("not the password")
+    at.button[0].click()  # the person acts on the form: the notice has done its job
+    await run(at)
+    assert "session has ended" not in texts(at)
+    assert [str(e.value) for e in at.error] == ["Wrong email or password."]
 
 
 async def test_wrong_passwords_are_refused_then_throttled(

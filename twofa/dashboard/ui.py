@@ -141,6 +141,12 @@ def sign_out() -> None:
     st.session_state[NOTICE_KEY] = "Signed out."
 
 
+def clear_notice() -> None:
+    """The sign-in page's notice stays through every rerun (the cookie script's own among them)
+    until the person acts on the form: it is why they see the form, so it must not flash by."""
+    st.session_state.pop(NOTICE_KEY, None)
+
+
 _cookie_script = st.components.v2.component("twofa_session_cookie", js=session_cookie.JS)
 
 

@@ -9,7 +9,7 @@ from twofa.errors import ServiceError
 
 st.title("Cockpit 2FA dashboard")  # a :material: icon here is fetched from a font server
 st.caption("For admins and auditors. Operators are created with `twofa admin create`.")
-notice = st.session_state.pop(ui.NOTICE_KEY, None)
+notice = st.session_state.get(ui.NOTICE_KEY)
 if notice:
     st.info(notice)
 
@@ -18,7 +18,7 @@ with st.form("sign_in"):
     password = st.text_input(
         "Password", type="password", key="sign_in_password", autocomplete="current-password"
     )
-    submitted = st.form_submit_button("Sign in", type="primary")
+    submitted = st.form_submit_button("Sign in", type="primary", on_click=ui.clear_notice)
 
 if submitted:
     try:
