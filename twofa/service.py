@@ -110,6 +110,17 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """A password attempt as counted: the counter's key, and the block it hit or began."""
+
+    throttle_key: str
+    at: datetime
+    failures: int
+    block_seconds: int
+    blocked_until: datetime | None
+
+
+@dataclass(frozen=True)
 class CurrentSession:
     session: Session
     account: Account
@@ -217,16 +228,26 @@ class TwoFactorService:
         return AccountView(id=account.id, email=account.email, two_factor="disabled")
 
     async def login(self, email: str, password: str, device_token: str | None) -> LoginView:
-        """Primary password first, throttled per email whether or not it exists (S2, S7)."""
-        async with self.db.read() as db:  # the database lowercases both sides, as its index
-            account = await queries.account_by_email(db, email.strip())
-        email = normalize_email(email)  # the throttle's key, whatever the case typed
-        passed = await self.password_gate(
-            "login", email, password, account.password_hash if account else None,
-            account_id=account.id if account else None,
+        """Primary password first, throttled per email whether or not it exists (S2, S7).
+
+        The account, its browser and the attempt's count come in one write transaction before
+        the password is checked: parallel guesses are all counted, in one commit per attempt.
+        """
+        device_digest = self.keyring.digest("device", device_token) if device_token else None
+        # the database lowercases both sides, as its index; the throttle's key is the email
+        # whatever the case typed
+        typed, email = email.strip(), normalize_email(email)
+        now = utcnow()
+        throttle_key = self.keyring.digest("login-throttle", email)
+        async with self.db.write() as db:
+            account, device = await queries.login_lookup(db, typed, device_digest)
+            attempt = await self._count_attempt(db, throttle_key, now)
+        passed = await self._judge_password(
+            attempt, "login", email, password, account.password_hash if account else None,
+            account_id=account.id if account else None, actor="user",
         )  # fmt: skip
         assert account is not None
-        return await self._second_factor(account, device_token, utcnow(), passed)
+        return await self._second_factor(account, device, utcnow(), passed)
 
     async def password_gate(
         self,
@@ -246,16 +267,35 @@ class TwoFactorService:
         caller clears in the transaction that lets the user in (one write fewer per login).
         """
         throttle_key = self.keyring.digest(f"{scope}-throttle", email)
-        now = utcnow()
         async with self.db.write() as db:  # counted before checking: parallel guesses count too
-            throttle = await queries.throttle(db, throttle_key, for_update=True)
-            blocked_until = throttle.blocked_until if throttle else None
-            if blocked_until is None or blocked_until <= now:
-                failures = await queries.count_password_failure(db, throttle_key)
-                block = password_block_seconds(failures)
-                if block:
-                    await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
+            attempt = await self._count_attempt(db, throttle_key, utcnow())
+        return await self._judge_password(
+            attempt, scope, email, password, stored_hash, account_id=account_id, actor=actor
+        )
+
+    async def _count_attempt(self, db: AsyncSession, throttle_key: str, now: datetime) -> Attempt:
+        """One attempt counted in the caller's write transaction, unless the email is blocked."""
+        failures, blocked_until = await queries.count_password_attempt(db, throttle_key, now)
         if blocked_until is not None and blocked_until > now:
+            return Attempt(throttle_key, now, failures, 0, blocked_until)
+        block = password_block_seconds(failures)
+        if block:
+            await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
+        return Attempt(throttle_key, now, failures, block, None)
+
+    async def _judge_password(
+        self,
+        attempt: Attempt,
+        scope: str,
+        email: str,
+        password: str,
+        stored_hash: str | None,
+        *,
+        account_id: str | None,
+        actor: str,
+    ) -> str:
+        """The counted attempt's verdict: refused while blocked, else the password's check."""
+        if attempt.blocked_until is not None:
             async with self.db.write() as db:
                 await audit.append(
                     db, f"{scope}_refused", account_id=account_id, actor=actor, email=email,
@@ -265,10 +305,10 @@ class TwoFactorService:
                 429,
                 "too_many_attempts",
                 "Too many failed logins for this email; try again later.",
-                retry_after=math.ceil((blocked_until - now).total_seconds()),
+                retry_after=math.ceil((attempt.blocked_until - attempt.at).total_seconds()),
             )
         if await self.kdf(self.keyring.verify_secret, stored_hash, password):
-            return throttle_key
+            return attempt.throttle_key
         async with self.db.write() as db:
             await audit.append(
                 db,
@@ -277,13 +317,13 @@ class TwoFactorService:
                 actor=actor,
                 email=email,
                 reason="invalid_credentials",
-                failures_in_a_row=failures,
-                blocked_seconds=block,
+                failures_in_a_row=attempt.failures,
+                blocked_seconds=attempt.block_seconds,
             )
         raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
 
     async def _second_factor(
-        self, account: Account, device_token: str | None, now: datetime, passed: str
+        self, account: Account, device: Device | None, now: datetime, passed: str
     ) -> LoginView:
         """The login after the right password (``passed``: the failure counter to clear)."""
         state = effective_state(account, now)
@@ -325,12 +365,6 @@ class TwoFactorService:
         if state == "pending_activation":
             login_id = await self._begin_login(account.id, Step.ACTIVATION, now, passed)
             return LoginView(outcome="activation_required", login_id=login_id)
-        device = None
-        if device_token:
-            async with self.db.read() as db:
-                device = await queries.trusted_device(
-                    db, account.id, self.keyring.digest("device", device_token)
-                )
         if device is None:
             login_id = await self._begin_login(account.id, Step.ENROLL, now, passed)
             return LoginView(outcome="browser_not_trusted", login_id=login_id)
@@ -483,16 +517,18 @@ class TwoFactorService:
         PIN checks of one account run one at a time: a guess waits for the verdict on the one
         before, so the fifth wrong PIN locks before a sixth can be tried.
         """
-        challenge, account = await self._challenge(login_id, Step.PIN, Step.ENROLL_PIN)
         now = utcnow()
-        if effective_state(account, now) == "locked":
-            raise errors.locked(account.locked_until)
-        if not (4 <= len(pin) <= 8 and pin.isascii() and pin.isdigit()):
-            raise ServiceError(
-                422, "invalid_pin_format", "The PIN has between 4 and 8 digits.", field="pin"
-            )
         lease = now + timedelta(seconds=self.settings.workflow_call_timeout_seconds + 10)
-        async with self.db.write() as db:
+        async with self.db.write() as db:  # read and claim at once; a refusal writes nothing
+            challenge, account = await self._live_challenge(
+                db, login_id, now, Step.PIN, Step.ENROLL_PIN
+            )
+            if effective_state(account, now) == "locked":
+                raise errors.locked(account.locked_until)
+            if not (4 <= len(pin) <= 8 and pin.isascii() and pin.isdigit()):
+                raise ServiceError(
+                    422, "invalid_pin_format", "The PIN has between 4 and 8 digits.", field="pin"
+                )
             claimed = await queries.claim_pin_check(db, account.id, now, lease)
         if not claimed:
             raise ServiceError(
@@ -535,7 +571,7 @@ class TwoFactorService:
             )
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
-            current = await queries.account_by_id(db, account.id)
+            current = await queries.release_pin_check(db, account.id)  # the account, locked
             state = effective_state(current, now) if current else "disabled"
             if current is not None and state == "locked":  # locked while the PIN was checked
                 raise errors.locked(current.locked_until)
@@ -575,14 +611,10 @@ class TwoFactorService:
                     now,
                     device_name=challenge.device_name,
                 )
-            else:
-                device = await db.get(Device, device_id)
-                if device is None or device.revoked_at is not None:
-                    raise errors.login_not_found()
-                device.last_used_at = now
+            elif not await queries.touch_device(db, device_id, now):
+                raise errors.login_not_found()  # the browser was revoked meanwhile
             token, session = self._new_session(account.id, device_id, now)
             db.add(session)
-            await queries.release_pin_check(db, account.id)
             await audit.append(
                 db,
                 "login_succeeded",
@@ -846,15 +878,20 @@ class TwoFactorService:
     async def _challenge(self, login_id: str, *steps: str) -> tuple[LoginChallenge, Account]:
         """The live login ``login_id`` if it waits for one of ``steps`` (R5: the code first)."""
         async with self.db.read() as db:
-            challenge = await queries.live_challenge(
-                db, self.keyring.digest("login", login_id), utcnow()
-            )
-            account = await queries.account_by_id(db, challenge.account_id) if challenge else None
-        if challenge is None or account is None:
+            return await self._live_challenge(db, login_id, utcnow(), *steps)
+
+    async def _live_challenge(
+        self, db: AsyncSession, login_id: str, now: datetime, *steps: str
+    ) -> tuple[LoginChallenge, Account]:
+        """``_challenge`` in the caller's transaction: the login and its account, one query."""
+        found = await queries.live_challenge_and_account(
+            db, self.keyring.digest("login", login_id), now
+        )
+        if found is None:
             raise errors.login_not_found()
-        if challenge.step not in steps:
-            raise errors.wrong_step(challenge.step)
-        return challenge, account
+        if found[0].step not in steps:
+            raise errors.wrong_step(found[0].step)
+        return found
 
     async def _still_live(self, challenge: LoginChallenge) -> None:
         """The login was not ended since it was read: by a lock, a disable or a revocation."""

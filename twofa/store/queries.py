@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +37,29 @@ def email_matches(email: str) -> ColumnElement[bool]:
 
 async def account_by_email(db: AsyncSession, email: str) -> Account | None:
     return await db.scalar(select(Account).where(email_matches(email)))
+
+
+async def login_lookup(
+    db: AsyncSession, email: str, device_digest: str | None
+) -> tuple[Account | None, Device | None]:
+    """The account of ``email`` and its trusted browser of that token, in one round trip."""
+    if device_digest is None:
+        return await account_by_email(db, email), None
+    row = (
+        await db.execute(
+            select(Account, Device)
+            .outerjoin(
+                Device,
+                and_(
+                    Device.account_id == Account.id,
+                    Device.token_digest == device_digest,
+                    Device.revoked_at.is_(None),
+                ),
+            )
+            .where(email_matches(email))
+        )
+    ).first()
+    return (row[0], row[1]) if row else (None, None)
 
 
 async def email_taken(db: AsyncSession, email: str, *, except_account: str | None = None) -> bool:
@@ -80,8 +103,15 @@ async def claim_pin_check(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def release_pin_check(db: AsyncSession, account_id: str) -> None:
-    await db.execute(update(Account).where(Account.id == account_id).values(pin_check_until=None))
+async def release_pin_check(db: AsyncSession, account_id: str) -> Account | None:
+    """Frees the PIN-check slot; returns the account as it stands, read under the row's lock."""
+    return await db.scalar(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(pin_check_until=None)
+        .returning(Account)
+        .execution_options(synchronize_session=False)
+    )
 
 
 # -- devices
@@ -96,14 +126,14 @@ async def active_devices(db: AsyncSession, account_id: str) -> Sequence[Device]:
     return result.all()
 
 
-async def trusted_device(db: AsyncSession, account_id: str, token_digest: str) -> Device | None:
-    return await db.scalar(
-        select(Device).where(
-            Device.account_id == account_id,
-            Device.token_digest == token_digest,
-            Device.revoked_at.is_(None),
-        )
+async def touch_device(db: AsyncSession, device_id: str | None, now: datetime) -> bool:
+    """Marks a trusted browser used; False if it was revoked (or never was)."""
+    result = await db.execute(
+        update(Device)
+        .where(Device.id == device_id, Device.revoked_at.is_(None))
+        .values(last_used_at=now)
     )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def revoke_devices(
@@ -225,6 +255,24 @@ async def open_sessions(db: AsyncSession, account_id: str, now: datetime) -> Seq
 # -- logins in progress
 
 
+async def live_challenge_and_account(
+    db: AsyncSession, id_digest: str, now: datetime
+) -> tuple[LoginChallenge, Account] | None:
+    """A live login and its account, in one round trip."""
+    row = (
+        await db.execute(
+            select(LoginChallenge, Account)
+            .join(Account, Account.id == LoginChallenge.account_id)
+            .where(
+                LoginChallenge.id_digest == id_digest,
+                LoginChallenge.finished_at.is_(None),
+                LoginChallenge.expires_at > now,
+            )
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
 async def live_challenge(db: AsyncSession, id_digest: str, now: datetime) -> LoginChallenge | None:
     return await db.scalar(
         select(LoginChallenge).where(
@@ -268,25 +316,24 @@ def _insert_for(db: AsyncSession) -> Any:
     return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
 
 
-async def throttle(
-    db: AsyncSession, key_digest: str, *, for_update: bool = False
-) -> LoginThrottle | None:
-    """The email's failure count; ``for_update`` holds the row until the transaction ends."""
-    query = select(LoginThrottle).where(LoginThrottle.key_digest == key_digest)
-    if for_update:
-        query = query.with_for_update()
-    return await db.scalar(query)
-
-
-async def count_password_failure(db: AsyncSession, key_digest: str) -> int:
-    """Atomic increment, so concurrent guesses are all counted; returns failures in a row."""
+async def count_password_attempt(
+    db: AsyncSession, key_digest: str, now: datetime
+) -> tuple[int, datetime | None]:
+    """Counts an attempt unless the email is blocked at ``now``: one atomic upsert, so
+    concurrent guesses are all counted. Returns the failures in a row and the block's end."""
     insert = _insert_for(db)
     statement = insert(LoginThrottle).values(key_digest=key_digest, failures=1)
     statement = statement.on_conflict_do_update(
         index_elements=[LoginThrottle.key_digest],
-        set_={"failures": LoginThrottle.failures + 1},
-    ).returning(LoginThrottle.failures)
-    return int((await db.execute(statement)).scalar_one())
+        set_={
+            "failures": case(
+                (LoginThrottle.blocked_until > now, LoginThrottle.failures),
+                else_=LoginThrottle.failures + 1,
+            )
+        },
+    ).returning(LoginThrottle.failures, LoginThrottle.blocked_until)
+    row = (await db.execute(statement)).one()
+    return int(row.failures), row.blocked_until
 
 
 async def block_logins(db: AsyncSession, key_digest: str, until: datetime) -> None:
