@@ -16,7 +16,6 @@ once. Each session is watched three ways:
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from bench.report import Check, latency_cells, latency_columns, process_table, s
 from bench.seeding import account_rows, insert_accounts, insert_sessions
 from bench.stats import Summary, ms
 from twofa.crypto import Keyring, new_token
+from twofa.store.db import sqlite3  # the store's own SQLite: WAL is safe with it
 
 POLL = 0.02
 TARGET_MS = 100.0

@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import platform
-import sqlite3
 import subprocess
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from importlib import metadata
@@ -20,7 +19,7 @@ from bench.monitor import Monitor
 from bench.report import Check, Printer
 from bench.stack import ROOT, Stack
 from twofa.crypto import ARGON2
-from twofa.store.db import JOURNAL_MODE
+from twofa.store.db import JOURNAL_MODE, sqlite3
 
 
 @dataclass(frozen=True)

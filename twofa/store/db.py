@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
-import sqlite3
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_dbapi,
+    SQLiteDialect_aiosqlite,
+)
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -22,8 +29,63 @@ from sqlalchemy.ext.asyncio import (
 from twofa.audit import CHAIN_INFO, HEAD_INFO, Chain
 from twofa.config import private_dir
 
-_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-_SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+try:  # a current SQLite, on the platforms its wheel is built for (see WAL_IS_SAFE)
+    from pysqlite3 import dbapi2 as sqlite3
+except ImportError:  # elsewhere the system's library, with a rollback journal if it is old
+    import sqlite3  # type: ignore[no-redef]
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+twofa_aiosqlite", "postgresql": "postgresql+asyncpg"}
+_SYNC_DRIVERS = {"sqlite": "sqlite+twofa_pysqlite", "postgresql": "postgresql+psycopg"}
+
+
+def _aiosqlite_on_pysqlite3() -> types.ModuleType:
+    """aiosqlite's API over the pysqlite3 wheel's SQLite, errors included, for SQLAlchemy."""
+    module = types.ModuleType("aiosqlite_pysqlite3")
+    for name in dir(aiosqlite):
+        if not name.startswith("_"):
+            setattr(module, name, getattr(aiosqlite, name))
+    for name in (
+        "DatabaseError",
+        "Error",
+        "IntegrityError",
+        "NotSupportedError",
+        "OperationalError",
+        "ProgrammingError",
+        "Warning",
+        "sqlite_version",
+        "sqlite_version_info",
+    ):
+        setattr(module, name, getattr(sqlite3, name))
+
+    def connect(database: str, **kwargs: Any) -> aiosqlite.Connection:
+        return aiosqlite.Connection(lambda: sqlite3.connect(database, **kwargs), 64)
+
+    module.connect = connect  # type: ignore[attr-defined]
+    return module
+
+
+class AsyncSQLiteDialect(SQLiteDialect_aiosqlite):
+    """SQLAlchemy's aiosqlite dialect on the SQLite that the pysqlite3 wheel carries."""
+
+    supports_statement_cache = True
+
+    @classmethod
+    def import_dbapi(cls) -> AsyncAdapt_aiosqlite_dbapi:
+        return AsyncAdapt_aiosqlite_dbapi(_aiosqlite_on_pysqlite3(), sqlite3)
+
+
+class SyncSQLiteDialect(SQLiteDialect_pysqlite):
+    """The plain pysqlite dialect on the same library (migrations, tools)."""
+
+    supports_statement_cache = True
+
+    @classmethod
+    def import_dbapi(cls) -> types.ModuleType:
+        return sqlite3
+
+
+registry.register("sqlite.twofa_aiosqlite", __name__, "AsyncSQLiteDialect")
+registry.register("sqlite.twofa_pysqlite", __name__, "SyncSQLiteDialect")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -95,8 +157,9 @@ class Database:
 #: SQLite before 3.51.3 has the WAL-reset bug (https://www.sqlite.org/wal.html#walresetbug):
 #: with several processes writing and checkpointing one WAL database at once, it can corrupt
 #: the file. The embedded default has exactly that (API, worker, dashboard), and the test suite
-#: hit "database disk image is malformed" on Debian 12's SQLite 3.40.1. So WAL only where the
-#: library is fixed; elsewhere a rollback journal, slower to write but safe.
+#: hit "database disk image is malformed" on Debian 12's SQLite 3.40.1. Every process therefore
+#: opens the store through the pysqlite3 wheel, which carries a fixed SQLite, never through
+#: the system's library; should that wheel ever carry an old one, a rollback journal again.
 WAL_IS_SAFE = sqlite3.sqlite_version_info >= (3, 51, 3)
 JOURNAL_MODE = "WAL" if WAL_IS_SAFE else "TRUNCATE"
 
@@ -109,10 +172,12 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
+            "busy_timeout=30000",  # first: turning WAL on waits for other processes' locks
             f"journal_mode={JOURNAL_MODE}",
-            "synchronous=NORMAL" if WAL_IS_SAFE else "synchronous=FULL",
+            # durable: a commit the caller was told of survives a power cut too (with WAL, one
+            # fsync of the log per commit; NORMAL would skip it)
+            "synchronous=FULL",
             "foreign_keys=ON",
-            "busy_timeout=30000",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
