@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+from pathlib import Path
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from twofa.config import Settings
-from twofa.store.db import async_url, sync_url
+from twofa.store.db import WAL_IS_SAFE, Database, async_url, migrate, sync_url
 from twofa.store.models import Base
 
 
@@ -27,5 +32,35 @@ def test_models_match_the_migrations(base_settings: Settings, database_url: str)
 def test_plain_urls_get_the_project_drivers() -> None:
     assert async_url("postgresql://u:p@db:5432/twofa") == "postgresql+asyncpg://u:p@db:5432/twofa"
     assert sync_url("postgresql://u:p@db:5432/twofa") == "postgresql+psycopg://u:p@db:5432/twofa"
-    assert async_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
-    assert sync_url("sqlite+aiosqlite:///x.db") == "sqlite:///x.db"
+    assert async_url("sqlite:///x.db") == "sqlite+twofa_aiosqlite:///x.db"
+    assert sync_url("sqlite+aiosqlite:///x.db") == "sqlite+twofa_pysqlite:///x.db"
+
+
+@pytest.mark.single_backend
+async def test_sqlite_store_runs_wal_on_a_library_without_the_wal_reset_bug(
+    tmp_path: Path,
+) -> None:
+    """Every process opens the store through the same fixed SQLite, in WAL, with commits
+    synced (FULL): the migrating engine, the app's engine, and what both answer."""
+    url = f"sqlite:///{tmp_path / 'twofa.db'}"
+    migrate(url)
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            version = connection.exec_driver_sql("SELECT sqlite_version()").scalar_one()
+    finally:
+        engine.dispose()
+    database = Database(url)
+    try:
+        async with database.write() as db:
+            mode = (await db.execute(text("PRAGMA journal_mode"))).scalar_one()
+            synchronous = (await db.execute(text("PRAGMA synchronous"))).scalar_one()
+            async_version = (await db.execute(text("SELECT sqlite_version()"))).scalar_one()
+    finally:
+        await database.dispose()
+    fixed = tuple(int(part) for part in version.split(".")) >= (3, 51, 3)
+    if sys.platform == "linux" and platform.machine() == "x86_64":  # the wheel is pinned here
+        assert fixed, version
+    assert version == async_version
+    assert fixed == WAL_IS_SAFE
+    assert (mode, synchronous) == ("wal" if fixed else "truncate", 2)  # 2: FULL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import types
 from collections.abc import AsyncIterator
@@ -14,6 +15,8 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
     SQLiteDialect_aiosqlite,
 )
@@ -64,6 +67,75 @@ def _aiosqlite_on_pysqlite3() -> types.ModuleType:
     return module
 
 
+class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    """A statement in one trip to the connection's thread (cursor, execute, fetch, close),
+    where aiosqlite's cursor makes four."""
+
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
+
+    def __init__(self, adapt_connection: Any) -> None:
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = None  # type: ignore[assignment]
+        self._soft_closed_memoized = {}
+        self._rows = collections.deque()
+        self._description: Any = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
+
+    @property
+    def description(self) -> Any:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._lastrowid
+
+    async def _async_soft_close(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    async def _run(self, method: str, operation: Any, parameters: Any) -> None:
+        connection = self._connection
+
+        def trip() -> tuple[Any, int, int | None, list[Any]]:
+            cursor = connection._conn.cursor()
+            try:
+                getattr(cursor, method)(operation, parameters)
+                rows = cursor.fetchall() if cursor.description else []
+                return cursor.description, cursor.rowcount, cursor.lastrowid, rows
+            finally:
+                cursor.close()
+
+        async with self._adapt_connection._execute_mutex:
+            found = await connection._execute(trip)
+        self._description, self._rowcount, self._lastrowid, rows = found
+        self._rows = collections.deque(rows)
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        await self._run("execute", operation, () if parameters is None else parameters)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+        await self._run("executemany", operation, seq_of_parameters)
+
+
+class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = _OneTripCursor
+
+
+class _OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        adapted = super().connect(*arg, **kw)
+        return _OneTripConnection(self, adapted._connection)
+
+
 class AsyncSQLiteDialect(SQLiteDialect_aiosqlite):
     """SQLAlchemy's aiosqlite dialect on the SQLite that the pysqlite3 wheel carries."""
 
@@ -71,7 +143,7 @@ class AsyncSQLiteDialect(SQLiteDialect_aiosqlite):
 
     @classmethod
     def import_dbapi(cls) -> AsyncAdapt_aiosqlite_dbapi:
-        return AsyncAdapt_aiosqlite_dbapi(_aiosqlite_on_pysqlite3(), sqlite3)
+        return _OneTripDBAPI(_aiosqlite_on_pysqlite3(), sqlite3)
 
 
 class SyncSQLiteDialect(SQLiteDialect_pysqlite):
