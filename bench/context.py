@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from importlib import metadata
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from temporalio.client import Client
 
 from bench.client import ApiClient, MailWatcher
@@ -112,8 +113,11 @@ class Context:
             "app worker": "twofa worker (build_worker: SDK defaults, 100 slots, cache 500)",
             "API": "twofa api (uvicorn, 1 process, access log on)",
             "database": (
-                f"SQLite {sqlite3.sqlite_version} in the run's data dir, "
-                f"journal_mode={JOURNAL_MODE}"
+                f"PostgreSQL at {make_url(self.stack.settings.database_url).host}:"
+                f"{make_url(self.stack.settings.database_url).port} (TWOFA_DATABASE_URL)"
+                if self.stack.settings.database_url
+                else f"SQLite {sqlite3.sqlite_version} in the run's data dir, "
+                f"journal_mode={JOURNAL_MODE}, synchronous=FULL"
             ),
             "environment": " ".join(
                 f"{k}={v}" for k, v in self.stack.environment_summary().items()
