@@ -11,6 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
+from tests.conftest import BACKEND
+from tests.journey import eventually
 from twofa.config import Settings
 from twofa.store.db import WAL_IS_SAFE, Database, async_url, migrate, sync_url
 from twofa.store.models import Base
@@ -64,3 +66,32 @@ async def test_sqlite_store_runs_wal_on_a_library_without_the_wal_reset_bug(
     assert version == async_version
     assert fixed == WAL_IS_SAFE
     assert (mode, synchronous) == ("wal" if fixed else "truncate", 2)  # 2: FULL
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="the pool of PostgreSQL connections")
+async def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
+    database_url: str,
+) -> None:
+    """A server restart ends every pooled connection: the next transaction gets a live one
+    instead of failing on the dead one (without a pre-ping round trip per transaction)."""
+    database = Database(database_url)
+    try:
+        async with database.read() as db:
+            pid = (await db.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            pooled = (await (await db.connection()).get_raw_connection()).driver_connection
+        killer = Database(database_url)
+        try:
+            async with killer.write() as db:
+                await db.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            await killer.dispose()
+
+        async def closed() -> bool:
+            return bool(pooled.is_closed())
+
+        await eventually(closed, "the client to see the server end its connection")
+        async with database.write() as db:
+            again = (await db.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert again != pid
+    finally:
+        await database.dispose()
