@@ -51,7 +51,7 @@ from twofa.policy import (
 )
 from twofa.store import queries
 from twofa.store.db import Database
-from twofa.store.models import Account, ActivationDraft, Device, LoginChallenge, Session
+from twofa.store.models import Account, Device, LoginChallenge, Session
 from twofa.views import (
     AccountView,
     DeviceView,
@@ -438,20 +438,20 @@ class TwoFactorService:
             pin, pin_confirmation, seal, device_name, email
         )
         pin_hash = await self.kdf(self.keyring.hash_secret, pin)
-        draft = ActivationDraft(
-            id=draft_id,
-            account_id=account.id,
-            pin_hash=pin_hash,
-            seal_ciphertext=self.keyring.seal(seal),
-            device_name=device_name,
-            device_token_digest=self.keyring.digest("device", device_token),
-            created_at=utcnow(),
-        )
         async with self.db.write() as db:
             if email and await queries.email_taken(db, email, except_account=account.id):
                 raise errors.email_taken(field="email")
             if await db.get(Device, draft_id) is None:  # not applied by an earlier try
-                await db.merge(draft)  # a repeat may bring other values: the last one counts
+                await queries.save_draft(  # a repeat may bring other values: the last counts
+                    db,
+                    id=draft_id,
+                    account_id=account.id,
+                    pin_hash=pin_hash,
+                    seal_ciphertext=self.keyring.seal(seal),
+                    device_name=device_name,
+                    device_token_digest=self.keyring.digest("device", device_token),
+                    created_at=utcnow(),
+                )
         try:
             await self.call_workflow(
                 account.id,

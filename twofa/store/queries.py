@@ -351,6 +351,14 @@ async def clear_password_failures(db: AsyncSession, key_digest: str) -> None:
 # -- activation and mail
 
 
+async def save_draft(db: AsyncSession, **values: Any) -> None:
+    """Inserts an activation draft, or replaces it: two identical activations racing (a double
+    click) write one row, the last one's values."""
+    insert = _insert_for(db)(ActivationDraft).values(**values)
+    changed = {k: v for k, v in values.items() if k != "id"}
+    await db.execute(insert.on_conflict_do_update(index_elements=["id"], set_=changed))
+
+
 async def take_draft(db: AsyncSession, draft_id: str) -> ActivationDraft | None:
     draft = await db.get(ActivationDraft, draft_id)
     if draft is not None:
