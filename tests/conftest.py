@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,13 +93,8 @@ def database_url(data_dir: Path) -> Iterator[str]:
         yield f"sqlite:///{data_dir / 'twofa.db'}"
         return
     assert BACKEND == "postgresql", f"unknown TWOFA_TEST_DATABASE {BACKEND!r}"
-    directory = Path(tempfile.mkdtemp(prefix="twofa-postgres-"))
-    directory.chmod(0o755)
-    try:
-        with postgres.postgres_server(directory / "server") as url:
-            yield url
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with postgres.throwaway_server("twofa-postgres-") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,3 +86,16 @@ def dump(url: str) -> bytes:
     return subprocess.run(
         [_bin("pg_dump"), "--data-only", url], check=True, capture_output=True
     ).stdout
+
+
+@contextmanager
+def throwaway_server(prefix: str) -> Iterator[str]:
+    """A PostgreSQL server in a fresh temporary directory (readable by the postgres user),
+    removed with everything in it afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    directory.chmod(0o755)
+    try:
+        with postgres_server(directory / "server") as url:
+            yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

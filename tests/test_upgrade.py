@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -138,13 +136,8 @@ def database_url_for_upgrade(tmp_path: Path) -> Iterator[str | None]:
     if BACKEND == "sqlite":
         yield None
         return
-    directory = Path(tempfile.mkdtemp(prefix="twofa-upgrade-postgres-"))
-    directory.chmod(0o755)
-    try:
-        with postgres.postgres_server(directory / "server") as url:
-            yield url
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with postgres.throwaway_server("twofa-upgrade-postgres-") as url:
+        yield url
 
 
 @pytest.fixture
