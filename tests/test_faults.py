@@ -335,10 +335,16 @@ async def _workflow_checks(client: Client, journeys: list[Journey]) -> None:
     for journey in journeys:
         handle = client.get_workflow_handle(workflow_id(journey.user.account_id))
         description = await handle.describe()
-        for pending in description.raw_description.pending_activities:
+        raw = description.raw_description
+        for pending in raw.pending_activities:
             assert pending.attempt <= MAX_ATTEMPTS, journey.failure(
                 f"activity {pending.activity_type.name} at attempt {pending.attempt}"
             )
+        # local activities (the database effects) retry inside the workflow task
+        task = raw.pending_workflow_task
+        assert not raw.HasField("pending_workflow_task") or task.attempt <= MAX_ATTEMPTS, (
+            journey.failure(f"workflow task at attempt {task.attempt}")
+        )
         async for event in handle.fetch_history_events():
             assert event.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED, journey.failure(
                 f"workflow task failed: {event.workflow_task_failed_event_attributes}"

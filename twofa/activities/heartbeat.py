@@ -29,6 +29,10 @@ class Heartbeats(Interceptor):
 
 class _Heartbeating(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        if activity.info().is_local:
+            # no heartbeats there: the SDK keeps the workflow task alive while it runs
+            return await super().execute_activity(input)
+
         async def beat() -> None:
             while True:
                 await asyncio.sleep(_BEAT_EVERY)

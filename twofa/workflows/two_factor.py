@@ -57,6 +57,7 @@ EFFECT_TIMEOUT = timedelta(seconds=30)
 PATCH_ACTIVATION_REFUSAL = "activation-refusal-returns-to-pending-activation"
 PATCH_REPEATED_CODE = "repeated-code-of-a-login-is-accepted-again"
 PATCH_MAIL_REFUSAL = "refused-activation-mail-leaves-no-code"
+PATCH_LOCAL_EFFECTS = "database-effects-run-as-local-activities"
 ENABLED = (S.PENDING_CODE, S.PENDING_ACTIVATION, S.ACTIVE, S.LOCKED)
 EXPECTING_CODE = (S.PENDING_CODE, S.ACTIVE)
 
@@ -185,7 +186,7 @@ class TwoFactorWorkflow:
                     self._next_projection(), activation.draft_id, activation.email
                 )
                 device_id: str = await self._effect(Effects.apply_activation, effect)
-            except ActivityError as failure:
+            except (ActivityError, ApplicationError) as failure:  # remote, local
                 if not workflow.patched(PATCH_ACTIVATION_REFUSAL):
                     raise
                 # refused for good (the email taken meanwhile, the draft gone): nothing was
@@ -379,7 +380,17 @@ class TwoFactorWorkflow:
         workflow.upsert_search_attributes([STATE_KEY.value_set(self.progress.state.value)])
 
     async def _effect(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
-        """Timeouts and retries are not part of a history's commands: changing them is safe."""
+        """Database writes run as local activities: no trip through the server per effect.
+
+        Timeouts and retries are not part of a history's commands: changing them is safe; the
+        kind of activity is, hence the patch (memoized per run: a run that began with remote
+        effects keeps them). The mail stays a remote activity: a relay that says "try later"
+        may take minutes, retried with backoff, and a worker may die meanwhile.
+        """
+        if activity is not Effects.send_activation_code and workflow.patched(PATCH_LOCAL_EFFECTS):
+            return await workflow.execute_local_activity_method(
+                activity, arg, start_to_close_timeout=EFFECT_TIMEOUT, retry_policy=EFFECT_RETRY
+            )
         return await workflow.execute_activity_method(
             activity,
             arg,
@@ -389,8 +400,12 @@ class TwoFactorWorkflow:
         )
 
 
-def _refusal(failure: ActivityError) -> ApplicationError:
-    """An activity's permanent refusal, as the update's refusal of the same kind."""
-    cause = failure.cause
+def _refusal(failure: ActivityError | ApplicationError) -> ApplicationError:
+    """An activity's permanent refusal, as the update's refusal of the same kind.
+
+    A remote activity's failure comes wrapped in an ``ActivityError``; a local one's comes as
+    the activity raised it.
+    """
+    cause = failure.cause if isinstance(failure, ActivityError) else failure
     kind = cause.type if isinstance(cause, ApplicationError) else None
     return ApplicationError(str(cause), type=kind or "effect_failed", non_retryable=True)
