@@ -36,9 +36,11 @@ from tests.journey import Api, User, eventually, new_user
 from tests.processes import TWOFA, environment, started, wait_for_http
 from tests.test_audit import _clone, _drop_guards, _empty, _sql
 from twofa import audit
+from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.observability import REQUEST_ID
+from twofa.service import TwoFactorService
 from twofa.store.db import Database, sync_url
 from twofa.store.models import AuditRecord
 from twofa.temporal_context import HEADER, RequestIdWorker, request_id_in
@@ -58,6 +60,7 @@ class Stack:
     worker_log: Path
     client: Client
     database: Database
+    settings: Settings
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ async def stack(
         await asyncio.to_thread(wait_for_http, f"{url}/healthz")
         api = Api(url, SERVICE_TOKEN, data_dir)
         try:
-            yield Stack(api, logs / "api.log", logs / "worker.log", client, database)
+            yield Stack(api, logs / "api.log", logs / "worker.log", client, database, base_settings)
         finally:
             await api.close()
 
@@ -231,6 +234,12 @@ async def test_a_known_request_id_follows_its_steps_into_the_worker(stack: Stack
     assert "login_step_passed" in by_id[code_step], events
     # The auto-logout is a timer's work: no request caused it.
     assert await audited(database, user.account_id, "sessions_ended") is None
+    # The dashboard's audit trail shows each record's request id.
+    admin = AdminService(TwoFactorService(stack.settings, database, stack.client))
+    trail = await admin.audit_trail(user.account_id)
+    shown = [(r.event, r.request_id) for r in trail]
+    assert shown == (await events_of(database, user.account_id))[: len(shown)], shown
+    assert {("code_issued", known["enable"]), ("pin_rejected", known["wrong_pin"])} <= {*shown}
 
     # The worker's own log lines for those activities.
     mailed = await logged(
