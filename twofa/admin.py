@@ -283,7 +283,14 @@ class AdminService:
         async with self.db.read() as db:
             records = await audit.history(db, account_id)
         return [
-            AuditRow(seq=r.seq, time=r.at, actor=r.actor, event=r.event, details=r.details)
+            AuditRow(
+                seq=r.seq,
+                time=r.at,
+                actor=r.actor,
+                event=r.event,
+                details=r.details,
+                request_id=r.request_id,
+            )
             for r in records
         ]
 

@@ -12,6 +12,14 @@ hash covers theirs), so no unkeyed record can stand at the end of a keyed chain.
 
 Records are appended inside the transaction of the change they describe: nothing is logged that
 did not happen, and nothing happens unlogged. The anchor moves after that transaction commits.
+
+Each record also keeps the id of the HTTP request that caused it (``observability.REQUEST_ID``,
+carried into the worker's activities through Temporal headers), so an operator can put it next
+to that request's log lines. The id is covered by the hash whenever a record has one: it says
+which request a record answers for, and one edited without the key would point an
+investigation at another request's logs. A record without one (written before the column
+existed, or caused by no request: a timer, the CLI) hashes exactly as before, so older records
+still verify; an older release's ``verify`` cannot check the newer records that carry an id.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.config import Settings, private_dir
 from twofa.crypto import Keyring
+from twofa.observability import REQUEST_ID
 from twofa.store.models import AuditRecord
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ _ADVISORY_LOCK_KEY = 0x2FA0A0D1
 
 
 def canonical(record: AuditRecord) -> str:
+    """What a record's hash covers; the request id only when there is one (see the module)."""
     content = {
         "seq": record.seq,
         "at": record.at.astimezone(UTC).isoformat(),
@@ -58,6 +68,8 @@ def canonical(record: AuditRecord) -> str:
         "event": record.event,
         "details": json.loads(record.details),
     }
+    if record.request_id is not None:
+        content["request_id"] = record.request_id
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -194,7 +206,11 @@ async def append(
     at: datetime | None = None,
     **details: Any,
 ) -> AuditRecord:
-    """Adds one keyed record at the head of the chain, in the caller's write transaction."""
+    """Adds one keyed record at the head of the chain, in the caller's write transaction.
+
+    It carries the current request's id, if the caller serves one (an API request, or an
+    activity or a notification that request caused).
+    """
     chain: Chain | None = db.info.get(CHAIN_INFO)
     if chain is None:
         raise RuntimeError("audit records are written in Database.write(), with its audit chain")
@@ -214,6 +230,7 @@ async def append(
         details=json.dumps(details, sort_keys=True, default=_json_default),
         prev_hash=head.hash if head else GENESIS,
         version=KEYED,
+        request_id=REQUEST_ID.get(),
     )
     record.hash = chain.keyed_hash(record.prev_hash, record)
     db.add(record)

@@ -25,6 +25,7 @@ from twofa.mail import (
     two_factor_disabled,
     two_factor_locked,
 )
+from twofa.observability import REQUEST_ID
 from twofa.store import queries
 from twofa.store.db import Database
 from twofa.store.models import Notification
@@ -79,6 +80,16 @@ async def send_due(settings: Settings, db: Database) -> int:
 
 
 async def _send(settings: Settings, db: Database, notification: Notification) -> None:
+    """Sends one mail under the id of the request that queued it: its log line and its audit
+    record carry that id, as the step's own records do."""
+    token = REQUEST_ID.set(notification.request_id)
+    try:
+        await _deliver_and_record(settings, db, notification)
+    finally:
+        REQUEST_ID.reset(token)
+
+
+async def _deliver_and_record(settings: Settings, db: Database, notification: Notification) -> None:
     message = compose(notification, settings.mail_from)
     error: MailRefused | None = None
     try:

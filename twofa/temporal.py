@@ -31,6 +31,7 @@ from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.notifications import run_notifier
 from twofa.store.db import Database
+from twofa.temporal_context import RequestIdClient, RequestIdWorker
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE
 from twofa.workflows.two_factor import TwoFactorWorkflow
 
@@ -91,7 +92,10 @@ async def connect(
     while True:
         try:
             return await Client.connect(
-                settings.resolved_temporal_address, runtime=runtime, **options
+                settings.resolved_temporal_address,
+                runtime=runtime,
+                interceptors=[RequestIdClient()],  # each workflow call names its HTTP request
+                **options,
             )
         except RuntimeError:
             if asyncio.get_running_loop().time() > deadline:
@@ -122,7 +126,8 @@ def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
         task_queue=settings.temporal_task_queue,
         workflows=[TwoFactorWorkflow],
         activities=effects.all(),
-        interceptors=[Heartbeats()],
+        # outermost first: an activity serves under its request id while it heartbeats too
+        interceptors=[RequestIdWorker(), Heartbeats()],
         graceful_shutdown_timeout=timedelta(seconds=10),
         # A workflow task waits this long on a dead worker's sticky queue before any worker may
         # take it: the SDK's 10 s alone missed issue 10's "≤ 10 s once a worker is back" (bench

@@ -149,6 +149,7 @@ class AuditRow(BaseModel):
     actor: str
     event: str
     details: str
+    request_id: str | None = None  # the HTTP request that caused it, as its log lines name it
 
 
 OverviewView.model_rebuild()

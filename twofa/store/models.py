@@ -182,6 +182,8 @@ class Notification(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(200))
+    #: The request that queued it, for the audit record of its sending.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class AuditRecord(Base):
@@ -200,6 +202,8 @@ class AuditRecord(Base):
     hash: Mapped[str] = mapped_column(String(64))
     #: 1: public SHA-256 (records from before the key); 2: HMAC under the pepper's audit key.
     version: Mapped[int] = mapped_column(Integer, server_default="1")
+    #: The HTTP request that caused it (its ``X-Request-ID``); None when none did.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class Operator(Base):

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa import audit
+from twofa.observability import REQUEST_ID
 from twofa.store.models import (
     Account,
     ActivationDraft,
@@ -376,7 +377,10 @@ async def mail_sent(db: AsyncSession, key: str) -> bool:
 async def notify(
     db: AsyncSession, account_id: str, kind: str, to_address: str, now: datetime, **details: Any
 ) -> None:
-    """Queues a mail to the user in the caller's transaction: sent once that commits."""
+    """Queues a mail to the user in the caller's transaction: sent once that commits.
+
+    It keeps the current request's id, for the notifier's audit record of the mail.
+    """
     db.add(
         Notification(
             id=str(uuid.uuid4()),
@@ -387,6 +391,7 @@ async def notify(
             created_at=now,
             due_at=now,
             attempts=0,
+            request_id=REQUEST_ID.get(),
         )
     )
 

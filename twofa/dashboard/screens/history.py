@@ -101,6 +101,7 @@ with st.expander(f"Audit records as stored ({len(trail)})", icon=":material/rece
                         "actor": row.actor,
                         "event": row.event,
                         "details": row.details,
+                        "request id": row.request_id,
                     }
                     for row in trail
                 ]
