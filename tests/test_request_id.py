@@ -269,15 +269,9 @@ async def test_a_known_request_id_follows_its_steps_into_the_worker(stack: Stack
             scheduled = event.activity_task_scheduled_event_attributes
             activities.append((scheduled.activity_type.name, header_id(scheduled.header)))
     assert called <= in_headers, in_headers
-    assert ("limit_sessions", known["enable"]) in activities, activities
-    assert ("send_activation_code", known["enable"]) in activities, activities
-    assert ("save_projection", code_step) in activities, activities
-    assert ("apply_activation", known["activate"]) in activities, activities
-    assert ("save_projection", known["wrong_pin"]) in activities, activities
-    assert ("save_projection", known["pin"]) in activities, activities
-    assert ("end_sessions", None) in activities, activities
-    assert {i for _, i in activities} <= {*ids, None}, activities
-    assert [name for name, i in activities if i is None] == ["end_sessions"], activities
+    # The database effects run as local activities, recorded as markers that keep no header
+    # (their audit records above carry the ids); the mail is the one remote activity.
+    assert activities == [("send_activation_code", known["enable"])], activities
 
     # Headers are not commands: the history replays with the interceptor and without it.
     for interceptors in ([RequestIdWorker()], []):

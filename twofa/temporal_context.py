@@ -41,6 +41,7 @@ from temporalio.worker import (
     HandleSignalInput,
     HandleUpdateInput,
     StartActivityInput,
+    StartLocalActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
     WorkflowOutboundInterceptor,
@@ -161,6 +162,10 @@ class _WorkflowOutbound(WorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
         input.headers = with_request_id(input.headers, workflow.payload_converter())
         return super().start_activity(input)
+
+    def start_local_activity(self, input: StartLocalActivityInput) -> workflow.ActivityHandle[Any]:
+        input.headers = with_request_id(input.headers, workflow.payload_converter())
+        return super().start_local_activity(input)
 
 
 class _ActivityInbound(ActivityInboundInterceptor):
