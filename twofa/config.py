@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SmtpSecurity = Literal["none", "starttls", "tls"]
 #: In the data dir: the current pepper, and the ones a rotation replaced (newest first).
 PEPPER_FILE, PREVIOUS_PEPPERS_FILE = "pepper", "pepper-previous"
+#: The audit keys of peppers dropped from the keyring (hex, newest first): verify still needs them.
+RETIRED_AUDIT_KEYS_FILE = "audit-keys-retired"
 
 
 class Settings(BaseSettings):
@@ -122,6 +124,13 @@ class Settings(BaseSettings):
         if path.exists():
             values += path.read_text().splitlines()
         return [value.strip().encode() for value in values if value.strip()]
+
+    @cached_property
+    def retired_audit_keys(self) -> list[bytes]:
+        """What ``twofa pepper drop`` kept of each dropped pepper: its audit key, not the pepper."""
+        path = self.data_dir / RETIRED_AUDIT_KEYS_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [bytes.fromhex(line.strip()) for line in lines if line.strip()]
 
 
 def _read_or_create_secret(path: Path) -> str:

@@ -69,7 +69,12 @@ class Keyring:
     ``pepper`` keys everything made from now on; ``previous`` (newest first) only reads.
     """
 
-    def __init__(self, pepper: bytes, previous: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        pepper: bytes,
+        previous: Sequence[bytes] = (),
+        retired_audit_keys: Sequence[bytes] = (),
+    ) -> None:
         self.current = Pepper(pepper)
         self.previous: list[Pepper] = []
         for old in previous:
@@ -80,11 +85,14 @@ class Keyring:
         self._by_id = {p.id: p for p in self.peppers}
         self._fernet = MultiFernet([p.fernet for p in self.peppers])
         self._dummy_hash = ARGON2.hash(self.current.mac(b"dummy-password").hex())
+        self._retired_audit_keys = list(retired_audit_keys)
 
     @classmethod
     def of(cls, settings: Settings) -> Keyring:
         """The deployment's keyring: the current pepper and the previous ones it still reads."""
-        return cls(settings.pepper_bytes, settings.previous_pepper_bytes)
+        return cls(
+            settings.pepper_bytes, settings.previous_pepper_bytes, settings.retired_audit_keys
+        )
 
     @property
     def id(self) -> str:
@@ -114,8 +122,9 @@ class Keyring:
 
     @property
     def audit_keys(self) -> list[bytes]:
-        """Every pepper's audit key, current first: records written before a rotation verify."""
-        return [p.mac(b"audit-chain-key") for p in self.peppers]
+        """Every pepper's audit key, current first, then those of dropped peppers: records
+        written before a rotation still verify."""
+        return [p.mac(b"audit-chain-key") for p in self.peppers] + self._retired_audit_keys
 
     def digest(self, purpose: str, value: str) -> str:
         """Keyed hash of a token or code: what the store and workflow history keep instead."""
