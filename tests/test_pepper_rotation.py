@@ -247,9 +247,13 @@ async def test_a_pepper_dropped_too_early_is_reported(
 ) -> None:
     first, second = f"first-{uuid.uuid4().hex}", f"second-{uuid.uuid4().hex}"
     stack = Stack(base_settings, tmp_path, pepper=first)
-    user = new_user("dropped")
+    user, guessed = new_user("dropped"), new_user("guessed")
     async with running(temporal, stack.settings(), data_dir) as api:
         await api.activated(user)
+        await api.register(guessed)
+        for _ in range(3):  # one failure short of the block
+            r = await api.login(User(email=guessed.email, password="not-the-password"))
+            assert r.status_code == 401, r.text
     # TWOFA_PEPPER comes from the environment: the command says what to set, and shows no value
     told = stack.twofa("pepper", "rotate")
     assert told.returncode == 0, told.stderr
@@ -261,17 +265,25 @@ async def test_a_pepper_dropped_too_early_is_reported(
         # the password and the browser's token move to the new pepper; the PIN and seal not
         login = await api.login_ok(user)
         assert login["outcome"] == "pin_required" and login["seal"] == user.seal, login
+        # the failures counted under the old pepper still count: the fourth blocks
+        r = await api.login(User(email=guessed.email, password="not-the-password"))
+        assert r.status_code == 401, r.text
+        r = await api.login(guessed)
+        assert r.status_code == 429 and r.json()["error"] == "too_many_attempts", r.text
 
     status = stack.twofa("pepper", "status", pepper=second, pepper_previous=first)
     assert status.returncode == 0, status.stderr
-    assert f"pepper {old} (previous): 1 PIN hashes, 1 seals, 1 open sessions," in status.stdout
+    assert (
+        f"pepper {old} (previous): 1 password hashes, 1 PIN hashes, 1 seals, 1 open sessions,"
+        in status.stdout
+    )
     refused = stack.twofa("pepper", "drop", old, pepper=second, pepper_previous=first)
-    assert refused.returncode == 1 and "still has 3 secret(s)" in refused.stderr, refused.stderr
+    assert refused.returncode == 1 and "still has 4 secret(s)" in refused.stderr, refused.stderr
 
     # the operator takes the old pepper out anyway: what still needs it is named, not passed
     dropped = stack.twofa("pepper", "status", pepper=second)
     assert dropped.returncode == 1, dropped.stdout
-    assert f"pepper {old} (NOT IN THE KEYRING): 1 PIN hashes, 1 seals" in dropped.stdout
+    assert f"pepper {old} (NOT IN THE KEYRING): 1 password hashes, 1 PIN hashes" in dropped.stdout
     assert f"peppers dropped too early: {old}" in dropped.stderr
     assert f"pepper {new} (current)" in dropped.stdout
     assert first not in dropped.stdout + dropped.stderr
@@ -279,3 +291,18 @@ async def test_a_pepper_dropped_too_early_is_reported(
     assert verified.returncode == 1, verified.stdout
     assert "no longer in the keyring" in verified.stderr
     assert stack.twofa("audit", "verify", pepper=second, pepper_previous=first).returncode == 0
+
+    # a record keyed under the retired pepper after the new one's: whoever holds the old
+    # pepper cannot append to the log
+    retired = Database(
+        rotated.resolved_database_url,
+        audit=audit.Chain(Keyring(first.encode()).audit_key, stack.data_dir / "audit-anchor"),
+    )
+    try:
+        async with retired.write() as session:
+            await audit.append(session, "operator_created", actor="cli", operator="x@example.com")
+    finally:
+        await retired.dispose()
+    forged = stack.twofa("audit", "verify", pepper=second, pepper_previous=first)
+    assert forged.returncode == 1, forged.stdout
+    assert "keyed under an older pepper than a record before it" in forged.stderr
