@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
@@ -128,7 +129,7 @@ async def test_rotation_keeps_every_user_in(
 ) -> None:
     stack = Stack(base_settings, tmp_path)
     mail_dir = data_dir  # the session's SMTP sink keeps the mails there
-    alice, bob, carol, dave = (new_user(n) for n in ("alice", "bob", "carol", "dave"))
+    alice, bob, carol, dave, erin = (new_user(n) for n in ("alice", "bob", "carol", "dave", "erin"))
     operator = f"op.{uuid.uuid4().hex[:8]}@example.com"
     before = stack.settings()
     async with running(temporal, before, mail_dir) as api:
@@ -137,14 +138,23 @@ async def test_rotation_keeps_every_user_in(
         await api.enabled(carol)
         carols_code = await api.code_mail(carol)  # mailed just before the rotation
         await api.registered_and_logged_in(dave)
+        await api.activated(erin)
+        # erin's browser is at the PIN page when the service stops: her login id, and the seal
+        # to show, sit in the login cookie, encrypted under the old pepper
+        browser = httpx.AsyncClient(base_url=str(api.http.base_url), timeout=60)
+        browser.cookies.set("twofa_device", erin.device_token or "")
+        await browser.get("/login")
+        form = _form(browser, email=erin.email, password=erin.password)
+        r = await browser.post("/login", data=form)
+        assert r.status_code == 303 and r.headers["location"] == "/login/pin", r.text
     created = stack.twofa("admin", "create", "--email", operator, "--role", "admin")
     assert created.returncode == 0, created.stderr
 
     old = Keyring.of(before).id
     counted = await pepper_report(before)
-    assert _left(counted, old)["password hashes"] == 4
-    assert _left(counted, old)["PIN hashes"] == 2 and _left(counted, old)["seals"] == 2
-    assert _left(counted, old)["trusted browsers"] == 2
+    assert _left(counted, old)["password hashes"] == 5
+    assert _left(counted, old)["PIN hashes"] == 3 and _left(counted, old)["seals"] == 3
+    assert _left(counted, old)["trusted browsers"] == 3
     assert _left(counted, old)["operator passwords"] == 1
 
     rotated = stack.twofa("pepper", "rotate")
@@ -153,7 +163,7 @@ async def test_rotation_keeps_every_user_in(
     keyring = Keyring.of(after)
     new = keyring.id
     assert new != old and keyring.ids == [new, old]
-    assert f"pepper {old} (previous): 4 password hashes, 2 PIN hashes" in rotated.stdout
+    assert f"pepper {old} (previous): 5 password hashes, 3 PIN hashes" in rotated.stdout
     assert f"pepper {new} (current)" in rotated.stdout
     peppers = {before.pepper_bytes.decode(), after.pepper_bytes.decode()}
     assert not any(p in rotated.stdout + rotated.stderr for p in peppers)
@@ -186,27 +196,49 @@ async def test_rotation_keeps_every_user_in(
         r = await api.login(dave)
         assert r.status_code == 200 and r.json()["outcome"] == "authenticated", r.text
         await sign_in_operator(temporal, after, operator)
+        # erin's browser goes on where it stood: the seal shown, the PIN taken
+        browser = httpx.AsyncClient(
+            base_url=str(api.http.base_url), timeout=60, cookies=browser.cookies
+        )
+        try:
+            r = await browser.get("/login/pin")
+            assert r.status_code == 200 and erin.seal in r.text, r.text
+            r = await browser.post("/login/pin", data=_form(browser, pin=erin.pin))
+            assert r.status_code == 303 and r.headers["location"].startswith("/"), r.text
+            assert "twofa_session" in r.headers.get("set-cookie", ""), r.headers
+            browser.cookies.delete("twofa_session")
+            r = await browser.get("/login")  # and the login form still knows who she is
+            assert f'value="{erin.email}"' in r.text, r.text
+        finally:
+            await browser.aclose()
 
         counted = await pepper_report(after)
         left = _left(counted, old)
-        for what in ("password hashes", "PIN hashes", "seals", "operator passwords"):
+        for what in ("PIN hashes", "seals", "operator passwords"):
             assert what not in left, (what, counted.counts)
-        # bob's first browser and session, dave's first session: not used since, so left
-        assert left["trusted browsers"] == 1 and left["open sessions"] == 2, counted.counts
+        # not used since: erin's password (typed before), bob's and erin's first browsers
+        # (erin's PIN came through her login begun before), bob's, dave's and erin's sessions
+        assert left["password hashes"] == 1, counted.counts
+        assert left["trusted browsers"] == 2 and left["open sessions"] == 3, counted.counts
         assert await digest_pepper(after, Device, bob.device_token, "device") == old
         assert await digest_pepper(after, Session, alice.session_token, "session") == new
-        assert counted.left(old) == 3 and not counted.unknown
+        assert counted.left(old) == 6 and not counted.unknown
         status = stack.twofa("pepper", "status")
         assert status.returncode == 0, status.stderr
-        assert f"pepper {old} (previous): 1 trusted browsers, 2 open sessions" in status.stdout
+        expected = f"{old} (previous): 1 password hashes, 2 trusted browsers, 3 open sessions"
+        assert expected in status.stdout
 
-        for first_session in (bob, dave):  # untouched since the rotation, and still open
+        for first_session in (bob, dave, erin):  # untouched since the rotation, and still open
             r = await api.call("GET", "/v1/session", first_session)
             assert r.status_code == 200, r.text
         assert "open sessions" not in _left(await pepper_report(after), old)
     verified = stack.twofa("audit", "verify")
     assert verified.returncode == 0, verified.stderr
     assert "audit chain intact" in verified.stdout
+
+
+def _form(browser: httpx.AsyncClient, **fields: str) -> dict[str, str]:
+    return {**fields, "csrf_token": browser.cookies.get("twofa_csrf") or ""}
 
 
 async def account_row_of(settings: Settings, user: User) -> Any:
