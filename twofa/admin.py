@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from google.protobuf.json_format import MessageToDict
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
@@ -111,6 +111,7 @@ class AdminService:
             id=str(uuid.uuid4()),
             email=email,
             password_hash=await self.users.kdf(self.keyring.hash_secret, password),
+            pepper_id=self.keyring.id,
             role=role,
             created_at=utcnow(),
         )
@@ -132,14 +133,26 @@ class AdminService:
             password,
             operator.password_hash if operator else None,
             actor=f"operator:{email}",
+            stored_pepper=operator.pepper_id if operator else None,
         )
         assert operator is not None
         token, now = new_token(), utcnow()
+        new_hash = None
+        if self.keyring.stale(operator.pepper_id):  # hashed under a previous pepper: anew
+            new_hash = await self.users.kdf(self.keyring.hash_secret, password)
         async with self.db.write() as db:
             await queries.clear_password_failures(db, passed)
+            if new_hash is not None:
+                await db.execute(
+                    update(Operator)
+                    .where(Operator.id == operator.id)
+                    .where(Operator.password_hash == operator.password_hash)
+                    .values(password_hash=new_hash, pepper_id=self.keyring.id)
+                )
             db.add(
                 OperatorSession(
                     token_digest=self.keyring.digest("operator-session", token),
+                    pepper_id=self.keyring.id,
                     operator_id=operator.id,
                     created_at=now,
                     expires_at=now + OPERATOR_SESSION_TTL,
@@ -158,8 +171,9 @@ class AdminService:
                     select(Operator)
                     .join(OperatorSession, OperatorSession.operator_id == Operator.id)
                     .where(
-                        OperatorSession.token_digest
-                        == self.keyring.digest("operator-session", token),
+                        OperatorSession.token_digest.in_(
+                            self.keyring.digests("operator-session", token)
+                        ),
                         OperatorSession.ended_at.is_(None),
                         OperatorSession.expires_at > utcnow(),
                     )
@@ -171,9 +185,16 @@ class AdminService:
 
     async def sign_out(self, token: str) -> None:
         async with self.db.write() as db:
-            session = await db.get(OperatorSession, self.keyring.digest("operator-session", token))
-            if session is not None and session.ended_at is None:
-                session.ended_at = utcnow()
+            await db.execute(
+                update(OperatorSession)
+                .where(
+                    OperatorSession.token_digest.in_(
+                        self.keyring.digests("operator-session", token)
+                    ),
+                    OperatorSession.ended_at.is_(None),
+                )
+                .values(ended_at=utcnow())
+            )
 
     # -- reading (admins and auditors)
 

@@ -10,6 +10,10 @@ public SHA-256) still verify, as a prefix; during a rolling upgrade an older rel
 append some after keyed ones, which verify as long as a keyed record follows them (its keyed
 hash covers theirs), so no unkeyed record can stand at the end of a keyed chain.
 
+After a pepper rotation, records are keyed under the new pepper's key while the older ones
+still verify under the previous peppers' keys; a record keyed under an older pepper than one
+before it is a break, so whoever holds a retired pepper cannot append records that verify.
+
 Records are appended inside the transaction of the change they describe: nothing is logged that
 did not happen, and nothing happens unlogged. The anchor moves after that transaction commits.
 
@@ -32,7 +36,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,27 +95,39 @@ class AnchorError(Exception):
 
 
 class Chain:
-    """The audit key, and the anchor file that holds the chain's head outside the database."""
+    """The audit key, and the anchor file that holds the chain's head outside the database.
 
-    def __init__(self, key: bytes, anchor_path: Path) -> None:
-        self._key = key
+    ``key``: the key records are written with, or every key of the keyring (current first), of
+    which the others only verify records written before a pepper rotation.
+    """
+
+    def __init__(self, key: bytes | Sequence[bytes], anchor_path: Path) -> None:
+        self._keys = [key] if isinstance(key, bytes) else list(key)
+        self._key = self._keys[0]
         self.anchor_path = anchor_path
         self._lock_path = anchor_path.with_name(f".{anchor_path.name}.lock")
         self._pending: Anchor | None = None
         self._mover: asyncio.Task[None] | None = None
 
-    def keyed_hash(self, prev_hash: str, record: AuditRecord) -> str:
+    def keyed_hash(self, prev_hash: str, record: AuditRecord, key: bytes | None = None) -> str:
         message = f"audit-chain-v2\x00{prev_hash}\n{canonical(record)}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return hmac.new(key or self._key, message, hashlib.sha256).hexdigest()
 
     def expected_hash(self, record: AuditRecord) -> str:
         if record.version == UNKEYED:
             return public_hash(record.prev_hash, record)
         return self.keyed_hash(record.prev_hash, record)
 
-    def _anchor_mac(self, seq: int, hash_: str) -> str:
+    def key_index(self, record: AuditRecord) -> int | None:
+        """Which key of the keyring (0: current) a keyed record verifies under; None: none."""
+        for index, key in enumerate(self._keys):
+            if hmac.compare_digest(self.keyed_hash(record.prev_hash, record, key), record.hash):
+                return index
+        return None
+
+    def _anchor_mac(self, seq: int, hash_: str, key: bytes | None = None) -> str:
         message = f"audit-anchor\x00{seq}\x00{hash_}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return hmac.new(key or self._key, message, hashlib.sha256).hexdigest()
 
     def read_anchor(self) -> Anchor | None:
         """The anchored head; None when no keyed record was ever committed with this data dir."""
@@ -125,7 +141,10 @@ class Chain:
             mac = str(content["mac"])
         except (ValueError, KeyError, TypeError) as error:
             raise AnchorError(f"the anchor {self.anchor_path} is unreadable") from error
-        if not hmac.compare_digest(mac, self._anchor_mac(anchor.seq, anchor.hash)):
+        if not any(
+            hmac.compare_digest(mac, self._anchor_mac(anchor.seq, anchor.hash, key))
+            for key in self._keys
+        ):
             raise AnchorError(
                 f"the anchor {self.anchor_path} has a MAC that does not match: written "
                 "without the key (or under another pepper)"
@@ -193,8 +212,8 @@ class Chain:
 
 
 def chain_for(settings: Settings, keyring: Keyring) -> Chain:
-    """The deployment's chain: the pepper's audit key, the anchor in the data dir."""
-    return Chain(keyring.audit_key, settings.data_dir / "audit-anchor")
+    """The deployment's chain: the peppers' audit keys, the anchor in the data dir."""
+    return Chain(keyring.audit_keys, settings.data_dir / "audit-anchor")
 
 
 async def append(
@@ -276,6 +295,7 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
     except AnchorError as error:
         return Verdict(0, Break(None, str(error)), 0, None)
     expected_prev, expected_seq, count, keyed = GENESIS, 1, 0, 0
+    newest_key: int | None = None  # the newest pepper a record was keyed under so far
     anchored_hash: str | None = None
     uncovered: int | None = None  # the first of the unkeyed records after keyed ones, if any
 
@@ -291,16 +311,28 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
             uncovered = record.seq  # an older release's writer, if a keyed record follows
         if record.prev_hash != expected_prev:
             return verdict(Break(record.seq, "its previous-hash does not match the record before"))
-        if not hmac.compare_digest(chain.expected_hash(record), record.hash):
-            if record.version == UNKEYED:
+        if record.version == UNKEYED:
+            if not hmac.compare_digest(chain.expected_hash(record), record.hash):
                 return verdict(Break(record.seq, "its content does not match its hash"))
-            return verdict(
-                Break(
-                    record.seq,
-                    f"record {record.seq}'s keyed hash does not match: rebuilt or edited "
-                    "without the key",
+        else:
+            key = chain.key_index(record)
+            if key is None:
+                return verdict(
+                    Break(
+                        record.seq,
+                        f"record {record.seq}'s keyed hash does not match: rebuilt or edited "
+                        "without the key (or keyed under a pepper no longer in the keyring)",
+                    )
                 )
-            )
+            if newest_key is not None and key > newest_key:
+                return verdict(
+                    Break(
+                        record.seq,
+                        f"record {record.seq} is keyed under an older pepper than a record "
+                        "before it: written with a retired pepper",
+                    )
+                )
+            newest_key = key
         if anchor is not None and record.seq == anchor.seq:
             anchored_hash = record.hash
         if record.version != UNKEYED:

@@ -17,6 +17,7 @@ import uvicorn
 from twofa.config import Settings
 
 if TYPE_CHECKING:
+    from twofa import pepper
     from twofa.admin import AdminService
     from twofa.service import TwoFactorService
 
@@ -137,7 +138,7 @@ def audit_verify() -> None:
             err=True,
         )
         raise typer.Exit(1)
-    chain = audit.chain_for(settings, Keyring(settings.pepper_bytes))
+    chain = audit.chain_for(settings, Keyring.of(settings))
 
     async def check() -> audit.Verdict:
         db = Database(settings.resolved_database_url)
@@ -166,6 +167,137 @@ def audit_verify() -> None:
         f"audit chain intact: {verdict.count} records ({verdict.keyed} keyed, "
         f"{unkeyed} unkeyed from before the key); {proof}"
     )
+
+
+pepper_app = typer.Typer(
+    help="The pepper keyring: rotate it, and see what is left on each pepper.",
+    no_args_is_help=True,
+)
+app.add_typer(pepper_app, name="pepper")
+
+
+async def _pepper_report(settings: Settings) -> pepper.Report:
+    from twofa import audit
+    from twofa import pepper as peppers
+    from twofa.crypto import Keyring
+    from twofa.store.db import Database
+
+    keyring = Keyring.of(settings)
+    db = Database(settings.resolved_database_url)
+    try:
+        async with db.read() as session:
+            return await peppers.report(session, keyring, audit.chain_for(settings, keyring))
+    finally:
+        await db.dispose()
+
+
+async def _pepper_write(settings: Settings, event: str | None, **details: str) -> None:
+    """Tags the rows made before pepper ids, and audits ``event``, under the current keyring."""
+    from twofa import audit
+    from twofa import pepper as peppers
+    from twofa.crypto import Keyring
+    from twofa.store.db import Database
+
+    keyring = Keyring.of(settings)
+    db = Database(settings.resolved_database_url, audit=audit.chain_for(settings, keyring))
+    try:
+        async with db.write() as session:
+            if not keyring.previous:  # then they can only have been made under this pepper
+                await peppers.tag_untagged(session, keyring.id)
+            if event is not None:
+                await audit.append(session, event, actor="cli", **details)
+    finally:
+        await db.dispose()
+
+
+def _print_report(report: pepper.Report) -> None:
+    for line in report.lines():
+        typer.echo(line)
+
+
+@pepper_app.command("status")
+def pepper_status() -> None:
+    """What is left on each pepper; exit 1 if the store needs a pepper the keyring lacks."""
+    from twofa.store.db import migrate as run_migrations
+
+    settings = Settings()
+    run_migrations(settings.resolved_database_url)
+    report = asyncio.run(_pepper_report(settings))
+    _print_report(report)
+    if report.unknown:
+        typer.echo(
+            f"peppers dropped too early: {', '.join(report.unknown)}; what was made under them "
+            "can no longer be read",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+@pepper_app.command("rotate")
+def pepper_rotate() -> None:
+    """A new current pepper; the old one stays as previous. Stop every process first."""
+    from twofa.crypto import Keyring
+    from twofa.pepper import rotate_files
+    from twofa.store.db import migrate as run_migrations
+
+    settings = Settings()
+    run_migrations(settings.resolved_database_url)
+    asyncio.run(_pepper_write(settings, None))
+    if settings.pepper:
+        typer.echo(
+            f"TWOFA_PEPPER (pepper {Keyring(settings.pepper_bytes).id}) comes from the "
+            "environment, which this command cannot change. Put its value first in "
+            "TWOFA_PEPPER_PREVIOUS (comma-separated, newest first), a new random value in "
+            "TWOFA_PEPPER (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
+            "then start every process again. `twofa pepper status` shows what is left on it."
+        )
+        return
+    old, new = rotate_files(settings)
+    fresh = Settings()  # reads the files just written
+    asyncio.run(_pepper_write(fresh, "pepper_rotated", previous=old, current=new))
+    typer.echo(f"pepper {new} is current now; {old} is kept as previous.")
+    _print_report(asyncio.run(_pepper_report(fresh)))
+    typer.echo("Start every process again: they read the keyring when they start.")
+
+
+@pepper_app.command("drop")
+def pepper_drop(
+    pepper_id: str = typer.Argument(..., help="the id of the oldest previous pepper"),
+    force: bool = typer.Option(False, help="drop it although secrets are still made under it"),
+) -> None:
+    """Take the oldest previous pepper out of the keyring once nothing needs it any more.
+
+    Its audit key (not the pepper) is kept in the data dir, so verify still checks the records
+    written under it.
+    """
+    from twofa.crypto import Keyring
+    from twofa.pepper import drop_files
+    from twofa.store.db import migrate as run_migrations
+
+    settings = Settings()
+    run_migrations(settings.resolved_database_url)
+    keyring = Keyring.of(settings)
+    if not keyring.previous or keyring.previous[-1].id != pepper_id:
+        oldest = keyring.previous[-1].id if keyring.previous else "none"
+        typer.echo(f"refused: only the oldest previous pepper ({oldest}) can be dropped", err=True)
+        raise typer.Exit(1)
+    report = asyncio.run(_pepper_report(settings))
+    if report.left(pepper_id) and not force:
+        typer.echo(
+            f"refused: pepper {pepper_id} still has {report.left(pepper_id)} secret(s) made "
+            "under it (see `twofa pepper status`); --force drops it anyway, and locks them out",
+            err=True,
+        )
+        raise typer.Exit(1)
+    in_file = drop_files(settings, keyring, pepper_id)
+    asyncio.run(_pepper_write(settings, "pepper_dropped", pepper=pepper_id))
+    if in_file:
+        typer.echo(f"pepper {pepper_id} dropped; its audit key is kept for `twofa audit verify`.")
+    else:
+        typer.echo(
+            f"pepper {pepper_id}'s audit key is kept for `twofa audit verify`; now take its "
+            "value out of TWOFA_PEPPER_PREVIOUS and start every process again."
+        )
 
 
 admin_app = typer.Typer(

@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: ``none``: plain SMTP (the embedded sink); ``starttls``: upgrade on the submission port (587);
 #: ``tls``: TLS from the first byte (SMTPS, 465). TLS always verifies the relay's certificate.
 SmtpSecurity = Literal["none", "starttls", "tls"]
+#: In the data dir: the current pepper, and the ones a rotation replaced (newest first).
+PEPPER_FILE, PREVIOUS_PEPPERS_FILE = "pepper", "pepper-previous"
+#: The audit keys of peppers dropped from the keyring (hex, newest first): verify still needs them.
+RETIRED_AUDIT_KEYS_FILE = "audit-keys-retired"
 
 
 class Settings(BaseSettings):
@@ -48,6 +52,9 @@ class Settings(BaseSettings):
     mail_from: str = "Cockpit 2FA <no-reply@cockpit.localhost>"
     service_token: str | None = None
     pepper: str | None = None
+    #: Peppers replaced by a rotation, newest first, comma-separated: still read, never used
+    #: to make anything new (``<data dir>/pepper-previous`` adds one per line).
+    pepper_previous: str | None = None
 
     auto_logout_seconds: float = Field(10, gt=0)
     code_ttl_seconds: float = Field(900, gt=0)
@@ -106,8 +113,24 @@ class Settings(BaseSettings):
     @cached_property
     def pepper_bytes(self) -> bytes:
         """The server-side key of every keyed hash; kept out of the database (S3)."""
-        value = self.pepper or _read_or_create_secret(self.data_dir / "pepper")
+        value = self.pepper or _read_or_create_secret(self.data_dir / PEPPER_FILE)
         return value.encode()
+
+    @cached_property
+    def previous_pepper_bytes(self) -> list[bytes]:
+        """The peppers a rotation replaced, newest first: TWOFA_PEPPER_PREVIOUS, then the file."""
+        values = (self.pepper_previous or "").split(",")
+        path = self.data_dir / PREVIOUS_PEPPERS_FILE
+        if path.exists():
+            values += path.read_text().splitlines()
+        return [value.strip().encode() for value in values if value.strip()]
+
+    @cached_property
+    def retired_audit_keys(self) -> list[bytes]:
+        """What ``twofa pepper drop`` kept of each dropped pepper: its audit key, not the pepper."""
+        path = self.data_dir / RETIRED_AUDIT_KEYS_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [bytes.fromhex(line.strip()) for line in lines if line.strip()]
 
 
 def _read_or_create_secret(path: Path) -> str:

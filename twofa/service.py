@@ -189,7 +189,7 @@ class TwoFactorService:
         self.settings = settings
         self.db = db
         self.client = client
-        self.keyring = Keyring(settings.pepper_bytes)
+        self.keyring = Keyring.of(settings)
         db.audit = db.audit or audit.chain_for(settings, self.keyring)
         self._kdf_limiter = CapacityLimiter(os.cpu_count() or 1)
         self.policy = Policy(
@@ -213,6 +213,7 @@ class TwoFactorService:
             id=str(uuid.uuid4()),
             email=email,
             password_hash=password_hash,
+            password_pepper=self.keyring.id,
             created_at=now,
             updated_at=now,
         )
@@ -233,21 +234,36 @@ class TwoFactorService:
         The account, its browser and the attempt's count come in one write transaction before
         the password is checked: parallel guesses are all counted, in one commit per attempt.
         """
-        device_digest = self.keyring.digest("device", device_token) if device_token else None
+        device_digests = self.keyring.digests("device", device_token) if device_token else None
         # the database lowercases both sides, as its index; the throttle's key is the email
         # whatever the case typed
         typed, email = email.strip(), normalize_email(email)
         now = utcnow()
-        throttle_key = self.keyring.digest("login-throttle", email)
+        throttle_keys = self.keyring.digests("login-throttle", email)
         async with self.db.write() as db:
-            account, device = await queries.login_lookup(db, typed, device_digest)
-            attempt = await self._count_attempt(db, throttle_key, now)
+            account, device = await queries.login_lookup(db, typed, device_digests)
+            if device is not None and device_digests and device.token_digest != device_digests[0]:
+                # made under a previous pepper: the browser's token, digested anew
+                await queries.redigest(db, Device, device.id, device_digests[0], self.keyring.id)
+            attempt = await self._count_attempt(db, throttle_keys[0], now, throttle_keys[1:])
         passed = await self._judge_password(
             attempt, "login", email, password, account.password_hash if account else None,
             account_id=account.id if account else None, actor="user",
+            stored_pepper=account.password_pepper if account else None,
         )  # fmt: skip
         assert account is not None
+        if self.keyring.stale(account.password_pepper):
+            await self._rehash_password(account, password)
         return await self._second_factor(account, device, utcnow(), passed)
+
+    async def _rehash_password(self, account: Account, password: str) -> None:
+        """A password hashed under a previous pepper, hashed anew under the current one."""
+        new_hash = await self.kdf(self.keyring.hash_secret, password)
+        async with self.db.write() as db:
+            await queries.replace_secret(
+                db, Account.password_hash, Account.password_pepper, account.id,
+                account.password_hash, new_hash, self.keyring.id,
+            )  # fmt: skip
 
     async def password_gate(
         self,
@@ -258,6 +274,7 @@ class TwoFactorService:
         *,
         account_id: str | None = None,
         actor: str = "user",
+        stored_pepper: str | None = None,
     ) -> str:
         """S2 for every password login (users', operators'): 4 failures in a row block a while.
 
@@ -266,15 +283,24 @@ class TwoFactorService:
         is counted before it is checked; a right password returns the counter's key, which the
         caller clears in the transaction that lets the user in (one write fewer per login).
         """
-        throttle_key = self.keyring.digest(f"{scope}-throttle", email)
+        throttle_keys = self.keyring.digests(f"{scope}-throttle", email)
         async with self.db.write() as db:  # counted before checking: parallel guesses count too
-            attempt = await self._count_attempt(db, throttle_key, utcnow())
+            attempt = await self._count_attempt(db, throttle_keys[0], utcnow(), throttle_keys[1:])
         return await self._judge_password(
-            attempt, scope, email, password, stored_hash, account_id=account_id, actor=actor
-        )
+            attempt, scope, email, password, stored_hash, account_id=account_id, actor=actor,
+            stored_pepper=stored_pepper,
+        )  # fmt: skip
 
-    async def _count_attempt(self, db: AsyncSession, throttle_key: str, now: datetime) -> Attempt:
-        """One attempt counted in the caller's write transaction, unless the email is blocked."""
+    async def _count_attempt(
+        self, db: AsyncSession, throttle_key: str, now: datetime, previous_keys: list[str]
+    ) -> Attempt:
+        """One attempt counted in the caller's write transaction, unless the email is blocked.
+
+        ``previous_keys``: the counter's keys under previous peppers, whose failures and block
+        carry over to the current key, so a rotation gives no one fresh tries.
+        """
+        if previous_keys:
+            await queries.adopt_throttles(db, throttle_key, previous_keys)
         failures, blocked_until = await queries.count_password_attempt(db, throttle_key, now)
         if blocked_until is not None and blocked_until > now:
             return Attempt(throttle_key, now, failures, 0, blocked_until)
@@ -293,6 +319,7 @@ class TwoFactorService:
         *,
         account_id: str | None,
         actor: str,
+        stored_pepper: str | None = None,
     ) -> str:
         """The counted attempt's verdict: refused while blocked, else the password's check."""
         if attempt.blocked_until is not None:
@@ -307,7 +334,7 @@ class TwoFactorService:
                 "Too many failed logins for this email; try again later.",
                 retry_after=math.ceil((attempt.blocked_until - attempt.at).total_seconds()),
             )
-        if await self.kdf(self.keyring.verify_secret, stored_hash, password):
+        if await self.kdf(self.keyring.verify_secret, stored_hash, password, stored_pepper):
             return attempt.throttle_key
         async with self.db.write() as db:
             await audit.append(
@@ -382,7 +409,9 @@ class TwoFactorService:
         result = await self.call_workflow(
             account.id,
             TwoFactorWorkflow.submit_code,
-            CodeSubmission(code_digest=self.keyring.code_digest(code), login=challenge.id_digest),
+            CodeSubmission(
+                code_digest=await self._code_digest(account.id, code), login=challenge.id_digest
+            ),
         )
         if result.verdict is not CodeVerdict.ACCEPTED:
             await self._audit(
@@ -451,6 +480,7 @@ class TwoFactorService:
                     device_name=device_name,
                     device_token_digest=self.keyring.digest("device", device_token),
                     created_at=utcnow(),
+                    pepper_id=self.keyring.id,
                 )
         try:
             await self.call_workflow(
@@ -547,7 +577,12 @@ class TwoFactorService:
     async def _check_pin(
         self, challenge: LoginChallenge, account: Account, pin: str, now: datetime
     ) -> LoginView:
-        right = await self.kdf(self.keyring.verify_secret, account.pin_hash, pin)
+        right = await self.kdf(
+            self.keyring.verify_secret, account.pin_hash, pin, account.pin_pepper
+        )
+        new_pin_hash = None
+        if right and self.keyring.stale(account.pin_pepper):  # hashed anew under the current
+            new_pin_hash = await self.kdf(self.keyring.hash_secret, pin)
         if not right or account.pin_failures or account.pin_locks_in_a_row:
             await self._still_live(challenge)  # a browser revoked meanwhile changes no counter
         if not right:  # each try counts, a repeated one too: S2 errs on the side of the lock
@@ -581,6 +616,8 @@ class TwoFactorService:
                 db, challenge.id_digest, challenge.step, None, finished_at=now
             ):
                 raise errors.login_not_found()
+            if current is not None:
+                await self._repepper(db, current, account.pin_hash, new_pin_hash)
             if challenge.step == Step.ENROLL_PIN:
                 device_token = new_token()
                 device_id = str(uuid.uuid4())
@@ -592,6 +629,7 @@ class TwoFactorService:
                         token_digest=self.keyring.digest("device", device_token),
                         enrolled_at=now,
                         last_used_at=now,
+                        pepper_id=self.keyring.id,
                     )
                 )
                 await audit.append(
@@ -636,13 +674,15 @@ class TwoFactorService:
     async def current_session(self, session_token: str | None) -> CurrentSession:
         if not session_token:
             raise errors.session_ended()
+        digests = self.keyring.digests("session", session_token)
         async with self.db.read() as db:
-            session = await queries.open_session(
-                db, self.keyring.digest("session", session_token), utcnow()
-            )
+            session = await queries.open_session(db, digests, utcnow())
             account = await queries.account_by_id(db, session.account_id) if session else None
         if session is None or account is None:
             raise errors.session_ended()
+        if session.token_digest != digests[0]:  # made under a previous pepper: digested anew
+            async with self.db.write() as db:
+                await queries.redigest(db, Session, session.id, digests[0], self.keyring.id)
         return CurrentSession(session=session, account=account)
 
     def session_view(self, current: CurrentSession) -> SessionView:
@@ -832,6 +872,7 @@ class TwoFactorService:
             account_id=account_id,
             device_id=device_id,
             token_digest=self.keyring.digest("session", token),
+            pepper_id=self.keyring.id,
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.session_ttl_seconds),
         )
@@ -885,7 +926,7 @@ class TwoFactorService:
     ) -> tuple[LoginChallenge, Account]:
         """``_challenge`` in the caller's transaction: the login and its account, one query."""
         found = await queries.live_challenge_and_account(
-            db, self.keyring.digest("login", login_id), now
+            db, self.keyring.digests("login", login_id), now
         )
         if found is None:
             raise errors.login_not_found()
@@ -919,6 +960,33 @@ class TwoFactorService:
             now = await queries.live_challenge(db, challenge.id_digest, utcnow())
         if now is None or now.step != step or any(getattr(now, k) != v for k, v in values.items()):
             raise errors.login_not_found()
+
+    async def _repepper(
+        self, db: AsyncSession, account: Account, checked: str | None, new_pin_hash: str | None
+    ) -> None:
+        """At a right PIN: the PIN hashed (``new_pin_hash``, for the hash ``checked``) and the
+        seal encrypted anew under the current pepper, if a previous one made them; in the
+        caller's transaction, each only if unchanged since it was read."""
+        if new_pin_hash is not None and checked is not None:
+            await queries.replace_secret(
+                db, Account.pin_hash, Account.pin_pepper, account.id,
+                checked, new_pin_hash, self.keyring.id,
+            )  # fmt: skip
+        if account.seal_ciphertext is not None and self.keyring.stale(account.seal_pepper):
+            await queries.replace_secret(
+                db, Account.seal_ciphertext, Account.seal_pepper, account.id,
+                account.seal_ciphertext, self.keyring.reseal(account.seal_ciphertext),
+                self.keyring.id,
+            )  # fmt: skip
+
+    async def _code_digest(self, account_id: str, code: str) -> str:
+        """The typed code's digest; after a rotation, under the pepper its mail was made with."""
+        if not self.keyring.previous:
+            return self.keyring.code_digest(code)
+        since = utcnow() - timedelta(seconds=self.settings.code_ttl_seconds)
+        async with self.db.read() as db:
+            mails = await queries.mails_since(db, account_id, since)
+        return self.keyring.submitted_code_digest(code, mails)
 
     def _seal_of(self, account: Account) -> str | None:
         """R8: shown to its owner at every 2FA login, before the PIN is asked."""

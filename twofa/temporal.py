@@ -120,7 +120,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
 
 
 def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
-    effects = Effects(settings, db, Keyring(settings.pepper_bytes))
+    effects = Effects(settings, db, Keyring.of(settings))
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,

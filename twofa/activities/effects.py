@@ -156,6 +156,7 @@ class Effects:
             raise permanent("email_taken", "the new email was taken meanwhile")
         account.pin_hash = draft.pin_hash
         account.seal_ciphertext = draft.seal_ciphertext
+        account.pin_pepper = account.seal_pepper = draft.pepper_id
         if effect.email:
             account.email = effect.email
         db.add(
@@ -164,6 +165,7 @@ class Effects:
                 account_id=account_id,
                 name=draft.device_name,
                 token_digest=draft.device_token_digest,
+                pepper_id=draft.pepper_id,
                 enrolled_at=_now(),
             )
         )

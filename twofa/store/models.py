@@ -67,6 +67,10 @@ class Account(Base):
     pin_check_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pin_hash: Mapped[str | None] = mapped_column(String(200))
     seal_ciphertext: Mapped[str | None] = mapped_column(Text)
+    #: The id of the pepper each secret was made under (None: before peppers were tagged).
+    password_pepper: Mapped[str | None] = mapped_column(String(16))
+    pin_pepper: Mapped[str | None] = mapped_column(String(16))
+    seal_pepper: Mapped[str | None] = mapped_column(String(16))
     projection_version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -90,6 +94,7 @@ class Device(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_by: Mapped[str | None] = mapped_column(String(300))  # an actor, as in audit
+    pepper_id: Mapped[str | None] = mapped_column(String(16))  # of the token's digest
 
 
 class Session(Base):
@@ -104,6 +109,7 @@ class Session(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     end_reason: Mapped[str | None] = mapped_column(String(20))
+    pepper_id: Mapped[str | None] = mapped_column(String(16))  # of the token's digest
 
 
 class LoginChallenge(Base):
@@ -147,6 +153,7 @@ class ActivationDraft(Base):
     device_name: Mapped[str | None] = mapped_column(String(64))
     device_token_digest: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    pepper_id: Mapped[str | None] = mapped_column(String(16))  # of the PIN, seal and digest
 
 
 class SentMail(Base):
@@ -216,6 +223,7 @@ class Operator(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(10))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    pepper_id: Mapped[str | None] = mapped_column(String(16))  # of the password hash
 
 
 class OperatorSession(Base):
@@ -228,3 +236,4 @@ class OperatorSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pepper_id: Mapped[str | None] = mapped_column(String(16))  # of the token's digest

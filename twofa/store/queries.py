@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from twofa import audit
 from twofa.observability import REQUEST_ID
@@ -27,6 +28,13 @@ from twofa.store.models import (
 from twofa.workflows.messages import Projection
 
 
+def _digest_is(column: Any, digest: str | Sequence[str]) -> ColumnElement[bool]:
+    """One digest, or any of a keyring's (one per pepper, after a rotation)."""
+    if isinstance(digest, str):
+        return column == digest  # type: ignore[no-any-return]
+    return column.in_(list(digest))  # type: ignore[no-any-return]
+
+
 async def account_by_id(db: AsyncSession, account_id: str) -> Account | None:
     return await db.get(Account, account_id)
 
@@ -41,7 +49,7 @@ async def account_by_email(db: AsyncSession, email: str) -> Account | None:
 
 
 async def login_lookup(
-    db: AsyncSession, email: str, device_digest: str | None
+    db: AsyncSession, email: str, device_digest: str | Sequence[str] | None
 ) -> tuple[Account | None, Device | None]:
     """The account of ``email`` and its trusted browser of that token, in one round trip."""
     if device_digest is None:
@@ -53,7 +61,7 @@ async def login_lookup(
                 Device,
                 and_(
                     Device.account_id == Account.id,
-                    Device.token_digest == device_digest,
+                    _digest_is(Device.token_digest, device_digest),
                     Device.revoked_at.is_(None),
                 ),
             )
@@ -186,11 +194,13 @@ async def revoke_devices(
 # -- sessions
 
 
-async def open_session(db: AsyncSession, token_digest: str, now: datetime) -> Session | None:
+async def open_session(
+    db: AsyncSession, token_digest: str | Sequence[str], now: datetime
+) -> Session | None:
     """A session counts until ``expires_at`` exactly, whatever a timer's lateness (R3)."""
     return await db.scalar(
         select(Session).where(
-            Session.token_digest == token_digest,
+            _digest_is(Session.token_digest, token_digest),
             Session.ended_at.is_(None),
             Session.expires_at > now,
         )
@@ -257,7 +267,7 @@ async def open_sessions(db: AsyncSession, account_id: str, now: datetime) -> Seq
 
 
 async def live_challenge_and_account(
-    db: AsyncSession, id_digest: str, now: datetime
+    db: AsyncSession, id_digest: str | Sequence[str], now: datetime
 ) -> tuple[LoginChallenge, Account] | None:
     """A live login and its account, in one round trip."""
     row = (
@@ -265,7 +275,7 @@ async def live_challenge_and_account(
             select(LoginChallenge, Account)
             .join(Account, Account.id == LoginChallenge.account_id)
             .where(
-                LoginChallenge.id_digest == id_digest,
+                _digest_is(LoginChallenge.id_digest, id_digest),
                 LoginChallenge.finished_at.is_(None),
                 LoginChallenge.expires_at > now,
             )
@@ -347,6 +357,76 @@ async def block_logins(db: AsyncSession, key_digest: str, until: datetime) -> No
 
 async def clear_password_failures(db: AsyncSession, key_digest: str) -> None:
     await db.execute(delete(LoginThrottle).where(LoginThrottle.key_digest == key_digest))
+
+
+async def adopt_throttles(db: AsyncSession, key_digest: str, previous: Sequence[str]) -> None:
+    """A counter kept under previous peppers' keys moves to the current key, failures and
+    block included, so a pepper rotation never hands out fresh tries."""
+    old = (
+        await db.execute(
+            delete(LoginThrottle)
+            .where(LoginThrottle.key_digest.in_(list(previous)))
+            .returning(LoginThrottle.failures, LoginThrottle.blocked_until)
+        )
+    ).all()
+    if not old:
+        return
+    failures = max(row.failures for row in old)
+    blocks = [row.blocked_until for row in old if row.blocked_until is not None]
+    blocked_until = max(blocks) if blocks else None
+    insert = _insert_for(db)
+    statement = insert(LoginThrottle).values(
+        key_digest=key_digest, failures=failures, blocked_until=blocked_until
+    )
+    await db.execute(
+        statement.on_conflict_do_update(
+            index_elements=[LoginThrottle.key_digest],
+            set_={"failures": func.max(LoginThrottle.failures, failures)}
+            if db.bind.dialect.name == "sqlite"
+            else {"failures": func.greatest(LoginThrottle.failures, failures)},
+        )
+    )
+
+
+# -- pepper rotation: what a previous pepper made, made anew at its next use
+
+
+async def redigest(
+    db: AsyncSession, model: type[Device] | type[Session], row_id: str, digest: str, pepper: str
+) -> None:
+    """A browser's or session's token digest, made again under the current pepper."""
+    await db.execute(
+        update(model).where(model.id == row_id).values(token_digest=digest, pepper_id=pepper)
+    )
+
+
+async def replace_secret(
+    db: AsyncSession,
+    column: InstrumentedAttribute[Any],
+    pepper_column: InstrumentedAttribute[Any],
+    account_id: str,
+    old: str,
+    new: str,
+    pepper: str,
+) -> None:
+    """An account's hash or seal, made anew under ``pepper``, unless it changed meanwhile."""
+    await db.execute(
+        update(Account)
+        .where(Account.id == account_id, column == old)
+        .values({column: new, pepper_column: pepper})
+    )
+
+
+async def mails_since(db: AsyncSession, account_id: str, since: datetime) -> list[tuple[str, int]]:
+    """The (enrollment, number) of the activation codes mailed to an account since ``since``."""
+    keys = await db.scalars(
+        select(SentMail.key).where(SentMail.account_id == account_id, SentMail.sent_at >= since)
+    )
+    mails = []
+    for key in keys:
+        enrollment_id, _, number = key.rpartition(":")
+        mails.append((enrollment_id, int(number)))
+    return mails
 
 
 # -- activation and mail

@@ -192,7 +192,9 @@ def service_of(request: Request) -> TwoFactorService:
 
 def flows(request: Request) -> FlowCookie:
     settings = service_of(request).settings
-    return FlowCookie(settings.pepper_bytes, settings.login_ttl_seconds)
+    return FlowCookie(
+        settings.pepper_bytes, settings.login_ttl_seconds, settings.previous_pepper_bytes
+    )
 
 
 def error_page(request: Request, error: ServiceError) -> Response:
