@@ -1,6 +1,6 @@
 """request ids on audit records and queued notifications
 
-Revision ID: 0009_audit_request_id
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-02 10:00:00.000000
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0009_audit_request_id"
+revision: str = "0009"
 down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
