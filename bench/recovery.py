@@ -7,7 +7,8 @@ Activities take milliseconds, so the kill is made to land inside one, the way a 
 would make it: the worker is SIGSTOPped, the step is sent, and once the step's update has reached
 the workflow (a workflow task is pending, so every write the API makes first is done), the bench
 takes SQLite's write lock and lets the worker go on. The step's first activity then blocks on its
-first write; as soon as Temporal reports it started, the worker is SIGKILLed and the lock let go.
+first write; as soon as Temporal reports it started (a local activity: its workflow task taken),
+the worker is SIGKILLed and the lock let go.
 After a fixed delay a new ``twofa worker`` starts; its first poll is seen through
 ``DescribeTaskQueue`` (its identity names its pid). The client repeats the request on a 503 or
 a lost answer, as S9 tells it to.
@@ -27,7 +28,11 @@ from typing import Any
 
 import httpx
 from rich.table import Table
-from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
+from temporalio.api.enums.v1 import (
+    PendingActivityState,
+    PendingWorkflowTaskState,
+    TaskQueueType,
+)
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle
@@ -157,9 +162,16 @@ async def _killed_mid_step(
         return d is not None and d.HasField("pending_workflow_task")
 
     async def activity_running() -> bool:
+        """A remote activity reported started, or the workflow task that runs the step's local
+        activities taken by the worker (which then waits on the write lock inside one)."""
         d = await _described(handle)
+        if d is None:
+            return False
         started = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-        return d is not None and any(a.state == started for a in d.pending_activities)
+        task_taken = PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
+        return any(a.state == started for a in d.pending_activities) or (
+            d.HasField("pending_workflow_task") and d.pending_workflow_task.state == task_taken
+        )
 
     try:
         await _until(update_arrived, f"{step}: the update to reach the workflow")

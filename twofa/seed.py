@@ -29,7 +29,7 @@ from twofa.service import utcnow
 from twofa.store.db import Database
 from twofa.store.models import Account, Device
 from twofa.workflows.messages import Progress, TwoFactorInput, TwoFactorState, workflow_id
-from twofa.workflows.two_factor import STATE_KEY, TwoFactorWorkflow
+from twofa.workflows.two_factor import STATE_KEY, TASK_TIMEOUT, TwoFactorWorkflow
 
 #: Share of each state among seeded accounts.
 STATE_MIX = {
@@ -128,6 +128,7 @@ async def seed(
                 TwoFactorInput(account_id=account.id, policy=policy, progress=progress),
                 id=workflow_id(account.id),
                 task_queue=task_queue,
+                task_timeout=TASK_TIMEOUT,
                 search_attributes=TypedSearchAttributes(
                     [SearchAttributePair(STATE_KEY, state.value)]
                 ),

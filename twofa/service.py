@@ -73,7 +73,7 @@ from twofa.workflows.messages import (
     TwoFactorState,
     workflow_id,
 )
-from twofa.workflows.two_factor import TwoFactorWorkflow
+from twofa.workflows.two_factor import TASK_TIMEOUT, TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -739,6 +739,7 @@ class TwoFactorService:
             id=workflow_id(account.id),
             task_queue=self.settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            task_timeout=TASK_TIMEOUT,
         )
         result = await self._call(
             self.client.execute_update_with_start_workflow(

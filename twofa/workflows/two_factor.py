@@ -50,6 +50,11 @@ EFFECT_RETRY = RetryPolicy(
 )
 #: Generous for a slow database or relay: a dead worker is found by its missing heartbeats.
 EFFECT_TIMEOUT = timedelta(seconds=30)
+#: A start option (not a command): how long a workflow task held by a dead worker waits before
+#: another worker may take it. The database effects run inside workflow tasks (local
+#: activities), so this bounds a step's stall after a worker SIGKILL; the SDK heartbeats a task
+#: whose local activity runs longer, so a slow database does not hit it.
+TASK_TIMEOUT = timedelta(seconds=4)
 
 # Patches: every change that older histories cannot follow is taken only by runs that did not
 # pass this point under the old code (workflow.patched). The README's "Upgrading" section says
