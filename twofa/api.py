@@ -22,8 +22,6 @@ from twofa.config import Settings
 from twofa.errors import ServiceError
 from twofa.observability import BoundedInput, Metrics, Observed, no_token
 from twofa.service import CurrentSession, TwoFactorService
-from twofa.store.db import Database
-from twofa.temporal import connect
 from twofa.views import (
     AccountView,
     DeviceView,
@@ -34,6 +32,7 @@ from twofa.views import (
     TwoFactorView,
 )
 from twofa.web import router as pages
+from twofa.wiring import services
 
 log = logging.getLogger(__name__)
 #: Any text the API takes: bounded, and without NUL, which no database column may hold.
@@ -119,11 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url)
-        client = await connect(settings)
-        app.state.service = TwoFactorService(settings, db, client)
-        yield
-        await db.dispose()
+        async with services(settings) as built:
+            app.state.service = built.users
+            yield
 
     docs = settings.api_docs
     app = EdgeGuardedApp(
