@@ -54,30 +54,6 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def child_environment(settings: Settings) -> dict[str, str]:
-    """The TWOFA_* variables that make ``twofa worker``/``twofa api`` see ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOFA_")}
-    for name in (
-        "data_dir",
-        "database_url",
-        "temporal_address",
-        "temporal_task_queue",
-        "temporal_port",
-        "temporal_ui_port",
-        "smtp_host",
-        "smtp_port",
-        "service_token",
-        "pepper",
-        "api_port",
-        "auto_logout_seconds",
-        "workflow_call_timeout_seconds",
-    ):
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"TWOFA_{name.upper()}"] = str(value)
-    return env
-
-
 @dataclass
 class Part:
     name: str
@@ -128,7 +104,7 @@ class Stack:
         return {"bench (driver)": os.getpid(), **found}
 
     def environment_summary(self) -> dict[str, str]:
-        env = child_environment(self.settings)
+        env = self.settings.environment()
         shown = {k: v for k, v in env.items() if k.startswith("TWOFA_")}
         for secret in ("TWOFA_SERVICE_TOKEN", "TWOFA_PEPPER"):
             if secret in shown:
@@ -161,7 +137,7 @@ class Stack:
 
     async def start(self) -> Client:
         settings = self.settings
-        env = child_environment(settings)
+        env = settings.environment()
         self._spawn("temporal dev server", self.dev_server_command, env)
         self._spawn("smtp sink", [str(BIN / "twofa"), "smtp-sink"], env)
         await asyncio.to_thread(migrate, settings.resolved_database_url)
@@ -212,7 +188,7 @@ class Stack:
         """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
         part = self.parts["worker"]
         _terminate(part.process)
-        self._spawn("worker", part.command, child_environment(self.settings))
+        self._spawn("worker", part.command, self.settings.environment())
         assert self.client is not None
         await self._wait_for_pollers(self.client, self.settings.temporal_task_queue)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,23 +17,23 @@ from twofa.config import Settings
 TWOFA = str(Path(sys.executable).parent / "twofa")
 
 
+#: What a child process shares with the test's system: where its parts are, and its secrets;
+#: its timers keep their defaults unless a test hands them over.
+SHARED = (
+    "data_dir",
+    "database_url",
+    "temporal_address",
+    "temporal_task_queue",
+    "smtp_port",
+    "service_token",
+    "pepper",
+    "api_port",
+)
+
+
 def environment(settings: Settings, **extra: str) -> dict[str, str]:
     """The TWOFA_* variables that make a child process see what ``settings`` describe."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOFA_")}
-    for name in (
-        "data_dir",
-        "database_url",
-        "temporal_address",
-        "temporal_task_queue",
-        "smtp_port",
-        "service_token",
-        "pepper",
-        "api_port",
-    ):
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"TWOFA_{name.upper()}"] = str(value)
-    return env | {f"TWOFA_{k.upper()}": v for k, v in extra.items()}
+    return settings.environment(SHARED, **extra)
 
 
 @contextmanager

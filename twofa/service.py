@@ -38,7 +38,6 @@ from twofa.crypto import Keyring, new_token
 from twofa.errors import ServiceError
 from twofa.notifications import BROWSER_ENROLLED
 from twofa.policy import (
-    Policy,
     RuleViolation,
     check_device_name,
     check_email_shape,
@@ -192,12 +191,7 @@ class TwoFactorService:
         self.keyring = Keyring(settings.pepper_bytes)
         db.audit = db.audit or audit.chain_for(settings, self.keyring)
         self._kdf_limiter = CapacityLimiter(os.cpu_count() or 1)
-        self.policy = Policy(
-            auto_logout_seconds=settings.auto_logout_seconds,
-            code_ttl_seconds=settings.code_ttl_seconds,
-            pin_lock_seconds=settings.pin_lock_seconds,
-            history_event_limit=settings.history_event_limit,
-        )
+        self.policy = settings.policy
 
     # -- accounts and primary login
 
