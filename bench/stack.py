@@ -12,8 +12,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from bench.floor import TASK_QUEUE as FLOOR_TASK_QUEUE
+from tests.processes import free_port, stop_process
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import migrate
@@ -36,22 +35,6 @@ from twofa.temporal import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -187,7 +170,7 @@ class Stack:
     async def restart_worker(self) -> None:
         """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
         part = self.parts["worker"]
-        _terminate(part.process)
+        stop_process(part.process)
         self._spawn("worker", part.command, self.settings.environment())
         assert self.client is not None
         await self._wait_for_pollers(self.client, self.settings.temporal_task_queue)
@@ -198,7 +181,7 @@ class Stack:
         for name in order:
             part = self.parts.get(name)
             if part is not None:
-                _terminate(part.process)
+                stop_process(part.process)
         if not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

@@ -205,7 +205,10 @@ class Api:
     async def activated(self, user: User, **extra: Any) -> User:
         """Register, enable, log in, validate the code, activate, log in with the PIN."""
         await self.enabled(user)
-        code = await self.code_mail(user)
+        return await self.activated_with(user, await self.code_mail(user), **extra)
+
+    async def activated_with(self, user: User, code: str, **extra: Any) -> User:
+        """An enabled user logs in, validates ``code``, activates, logs in with the PIN."""
         login = await self.login_ok(user)
         assert login["outcome"] == "activation_code_required", login
         r = await self.submit_code(login["login_id"], code)

@@ -1,8 +1,12 @@
-"""The project's own processes (`twofa worker`, `twofa api`) started for a test, and killed."""
+"""The project's own processes (`twofa worker`, `twofa api`) started for a test, and stopped.
+
+The bench starts its stack with the same helpers (``free_port``, ``stop_process``).
+"""
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +40,23 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     return settings.environment(SHARED, **extra)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, time for a graceful shutdown, then SIGKILL."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextmanager
 def started(
     command: list[str], env: dict[str, str], log: Path
@@ -45,13 +66,7 @@ def started(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 def wait_for_http(url: str, timeout: float = 60) -> None:

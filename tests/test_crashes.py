@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import free_port
 from tests.journey import Api, User, new_user
-from tests.processes import TWOFA, started, wait_for_http
+from tests.processes import TWOFA, free_port, started, wait_for_http
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import Database

@@ -33,9 +33,8 @@ from streamlit.testing.v1 import AppTest
 from temporalio.client import Client
 
 from tests.browser import launch
-from tests.conftest import free_port
 from tests.journey import Api, User, new_user
-from tests.processes import environment
+from tests.processes import environment, free_port
 from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.dashboard import history_story, runtime, session_cookie, ui

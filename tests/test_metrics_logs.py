@@ -14,9 +14,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SERVICE_TOKEN, free_port
+from tests.conftest import SERVICE_TOKEN
 from tests.journey import Api, User, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.api import create_app
 from twofa.api import router as api_routes
 from twofa.config import Settings

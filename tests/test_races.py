@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import func, select
 from temporalio.client import Client
 
-from tests.conftest import ApiFactory, free_port
+from tests.conftest import ApiFactory
 from tests.journey import (
     CODE_LINE,
     Api,
@@ -31,7 +31,7 @@ from tests.journey import (
     progress,
     trusted_devices,
 )
-from tests.processes import TWOFA, environment, started
+from tests.processes import TWOFA, environment, free_port, started
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
 from twofa.store.db import Database
@@ -280,19 +280,7 @@ class MailBox:
 async def whole_journey(api: Api, mailbox: MailBox, user: User) -> User:
     """``Api.activated``, reading the mail through the shared incremental mailbox."""
     await api.enabled(user)
-    code = await mailbox.code_for(user.email)
-    login = await api.login_ok(user)
-    assert login["outcome"] == "activation_code_required", login
-    r = await api.submit_code(login["login_id"], code)
-    assert r.status_code == 200 and r.json() == {"outcome": "activation_required"}, r.text
-    r = await api.activate(login["login_id"], user)
-    assert r.status_code == 200, r.text
-    user.device_token = r.json()["device_token"]
-    user.device_id = r.json()["device_id"]
-    r = await api.pin(login["login_id"], user.pin)
-    assert r.status_code == 200, r.text
-    user.session_token = r.json()["session_token"]
-    return user
+    return await api.activated_with(user, await mailbox.code_for(user.email))
 
 
 async def test_a_hundred_concurrent_journeys_all_complete_consistently(

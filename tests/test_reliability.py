@@ -27,7 +27,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from tests.conftest import ApiFactory, free_port
+from tests.conftest import ApiFactory
 from tests.journey import (
     Api,
     User,
@@ -39,6 +39,7 @@ from tests.journey import (
     progress,
     trusted_devices,
 )
+from tests.processes import free_port
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
 from twofa.store.db import Database

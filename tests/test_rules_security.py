@@ -12,7 +12,7 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy import select
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory, LogCapture
-from tests.journey import Api, User, account_row, new_user
+from tests.journey import Api, User, account_row, eventually, new_user
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.store.db import Database
@@ -35,20 +35,6 @@ CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 # -- helpers
-
-
-def loop_time() -> float:
-    return asyncio.get_running_loop().time()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20, interval: float = 0.05
-) -> None:
-    """Polls ``check`` until it holds, failing with ``what`` after ``timeout`` seconds."""
-    deadline = loop_time() + timeout
-    while not await check():
-        assert loop_time() < deadline, f"timed out waiting for: {what}"
-        await asyncio.sleep(interval)
 
 
 async def wait_for_state(database: Database, account_id: str, state: str) -> None:

@@ -33,9 +33,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from tests import postgres
-from tests.conftest import BACKEND, SERVICE_TOKEN, free_port
+from tests.conftest import BACKEND, SERVICE_TOKEN
 from tests.journey import CODE_LINE, Api, User, account_row, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.config import Settings
 from twofa.devstack import read_mails, start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate

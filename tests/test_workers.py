@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from tests.conftest import ApiFactory, free_port
+from tests.conftest import ApiFactory
 from tests.journey import Api, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.store.models import Device, SentMail
