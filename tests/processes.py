@@ -15,7 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
+from tests.journey import eventually
 from twofa.config import Settings
 
 TWOFA = str(Path(sys.executable).parent / "twofa")
@@ -67,6 +72,25 @@ def started(
         yield process
     finally:
         stop_process(process)
+
+
+async def worker_polls(
+    client: Client, task_queue: str, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Waits until that process's worker polls ``task_queue`` (its identity is pid@host)."""
+
+    async def polling() -> bool:
+        assert process.poll() is None, f"worker exited: {log.read_text()[-3000:]}"
+        described = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+        return any(p.identity.startswith(f"{process.pid}@") for p in described.pollers)
+
+    await eventually(polling, "the worker polls", timeout=60)
 
 
 def wait_for_http(url: str, timeout: float = 60) -> None:
