@@ -313,7 +313,7 @@ async def finish_challenges(db: AsyncSession, account_id: str, now: datetime) ->
 
 
 def _insert_for(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 async def count_password_attempt(
