@@ -20,10 +20,9 @@ from bench.context import Context
 from bench.report import Check, latency_cells, latency_columns, process_table, settings_table
 from bench.seeding import account_rows, insert_accounts
 from bench.stats import Summary, ms
-from twofa.admin import AdminService
 from twofa.crypto import Keyring
-from twofa.service import TwoFactorService
-from twofa.store.db import Database, migrate
+from twofa.store.db import migrate
+from twofa.wiring import services
 
 PAGE_SIZE = 50
 TARGET_MS = 50.0
@@ -72,11 +71,10 @@ async def listing_bench(ctx: Context) -> None:
     await asyncio.to_thread(insert_accounts, url, rows)
     seeded = time.perf_counter() - started
     search = rows[len(rows) // 2]["email"][:3]
-    db = Database(url)
-    admin = AdminService(TwoFactorService(settings, db, ctx.client))
     rng = random.Random(11)
     results: list[tuple[Case, Summary, int, int]] = []
-    try:
+    async with services(settings, client=ctx.client) as built:
+        admin = built.admin
         with ctx.monitor() as monitor:
             for case in cases(search):
                 first = await admin.accounts(page_size=PAGE_SIZE, **case.query(rng, 1))
@@ -90,8 +88,6 @@ async def listing_bench(ctx: Context) -> None:
                     assert page.rows or page.total == 0
                 results.append((case, ms(took), first.total, pages))
         assert monitor.usage is not None
-    finally:
-        await db.dispose()
 
     table = Table(
         title=f"listing — AdminService.accounts, {count:,} accounts, {PAGE_SIZE} per page",

@@ -21,8 +21,8 @@ from bench.monitor import Usage
 from bench.report import Check, num, process_table, settings_table
 from bench.stats import Summary, ms
 from twofa.crypto import Keyring
-from twofa.service import TwoFactorService
 from twofa.store.db import Database
+from twofa.wiring import Services
 from twofa.workflows.messages import workflow_id
 
 
@@ -93,7 +93,7 @@ async def login_bench(ctx: Context) -> None:
     await run_pool(min(accounts, 4), 4, lambda i: pin_login(ctx.api, users[i]))  # warm-up
     # The same login through the service layer in this process: what HTTP adds, and what not.
     db = Database(ctx.stack.settings.resolved_database_url)
-    service = TwoFactorService(ctx.stack.settings, db, ctx.client)
+    service = Services.on(ctx.stack.settings, db, ctx.client).users
 
     async def direct(user: BenchUser) -> float:
         start = time.perf_counter()

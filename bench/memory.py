@@ -17,7 +17,6 @@ from bench.context import Context
 from bench.report import Check, mib, num, process_table, settings_table
 from bench.seeding import account_rows, insert_accounts
 from twofa.crypto import Keyring
-from twofa.policy import Policy
 from twofa.workflows.messages import Progress, TwoFactorInput, TwoFactorState, workflow_id
 from twofa.workflows.two_factor import STATE_KEY, TwoFactorWorkflow
 
@@ -36,12 +35,7 @@ async def memory_bench(ctx: Context) -> None:
         count, password_hash=password_hash, prefix=f"mem{uuid.uuid4().hex[:6]}-", state="active"
     )
     await asyncio.to_thread(insert_accounts, settings.resolved_database_url, rows)
-    policy = Policy(
-        auto_logout_seconds=settings.auto_logout_seconds,
-        code_ttl_seconds=settings.code_ttl_seconds,
-        pin_lock_seconds=settings.pin_lock_seconds,
-        history_event_limit=settings.history_event_limit,
-    )
+    policy = settings.policy
     attributes = TypedSearchAttributes([SearchAttributePair(STATE_KEY, "active")])
     ids = [row["id"] for row in rows]
     next_index = 0

@@ -41,7 +41,6 @@ from temporalio.service import RPCError
 from bench.client import BenchUser, epoch, new_user
 from bench.context import Context
 from bench.report import Check, num, settings_table
-from bench.stack import child_environment
 from bench.stats import Summary
 from twofa.workflows.messages import workflow_id
 
@@ -187,7 +186,7 @@ async def _killed_mid_step(
     await asyncio.sleep(ctx.sizes.recovery_delay_seconds)  # the fixed outage of the scenario
     spawned = time.perf_counter()
     # the stack's own spawn, so the new worker is measured, stopped and reaped like the old one
-    stack._spawn("worker", stack.parts["worker"].command, child_environment(stack.settings))
+    stack._spawn("worker", stack.parts["worker"].command, stack.settings.environment())
     await _first_poll(client, stack.settings.temporal_task_queue, stack.parts["worker"].process.pid)
     polled = time.perf_counter()
     r, repeats = await answer

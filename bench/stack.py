@@ -12,8 +12,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from bench.floor import TASK_QUEUE as FLOOR_TASK_QUEUE
+from tests.processes import free_port, stop_process
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import migrate
@@ -36,46 +35,6 @@ from twofa.temporal import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def child_environment(settings: Settings) -> dict[str, str]:
-    """The TWOFA_* variables that make ``twofa worker``/``twofa api`` see ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOFA_")}
-    for name in (
-        "data_dir",
-        "database_url",
-        "temporal_address",
-        "temporal_task_queue",
-        "temporal_port",
-        "temporal_ui_port",
-        "smtp_host",
-        "smtp_port",
-        "service_token",
-        "pepper",
-        "api_port",
-        "auto_logout_seconds",
-        "workflow_call_timeout_seconds",
-    ):
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"TWOFA_{name.upper()}"] = str(value)
-    return env
 
 
 @dataclass
@@ -128,7 +87,7 @@ class Stack:
         return {"bench (driver)": os.getpid(), **found}
 
     def environment_summary(self) -> dict[str, str]:
-        env = child_environment(self.settings)
+        env = self.settings.environment()
         shown = {k: v for k, v in env.items() if k.startswith("TWOFA_")}
         for secret in ("TWOFA_SERVICE_TOKEN", "TWOFA_PEPPER"):
             if secret in shown:
@@ -161,7 +120,7 @@ class Stack:
 
     async def start(self) -> Client:
         settings = self.settings
-        env = child_environment(settings)
+        env = settings.environment()
         self._spawn("temporal dev server", self.dev_server_command, env)
         self._spawn("smtp sink", [str(BIN / "twofa"), "smtp-sink"], env)
         await asyncio.to_thread(migrate, settings.resolved_database_url)
@@ -211,8 +170,8 @@ class Stack:
     async def restart_worker(self) -> None:
         """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
         part = self.parts["worker"]
-        _terminate(part.process)
-        self._spawn("worker", part.command, child_environment(self.settings))
+        stop_process(part.process)
+        self._spawn("worker", part.command, self.settings.environment())
         assert self.client is not None
         await self._wait_for_pollers(self.client, self.settings.temporal_task_queue)
 
@@ -222,7 +181,7 @@ class Stack:
         for name in order:
             part = self.parts.get(name)
             if part is not None:
-                _terminate(part.process)
+                stop_process(part.process)
         if not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

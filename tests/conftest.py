@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests import postgres
 from tests.journey import Api
+from tests.processes import free_port
 from twofa.api import create_app
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink, temporal_binary
@@ -31,12 +31,6 @@ from twofa.workflows.two_factor import STATE_KEY
 
 SERVICE_TOKEN = "test-service-token-0123456789"
 PEPPER = "test-pepper-do-not-use-in-production"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LogCapture(logging.Handler):

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,17 @@ def new_user(prefix: str = "user") -> User:
     return User(email=f"{prefix}.{uuid.uuid4().hex[:12]}@example.com")
 
 
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def sleep_until(moment: datetime, margin: float = 0.1) -> None:
+    """Waits until the clock has passed ``moment`` (a deadline the system announced)."""
+    delay = (moment - datetime.now(UTC)).total_seconds() + margin
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
@@ -85,6 +97,17 @@ async def progress(client: Client, account_id: str) -> dict[str, Any]:
         "progress_now"
     )
     return result
+
+
+async def settled(client: Client, account_id: str) -> None:
+    """Waits until the account's workflow has nothing in flight: no activity (a mail, a store
+    write) and no workflow task pending, so every effect it was going to have has happened."""
+
+    async def idle() -> bool:
+        raw = (await client.get_workflow_handle(workflow_id(account_id)).describe()).raw_description
+        return not raw.pending_activities and not raw.HasField("pending_workflow_task")
+
+    await eventually(idle, f"the workflow of {account_id} at rest")
 
 
 class Api:
@@ -205,7 +228,10 @@ class Api:
     async def activated(self, user: User, **extra: Any) -> User:
         """Register, enable, log in, validate the code, activate, log in with the PIN."""
         await self.enabled(user)
-        code = await self.code_mail(user)
+        return await self.activated_with(user, await self.code_mail(user), **extra)
+
+    async def activated_with(self, user: User, code: str, **extra: Any) -> User:
+        """An enabled user logs in, validates ``code``, activates, logs in with the PIN."""
         login = await self.login_ok(user)
         assert login["outcome"] == "activation_code_required", login
         r = await self.submit_code(login["login_id"], code)

@@ -1,9 +1,12 @@
-"""The project's own processes (`twofa worker`, `twofa api`) started for a test, and killed."""
+"""The project's own processes (`twofa worker`, `twofa api`) started for a test, and stopped.
+
+The bench starts its stack with the same helpers (``free_port``, ``stop_process``).
+"""
 
 from __future__ import annotations
 
-import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,29 +15,51 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
+from tests.journey import eventually
 from twofa.config import Settings
 
 TWOFA = str(Path(sys.executable).parent / "twofa")
 
 
+#: What a child process shares with the test's system: where its parts are, and its secrets;
+#: its timers keep their defaults unless a test hands them over.
+SHARED = (
+    "data_dir",
+    "database_url",
+    "temporal_address",
+    "temporal_task_queue",
+    "smtp_port",
+    "service_token",
+    "pepper",
+    "api_port",
+)
+
+
 def environment(settings: Settings, **extra: str) -> dict[str, str]:
     """The TWOFA_* variables that make a child process see what ``settings`` describe."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOFA_")}
-    for name in (
-        "data_dir",
-        "database_url",
-        "temporal_address",
-        "temporal_task_queue",
-        "smtp_port",
-        "service_token",
-        "pepper",
-        "api_port",
-    ):
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"TWOFA_{name.upper()}"] = str(value)
-    return env | {f"TWOFA_{k.upper()}": v for k, v in extra.items()}
+    return settings.environment(SHARED, **extra)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, time for a graceful shutdown, then SIGKILL."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
@@ -46,13 +71,26 @@ def started(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
+
+
+async def worker_polls(
+    client: Client, task_queue: str, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Waits until that process's worker polls ``task_queue`` (its identity is pid@host)."""
+
+    async def polling() -> bool:
+        assert process.poll() is None, f"worker exited: {log.read_text()[-3000:]}"
+        described = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+        return any(p.identity.startswith(f"{process.pid}@") for p in described.pollers)
+
+    await eventually(polling, "the worker polls", timeout=60)
 
 
 def wait_for_http(url: str, timeout: float = 60) -> None:

@@ -12,29 +12,20 @@ named on the command line, with ``TWOFA_HISTORY_RELEASE`` set.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
-from tests.journey import Api, User, new_user
+from tests.journey import Api, User, eventually, new_user
 from twofa.workflows.messages import workflow_id
 
 HISTORIES = Path(__file__).parent / "histories"
 RELEASE = os.environ.get("TWOFA_HISTORY_RELEASE", "")
 
 pytestmark = pytest.mark.skipif(not RELEASE, reason="set TWOFA_HISTORY_RELEASE to record")
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def save(client: Client, scenario: str, user: User) -> None:
@@ -71,7 +62,7 @@ async def test_pending_code_with_both_timers(start_api: ApiFactory, client: Clie
 async def test_pending_code_after_auto_logout(api: Api, client: Client) -> None:
     user = new_user("logged-out")
     await api.enabled(user)
-    await until(lambda: session_ended(api, user), "the auto-logout")
+    await eventually(lambda: session_ended(api, user), "the auto-logout")
     await save(client, "pending_code_logged_out", user)
 
 
@@ -85,7 +76,7 @@ async def test_expired_code_replaced(start_api: ApiFactory, client: Client) -> N
         login = await api.login_ok(user)
         return bool(login["code_sent"])
 
-    await until(new_code_sent, "a new code after expiry")
+    await eventually(new_code_sent, "a new code after expiry")
     await save(client, "pending_code_replaced", user)
 
 
@@ -150,7 +141,7 @@ async def test_lock_ended_on_time(start_api: ApiFactory, client: Client) -> None
     async def unlocked() -> bool:
         return (await api.login_ok(user))["outcome"] == "pin_required"
 
-    await until(unlocked, "the lock's end")
+    await eventually(unlocked, "the lock's end")
     await api.pin_login(user)
     await save(client, "lock_ended", user)
 

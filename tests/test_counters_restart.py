@@ -19,9 +19,9 @@ from typing import Any
 
 from temporalio.client import Client
 
-from tests.conftest import ApiFactory, free_port
+from tests.conftest import ApiFactory
 from tests.journey import Api, User, account_row, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.workflows.messages import workflow_id

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import free_port
-from tests.journey import Api, User, new_user
-from tests.processes import TWOFA, started, wait_for_http
+from tests.journey import Api, User, new_user, parse_time, sleep_until
+from tests.processes import TWOFA, free_port, started, wait_for_http
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import Database
@@ -155,11 +154,13 @@ async def test_dev_server_restarted_mid_enrollment_still_fires_its_timers(
         api = Api(base, (data / "service-token").read_text().strip(), data)
         try:
             await api.registered_and_logged_in(user)
-            await api.enable(user)
+            enabled = await api.enable(user)
             first_code = await api.code_mail(user)
             temporal.send_signal(signal.SIGTERM)
             temporal.wait(timeout=30)
-            await asyncio.sleep(9)  # both timers fall due while the server is down
+            # both timers fall due while the server is down
+            due = [parse_time(enabled[k]) for k in ("auto_logout_at", "code_expires_at")]
+            await sleep_until(max(due), margin=1)
             with started(server, env, tmp_path / "temporal-2.log"):
                 await asyncio.to_thread(wait_for_http, f"{base}/healthz", 120)
                 for _ in range(300):  # the timers fire once the server is back

@@ -33,19 +33,19 @@ from streamlit.testing.v1 import AppTest
 from temporalio.client import Client
 
 from tests.browser import launch
-from tests.conftest import free_port
 from tests.journey import Api, User, new_user
-from tests.processes import environment
+from tests.processes import environment, free_port
 from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.dashboard import history_story, runtime, session_cookie, ui
 from twofa.devstack import DASHBOARD_LIMITS
 from twofa.errors import ServiceError
 from twofa.seed import seed
-from twofa.service import TwoFactorService, utcnow
+from twofa.service import utcnow
 from twofa.store.db import Database
 from twofa.store.models import Account, OperatorSession
 from twofa.views import AuditRow, OperatorView, TimelineRow
+from twofa.wiring import Services
 
 APP = Path(ui.__file__).parent / "app.py"
 #: What `twofa dashboard` serves: app.py plus the session cookie's route.
@@ -83,7 +83,7 @@ def dashboard_env(base_settings: Settings) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def admin_service(base_settings: Settings, database: Database, client: Client) -> AdminService:
     """The test's own service layer, on the test loop, to set up and to check effects."""
-    return AdminService(TwoFactorService(base_settings, database, client))
+    return Services.on(base_settings, database, client).admin
 
 
 async def _operator(service: AdminService, role: Role) -> Operator:

@@ -20,9 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import free_port
 from tests.journey import Api, new_user
-from tests.processes import TWOFA, wait_for_http
+from tests.processes import TWOFA, free_port, wait_for_http
 from twofa.devstack import STARTSECS
 
 #: Independent of the database backend: run once, in the SQLite pass of `make test`.

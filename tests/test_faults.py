@@ -29,9 +29,8 @@ from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from tests.conftest import free_port
 from tests.journey import CODE_LINE, Api, User, new_user
-from tests.processes import TWOFA, environment, wait_for_http
+from tests.processes import TWOFA, environment, free_port, stop_process, wait_for_http
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import Database
@@ -77,13 +76,8 @@ class Part:
         return self.process is not None and self.process.poll() is not None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def _port_open(port: int) -> bool:

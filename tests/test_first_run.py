@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.processes import free_port
 
 #: Independent of the database backend: run once, in the SQLite pass of `make test`.
 pytestmark = pytest.mark.single_backend

@@ -18,9 +18,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import SERVICE_TOKEN, ApiFactory, LogCapture, free_port
+from tests.conftest import SERVICE_TOKEN, ApiFactory, LogCapture
 from tests.journey import Api, User, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.config import Settings
 from twofa.observability import MAX_BODY_BYTES
 

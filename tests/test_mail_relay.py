@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
-from tests.conftest import free_port
+from tests.processes import free_port
 from twofa.config import Settings
 from twofa.crypto import CODE_ALPHABET, CODE_LENGTH, Keyring
 from twofa.devstack import read_mails, start_smtp_sink

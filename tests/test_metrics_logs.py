@@ -14,10 +14,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SERVICE_TOKEN, free_port
+from tests.conftest import SERVICE_TOKEN
 from tests.journey import Api, User, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.api import create_app
+from twofa.api import router as api_routes
 from twofa.config import Settings
 from twofa.web import router as pages
 
@@ -89,7 +90,7 @@ async def test_metrics_count_a_journey_and_name_no_one(api: Api, base_settings: 
 
     # Labels hold route templates and codes: never a path with an id, an email or a secret.
     routes = {dict(labels).get("route") for (_, labels) in after} - {None}
-    app_routes = [*create_app(base_settings).routes, *pages.routes]
+    app_routes = [*create_app(base_settings).routes, *api_routes.routes, *pages.routes]
     templates = {route.path for route in app_routes if hasattr(route, "path")} | {"unmatched"}
     assert "/login" in routes, routes  # the pages are timed by their templates too
     assert routes <= templates, routes - templates

@@ -266,6 +266,47 @@ def test_settings_come_from_twofa_variables(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.data_dir == Path("/tmp/somewhere")
 
 
+def test_a_workflow_policy_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One source for each default, and what is set reaches the workflow's snapshot."""
+    for name in list(os.environ):
+        if name.upper().startswith("TWOFA_"):
+            monkeypatch.delenv(name)
+    assert Settings().policy == Policy()
+    policy = Settings(auto_logout_seconds=2, code_ttl_seconds=3, pin_lock_seconds=4).policy
+    assert (policy.auto_logout_seconds, policy.code_ttl_seconds, policy.pin_lock_seconds) == (
+        2,
+        3,
+        4,
+    )
+    assert Settings(history_event_limit=60).policy.history_event_limit == 60
+
+
+def test_a_child_process_reads_the_settings_it_is_handed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TWOFA_SMTP_HOST", "a.parent.setting.example")
+    given = Settings(
+        data_dir=tmp_path,
+        api_port=9002,
+        auto_logout_seconds=1.5,
+        smtp_security="tls",
+        smtp_username="relay",
+        smtp_password="relay secret",
+    )
+    env = given.environment(pin_lock_seconds=7)
+    assert env["TWOFA_SMTP_HOST"] == "a.parent.setting.example"  # set before: read, so given
+    assert env["TWOFA_SMTP_PASSWORD"] == "relay secret"
+    for name in [n for n in os.environ if n.startswith("TWOFA_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child.model_dump() == given.model_copy(update={"pin_lock_seconds": 7}).model_dump()
+    only = given.environment(["api_port", "database_url"])
+    assert only["TWOFA_API_PORT"] == "9002"
+    assert not {"TWOFA_DATABASE_URL", "TWOFA_DATA_DIR"} & set(only)
+
+
 # -- S1: activation codes
 
 enrollments = st.uuids().map(str)

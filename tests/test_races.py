@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import func, select
 from temporalio.client import Client
 
-from tests.conftest import ApiFactory, free_port
+from tests.conftest import ApiFactory
 from tests.journey import (
     CODE_LINE,
     Api,
@@ -29,9 +29,10 @@ from tests.journey import (
     loop_time,
     new_user,
     progress,
+    settled,
     trusted_devices,
 )
-from tests.processes import TWOFA, environment, started
+from tests.processes import TWOFA, environment, free_port, started
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
 from twofa.store.db import Database
@@ -186,7 +187,7 @@ async def test_double_clicked_enroll_browser_mails_one_code(
     assert [r.status_code for r in answers] == [202, 202], [r.text for r in answers]
     assert answers[0].json() == answers[1].json()
     code = await api.code_mail(user, count=2)
-    await asyncio.sleep(1)  # a second mail, if any, has had time to arrive
+    await settled(client, user.account_id)  # a second mail, if any, is in the sink by now
     issued = (await progress(client, user.account_id))["code_number"] - codes_before
     assert (issued, len(api.activation_mails_to(user.email))) == (1, 2), (
         f"one enrollment, yet {issued} codes were issued and "
@@ -238,7 +239,7 @@ async def test_enabling_twice_at_once_starts_one_workflow_and_mails_one_code(
 
     await eventually(listed, "the workflow to be listed")
     await api.code_mail(user)
-    await asyncio.sleep(1)  # a second mail or run, if any, has had time to appear
+    await settled(client, user.account_id)  # a second mail, if any, is in the sink by now
     assert await workflow_runs(client, user.account_id) == 1
     assert len(api.activation_mails_to(user.email)) == 1
     assert await mails_recorded(database, user.account_id) == 1

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from tests.conftest import ApiFactory, free_port
+from tests.conftest import ApiFactory
 from tests.journey import (
     Api,
     User,
@@ -38,13 +38,13 @@ from tests.journey import (
     progress,
     trusted_devices,
 )
-from twofa.admin import AdminService
+from tests.processes import free_port
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
-from twofa.service import TwoFactorService
 from twofa.store.db import Database
 from twofa.store.models import ActivationDraft, Device, SentMail, Session
 from twofa.temporal import build_worker
+from twofa.wiring import Services
 from twofa.workflows.messages import workflow_id
 
 #: Password logins looping while the user enables 2FA (R3).
@@ -459,7 +459,7 @@ async def test_disable_works_after_the_workflow_was_terminated(
     await handle.terminate("an operator's mistake")
 
     if by == "admin":
-        admin = AdminService(TwoFactorService(base_settings, database, client))
+        admin = Services.on(base_settings, database, client).admin
         operator = await admin.create_operator(
             f"admin.{uuid.uuid4().hex[:10]}@ops.example.com", "admin", "correct horse battery"
         )

@@ -20,7 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from tests.conftest import ApiFactory
-from tests.journey import CODE_LINE, Api, User, account_row, new_user
+from tests.journey import CODE_LINE, Api, User, account_row, new_user, settled, sleep_until
 from twofa.config import Settings
 from twofa.devstack import read_mails
 from twofa.store.db import Database
@@ -149,7 +149,7 @@ async def test_r1_enable_mails_one_code_and_starts_the_workflow(
     match = CODE_LINE.search(mails[0])
     assert match, mails[0]
     assert f"valid until {code_expires_at:%Y-%m-%d %H:%M:%S} UTC" in mails[0], mails[0]
-    await asyncio.sleep(0.3)
+    await settled(client, user.account_id)  # a second mail, if any, is in the sink by now
     assert len(api.activation_mails_to(user.email)) == 1, "a second mail was sent"
 
     # The second-factor identity: the account's workflow runs, the store says pending_code.
@@ -169,7 +169,9 @@ async def test_r1_enable_mails_one_code_and_starts_the_workflow(
     assert r.status_code == 200 and r.json() == {"outcome": "activation_required"}, r.text
 
 
-async def test_r1_enable_twice_makes_one_identity_and_sends_no_second_mail(api: Api) -> None:
+async def test_r1_enable_twice_makes_one_identity_and_sends_no_second_mail(
+    api: Api, client: Client
+) -> None:
     user = await api.registered_and_logged_in(new_user("r1twice"))
     # A double click: two enables at once make one identity and one mail, and both clicks
     # get that enable's answer (a repeated request tells the step's real outcome, S9).
@@ -181,7 +183,7 @@ async def test_r1_enable_twice_makes_one_identity_and_sends_no_second_mail(api: 
     await api.code_mail(user)
     r = await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
     assert r.status_code == 202 and r.json() == first.json(), r.text
-    await asyncio.sleep(0.2)
+    await settled(client, user.account_id)  # a second mail, if any, is in the sink by now
     assert len(api.activation_mails_to(user.email)) == 1
     # Once 2FA is on, enabling it again is refused.
     active = await api.activated(new_user("r1active"))
@@ -224,8 +226,7 @@ async def test_r2_enable_refuses_plus_and_names_it(
     # Nothing changed: still disabled, no workflow, no mail, still logged in normally.
     assert (await two_factor(api, user))["state"] == "disabled"
     assert (await account_row(database, user.account_id)).two_factor_state == "disabled"
-    assert await workflow_status(client, user.account_id) is None
-    await asyncio.sleep(0.2)
+    assert await workflow_status(client, user.account_id) is None  # so no mail can follow
     assert api.messages_to(user.email) == []
     login = await api.login_ok(user)
     assert login["outcome"] == "authenticated", login
@@ -430,7 +431,7 @@ async def test_r4_expired_code_is_refused_and_a_new_login_mails_a_new_one(
     mails = len(api.activation_mails_to(user.email))
     code, expires_at = await api.code_mail(user, count=mails), ts(early["code_expires_at"])
 
-    await asyncio.sleep(max((expires_at - now()).total_seconds(), 0) + 0.1)
+    await sleep_until(expires_at)
     r = await api.submit_code(early["login_id"], code)
     assert_error(r, 410, "code_expired")
     assert len(api.activation_mails_to(user.email)) == mails, "a mail was sent without a login"
@@ -466,7 +467,7 @@ async def test_r4_each_new_code_comes_in_a_distinct_well_formed_mail(
     user = new_user("r4mid")
     enabled = await api.enabled(user)
     await api.code_mail(user)
-    await asyncio.sleep(max((ts(enabled["code_expires_at"]) - now()).total_seconds(), 0) + 0.1)
+    await sleep_until(ts(enabled["code_expires_at"]))
     login = await api.login_ok(user)
     assert login["code_sent"] is True, login
     await api.code_mail(user, count=2)

@@ -17,7 +17,7 @@ import io
 import subprocess
 import sys
 import tarfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,16 +26,21 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.api.enums.v1 import EventType, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from tests import postgres
-from tests.conftest import BACKEND, SERVICE_TOKEN, free_port
-from tests.journey import CODE_LINE, Api, User, account_row, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.conftest import BACKEND, SERVICE_TOKEN
+from tests.journey import CODE_LINE, Api, User, account_row, eventually, new_user
+from tests.processes import (
+    TWOFA,
+    environment,
+    free_port,
+    started,
+    wait_for_http,
+    worker_polls,
+)
 from twofa.config import Settings
 from twofa.devstack import read_mails, start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate
@@ -107,27 +112,7 @@ class Stack:
         )
 
     async def worker_polls(self, process: subprocess.Popen[bytes], log: Path) -> None:
-        """Waits until that process's worker polls the task queue (its identity is pid@host)."""
-
-        async def polling() -> bool:
-            assert process.poll() is None, f"worker exited: {log.read_text()[-3000:]}"
-            described = await self.client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=self.settings.temporal_namespace,
-                    task_queue=TaskQueue(name=self.settings.temporal_task_queue),
-                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-                )
-            )
-            return any(p.identity.startswith(f"{process.pid}@") for p in described.pollers)
-
-        await until(polling, "the worker polls", timeout=60)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for: {what}"
-        await asyncio.sleep(0.05)
+        await worker_polls(self.client, self.settings.temporal_task_queue, process, log)
 
 
 @pytest.fixture
@@ -207,7 +192,7 @@ class OldApi:
         async def mailed() -> bool:
             return len(self._bodies(user.email)) >= count
 
-        await until(mailed, f"mail #{count} to {user.email}")
+        await eventually(mailed, f"mail #{count} to {user.email}")
         match = CODE_LINE.search(self._bodies(user.email)[-1])
         assert match, "no activation code in the newest mail"
         user.codes.append(match.group(1))
@@ -305,7 +290,7 @@ async def _leave_accounts_in_every_state(old: OldApi) -> Accounts:
     async def logged_out() -> bool:
         return await old.status("GET", "/v1/session", pending_code) == 401
 
-    await until(logged_out, "the auto-logout under the old release")
+    await eventually(logged_out, "the auto-logout under the old release")
     locked = new_user("locked")
     await old.activated(locked)
     locked_until = await old.locked(locked)  # last: its lock must outlast the switch
@@ -433,7 +418,7 @@ async def _every_account_goes_on(api: Api, database: Database, a: Accounts) -> N
     async def unlocked() -> bool:
         return (await account_row(database, a.locked.account_id)).two_factor_state == "active"
 
-    await until(unlocked, "the lock's end in the store")
+    await eventually(unlocked, "the lock's end in the store")
     ended = (await account_row(database, a.locked.account_id)).updated_at
     assert a.locked_until <= ended <= a.locked_until + LOCK_END_SLACK, (ended, a.locked_until)
     r = await api.pin(login["login_id"], a.locked.pin)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.browser import launch
 from tests.conftest import ApiFactory
-from tests.journey import Api, User, new_user
+from tests.journey import Api, User, new_user, parse_time, sleep_until
 
 #: The product's own 10 seconds: the pages say it, and no test waits for it to pass.
 AUTO_LOGOUT = 10
@@ -371,7 +371,7 @@ async def test_expired_code_means_logging_in_again(start_api: ApiFactory) -> Non
     and the next login mails a new code."""
     api = await start_api(code_ttl_seconds=2)
     user = new_user("expired")
-    await api.enabled(user)
+    enabled = await api.enabled(user)
     code = await api.code_mail(user)
     visitor = Visitor(str(api.http.base_url))
     try:
@@ -379,7 +379,7 @@ async def test_expired_code_means_logging_in_again(start_api: ApiFactory) -> Non
         credentials = {"email": user.email, "password": user.password}
         r = await visitor.post("/login", credentials)
         at(r, "/login/code", "valid during 2 seconds")
-        await asyncio.sleep(2.5)
+        await sleep_until(parse_time(enabled["code_expires_at"]))
         r = await visitor.post("/login/code", {"code": code})
         at(r, "/login", "Log in to Cockpit again to receive another email with a new activation")
         r = await visitor.post("/login", credentials)

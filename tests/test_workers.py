@@ -11,13 +11,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from sqlalchemy import func, select
+from temporalio.client import Client
 
-from tests.conftest import ApiFactory, free_port
-from tests.journey import Api, new_user
-from tests.processes import TWOFA, environment, started, wait_for_http
+from tests.conftest import ApiFactory
+from tests.journey import Api, count, eventually, new_user
+from tests.processes import TWOFA, environment, free_port, started, wait_for_http, worker_polls
 from twofa.config import Settings
 from twofa.store.db import Database
-from twofa.store.models import Device, SentMail
+from twofa.store.models import ActivationDraft, Device, SentMail
 
 
 async def _one_device_one_mail_per_code(
@@ -37,7 +38,11 @@ async def _one_device_one_mail_per_code(
 
 
 async def test_a_journey_survives_a_killed_worker(
-    start_api: ApiFactory, base_settings: Settings, database: Database, tmp_path: Path
+    start_api: ApiFactory,
+    base_settings: Settings,
+    database: Database,
+    client: Client,
+    tmp_path: Path,
 ) -> None:
     queue = f"workers-{uuid.uuid4().hex[:8]}"
     api = await start_api(temporal_task_queue=queue)
@@ -46,7 +51,8 @@ async def test_a_journey_survives_a_killed_worker(
         started([TWOFA, "worker"], env, tmp_path / "a.log") as first,
         started([TWOFA, "worker"], env, tmp_path / "b.log") as second,
     ):
-        await asyncio.sleep(2)  # both polling
+        await worker_polls(client, queue, first, tmp_path / "a.log")
+        await worker_polls(client, queue, second, tmp_path / "b.log")
         user = new_user()
         await api.enabled(user)
         first.send_signal(signal.SIGKILL)
@@ -64,7 +70,11 @@ async def test_a_journey_survives_a_killed_worker(
 
 
 async def test_workers_killed_at_each_step_lose_nothing(
-    start_api: ApiFactory, base_settings: Settings, database: Database, tmp_path: Path
+    start_api: ApiFactory,
+    base_settings: Settings,
+    database: Database,
+    client: Client,
+    tmp_path: Path,
 ) -> None:
     """SIGKILL the only worker after enable, after the code, and while activation runs."""
     queue = f"crash-{uuid.uuid4().hex[:8]}"
@@ -78,7 +88,7 @@ async def test_workers_killed_at_each_step_lose_nothing(
     user = new_user()
     await api.registered_and_logged_in(user)
     with restart() as worker:
-        await asyncio.sleep(1)
+        await worker_polls(client, queue, worker, tmp_path / "worker-0.log")
         await api.enable(user)
         worker.send_signal(signal.SIGKILL)
     with restart() as worker:
@@ -89,7 +99,13 @@ async def test_workers_killed_at_each_step_lose_nothing(
         worker.send_signal(signal.SIGKILL)
     with restart() as worker:
         activation = asyncio.create_task(api.activate(login["login_id"], user))
-        await asyncio.sleep(0.05)
+
+        async def under_way() -> bool:
+            """Its draft is in the store (the update comes next), or it is over already."""
+            where = ActivationDraft.account_id == user.account_id
+            return activation.done() or await count(database, ActivationDraft, where) > 0
+
+        await eventually(under_way, "the activation under way", interval=0.01)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     with restart():

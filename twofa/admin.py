@@ -80,7 +80,7 @@ def _row(account: Account, now: datetime) -> AccountRow:
     return AccountRow(
         id=account.id,
         email=account.email,
-        state=effective_state(account, now),  # type: ignore[arg-type]
+        state=effective_state(account, now),
         created_at=account.created_at,
         updated_at=account.updated_at,
         locked_until=account.locked_until if account.two_factor_state == "locked" else None,
@@ -159,7 +159,7 @@ class AdminService:
                 )
             )
             await audit.append(db, "operator_signed_in", actor=f"{operator.role}:{email}")
-        return token, OperatorView(id=operator.id, email=operator.email, role=operator.role)  # type: ignore[arg-type]
+        return token, OperatorView(id=operator.id, email=operator.email, role=operator.role)
 
     async def operator(self, token: str | None) -> OperatorView:
         """The operator of a live dashboard session; sessions expire after 8 hours."""
@@ -181,7 +181,7 @@ class AdminService:
             ).scalar_one_or_none()
         if row is None:
             raise ServiceError(401, "signed_out", "This dashboard session has ended.")
-        return OperatorView(id=row.id, email=row.email, role=row.role)  # type: ignore[arg-type]
+        return OperatorView(id=row.id, email=row.email, role=row.role)
 
     async def sign_out(self, token: str) -> None:
         async with self.db.write() as db:
@@ -257,7 +257,7 @@ class AdminService:
     ) -> AccountPage:
         """One page of accounts, filtered, sorted and paged in the database (indexed)."""
         page, page_size = max(page, 1), min(max(page_size, 1), MAX_PAGE_SIZE)
-        query: Select[tuple[Account]] = select(Account)
+        query: Select[Account] = select(Account)
         prefix = normalize_email(search)
         if prefix:  # a prefix range, which the unique index on lower(email) answers
             lowered = func.lower(Account.email)  # kept as typed, searched in any case
@@ -377,7 +377,9 @@ _STATES = ("disabled", "pending_code", "pending_activation", "active", "locked")
 def _event_details(event: HistoryEvent) -> str:
     """Names and durations only: payloads stay out of the timeline (S4)."""
     kind = event.WhichOneof("attributes")
-    attributes = getattr(event, kind) if kind else None
+    if kind is None:
+        return ""
+    attributes = getattr(event, kind)
     if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
         return str(attributes.accepted_request.input.name)
     if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:

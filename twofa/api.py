@@ -1,7 +1,6 @@
-"""The HTTP API (SPEC "HTTP API contract v1"): a thin mapping of the service layer.
+"""The HTTP API (SPEC "HTTP API contract v1"): a thin mapping of the service layer."""
 
-No postponed annotations here: FastAPI resolves the dependencies declared inside create_app.
-"""
+from __future__ import annotations
 
 import hmac
 import logging
@@ -9,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,8 +21,6 @@ from twofa.config import Settings
 from twofa.errors import ServiceError
 from twofa.observability import BoundedInput, Metrics, Observed, no_token
 from twofa.service import CurrentSession, TwoFactorService
-from twofa.store.db import Database
-from twofa.temporal import connect
 from twofa.views import (
     AccountView,
     DeviceView,
@@ -34,6 +31,8 @@ from twofa.views import (
     TwoFactorView,
 )
 from twofa.web import router as pages
+from twofa.web.pages import service_of
+from twofa.wiring import services
 
 log = logging.getLogger(__name__)
 #: Any text the API takes: bounded, and without NUL, which no database column may hold.
@@ -119,11 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url)
-        client = await connect(settings)
-        app.state.service = TwoFactorService(settings, db, client)
-        yield
-        await db.dispose()
+        async with services(settings) as built:
+            app.state.service = built.users
+            yield
 
     docs = settings.api_docs
     app = EdgeGuardedApp(
@@ -137,144 +134,172 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Two-factor authentication for Cockpit: enrollment, PIN login, trusted browsers.",
         lifespan=lifespan,
     )
-    bearer = HTTPBearer(auto_error=False)
-
-    def service(request: Request) -> TwoFactorService:
-        return request.app.state.service  # type: ignore[no-any-return]
-
-    def caller(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        """S6: every call carries the service token."""
-        expected = settings.resolved_service_token.encode()
-        given = credentials.credentials.encode() if credentials else b""
-        if not hmac.compare_digest(given, expected):
-            raise no_token()
-
-    async def user(
-        svc: Annotated[TwoFactorService, Depends(service)],
-        x_session_token: Annotated[str | None, Header(max_length=1024)] = None,
-    ) -> CurrentSession:
-        """S6: user actions also carry the user's session."""
-        return await svc.current_session(x_session_token)
-
-    Service = Annotated[TwoFactorService, Depends(service)]
-    User = Annotated[CurrentSession, Depends(user)]
-    v1: dict[str, Any] = {"dependencies": [Depends(caller)]}
-    #: A login's outcome carries only the fields that outcome has (SPEC's outcome table).
-    login_step = {**v1, "response_model_exclude_none": True}
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
-        body = error.body()
-        return JSONResponse(
-            {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in body.items()},
-            status_code=error.status,
-            headers=retry_after(error),
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0] if error.errors() else {}
-        location = [str(part) for part in first.get("loc", ())]
-        if first.get("type") == "json_invalid":  # the position of a parse error is no field
-            location = ["body"]
-        field = ".".join(part for part in location if part != "body") or "body"
-        return _error(
-            422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", field=field
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        return _error(
-            error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
-        log.error("unexpected %s", type(error).__name__)
-        return _error(500, "internal_error", "Something went wrong on our side.")
-
-    @app.get("/healthz", tags=["operations"])
-    async def healthz(svc: Service) -> JSONResponse:
-        checks = await svc.health()
-        return JSONResponse(
-            {"status": "ok" if all(checks.values()) else "unavailable", **checks},
-            status_code=200 if all(checks.values()) else 503,
-        )
-
-    @app.get("/metrics", include_in_schema=False, **v1)
-    async def metrics() -> Response:
-        """Prometheus text format; labels are route templates and codes, never an id (S4)."""
-        return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/v1/accounts", status_code=201, tags=["accounts"], **v1)
-    async def register(body: NewAccount, svc: Service) -> AccountView:
-        return await svc.register(body.email, body.password)
-
-    @app.post("/v1/login", tags=["login"], **login_step)
-    async def login(body: Credentials, svc: Service) -> LoginView:
-        return await svc.login(body.email, body.password, body.device_token)
-
-    @app.post("/v1/login/activation-code", tags=["login"], **login_step)
-    async def activation_code(body: CodeInput, svc: Service) -> LoginView:
-        return await svc.submit_code(body.login_id, body.code)
-
-    @app.post("/v1/login/activate", tags=["login"], **login_step)
-    async def activate(body: ActivationInput, svc: Service) -> LoginView:
-        return await svc.activate(
-            body.login_id,
-            pin=body.pin,
-            pin_confirmation=body.pin_confirmation,
-            seal=body.seal,
-            device_name=body.device_name,
-            email=body.email,
-        )
-
-    @app.post("/v1/login/enroll-browser", status_code=202, tags=["login"], **login_step)
-    async def enroll_browser(body: EnrollInput, svc: Service) -> LoginView:
-        return await svc.enroll_browser(body.login_id, body.device_name)
-
-    @app.post("/v1/login/pin", tags=["login"], **login_step)
-    async def pin(body: PinInput, svc: Service) -> LoginView:
-        return await svc.submit_pin(body.login_id, body.pin)
-
-    @app.get("/v1/session", tags=["session"], **v1)
-    async def session(current: User, svc: Service) -> SessionView:
-        return svc.session_view(current)
-
-    @app.delete("/v1/session", status_code=204, tags=["session"], **v1)
-    async def logout(current: User, svc: Service) -> Response:
-        await svc.logout(current)
-        return Response(status_code=204)
-
-    @app.get("/v1/account/two-factor", tags=["two-factor"], **v1)
-    async def two_factor(current: User, svc: Service) -> TwoFactorView:
-        return await svc.two_factor(current)
-
-    @app.put(
-        "/v1/account/two-factor",
-        tags=["two-factor"],
-        responses={202: {"model": EnabledView}, 200: {"model": DisabledView}},
-        **v1,
-    )
-    async def switch_two_factor(
-        body: TwoFactorSwitch, current: User, svc: Service, response: Response
-    ) -> EnabledView | DisabledView:
-        if body.enabled:
-            response.status_code = 202
-            return await svc.enable(current)
-        return await svc.disable(current.account, body.confirm)
-
-    @app.get("/v1/account/devices", tags=["devices"], **v1)
-    async def devices(current: User, svc: Service) -> list[DeviceView]:
-        return await svc.devices(current.account.id)
-
-    @app.delete("/v1/account/devices/{device_id}", status_code=204, tags=["devices"], **v1)
-    async def delete_device(device_id: Text, current: User, svc: Service) -> Response:
-        await svc.delete_device(current, device_id)
-        return Response(status_code=204)
-
+    app.exception_handler(ServiceError)(_service_error)
+    app.exception_handler(RequestValidationError)(_invalid_request)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(Exception)(_unexpected)
+    app.include_router(router)
     app.include_router(pages)  # the end users' pages at /, without the service token
     return app
+
+
+async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
+    body = error.body()
+    return JSONResponse(
+        {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in body.items()},
+        status_code=error.status,
+        headers=retry_after(error),
+    )
+
+
+async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {}
+    location = [str(part) for part in first.get("loc", ())]
+    if first.get("type") == "json_invalid":  # the position of a parse error is no field
+        location = ["body"]
+    field = ".".join(part for part in location if part != "body") or "body"
+    return _error(422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", field=field)
+
+
+async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    return _error(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail))
+
+
+async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    log.error("unexpected %s", type(error).__name__)
+    return _error(500, "internal_error", "Something went wrong on our side.")
+
+
+# -- the routes: /healthz, /metrics and /v1
+
+router = APIRouter()
+bearer = HTTPBearer(auto_error=False)
+
+
+def edge_app(request: Request) -> EdgeGuardedApp:
+    """The app serving this request, with its settings and its metrics."""
+    app = request.app
+    assert isinstance(app, EdgeGuardedApp)
+    return app
+
+
+def caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """S6: every call carries the service token."""
+    expected = edge_app(request).settings.resolved_service_token.encode()
+    given = credentials.credentials.encode() if credentials else b""
+    if not hmac.compare_digest(given, expected):
+        raise no_token()
+
+
+async def user(
+    svc: Annotated[TwoFactorService, Depends(service_of)],
+    x_session_token: Annotated[str | None, Header(max_length=1024)] = None,
+) -> CurrentSession:
+    """S6: user actions also carry the user's session."""
+    return await svc.current_session(x_session_token)
+
+
+Service = Annotated[TwoFactorService, Depends(service_of)]
+User = Annotated[CurrentSession, Depends(user)]
+V1: dict[str, Any] = {"dependencies": [Depends(caller)]}
+#: A login's outcome carries only the fields that outcome has (SPEC's outcome table).
+LOGIN_STEP: dict[str, Any] = {**V1, "response_model_exclude_none": True}
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz(svc: Service) -> JSONResponse:
+    checks = await svc.health()
+    return JSONResponse(
+        {"status": "ok" if all(checks.values()) else "unavailable", **checks},
+        status_code=200 if all(checks.values()) else 503,
+    )
+
+
+@router.get("/metrics", include_in_schema=False, **V1)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; labels are route templates and codes, never an id (S4)."""
+    registry = edge_app(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/v1/accounts", status_code=201, tags=["accounts"], **V1)
+async def register(body: NewAccount, svc: Service) -> AccountView:
+    return await svc.register(body.email, body.password)
+
+
+@router.post("/v1/login", tags=["login"], **LOGIN_STEP)
+async def login(body: Credentials, svc: Service) -> LoginView:
+    return await svc.login(body.email, body.password, body.device_token)
+
+
+@router.post("/v1/login/activation-code", tags=["login"], **LOGIN_STEP)
+async def activation_code(body: CodeInput, svc: Service) -> LoginView:
+    return await svc.submit_code(body.login_id, body.code)
+
+
+@router.post("/v1/login/activate", tags=["login"], **LOGIN_STEP)
+async def activate(body: ActivationInput, svc: Service) -> LoginView:
+    return await svc.activate(
+        body.login_id,
+        pin=body.pin,
+        pin_confirmation=body.pin_confirmation,
+        seal=body.seal,
+        device_name=body.device_name,
+        email=body.email,
+    )
+
+
+@router.post("/v1/login/enroll-browser", status_code=202, tags=["login"], **LOGIN_STEP)
+async def enroll_browser(body: EnrollInput, svc: Service) -> LoginView:
+    return await svc.enroll_browser(body.login_id, body.device_name)
+
+
+@router.post("/v1/login/pin", tags=["login"], **LOGIN_STEP)
+async def pin(body: PinInput, svc: Service) -> LoginView:
+    return await svc.submit_pin(body.login_id, body.pin)
+
+
+@router.get("/v1/session", tags=["session"], **V1)
+async def session(current: User, svc: Service) -> SessionView:
+    return svc.session_view(current)
+
+
+@router.delete("/v1/session", status_code=204, tags=["session"], **V1)
+async def logout(current: User, svc: Service) -> Response:
+    await svc.logout(current)
+    return Response(status_code=204)
+
+
+@router.get("/v1/account/two-factor", tags=["two-factor"], **V1)
+async def two_factor(current: User, svc: Service) -> TwoFactorView:
+    return await svc.two_factor(current)
+
+
+@router.put(
+    "/v1/account/two-factor",
+    tags=["two-factor"],
+    responses={202: {"model": EnabledView}, 200: {"model": DisabledView}},
+    **V1,
+)
+async def switch_two_factor(
+    body: TwoFactorSwitch, current: User, svc: Service, response: Response
+) -> EnabledView | DisabledView:
+    if body.enabled:
+        response.status_code = 202
+        return await svc.enable(current)
+    return await svc.disable(current.account, body.confirm)
+
+
+@router.get("/v1/account/devices", tags=["devices"], **V1)
+async def devices(current: User, svc: Service) -> list[DeviceView]:
+    return await svc.devices(current.account.id)
+
+
+@router.delete("/v1/account/devices/{device_id}", status_code=204, tags=["devices"], **V1)
+async def delete_device(device_id: Text, current: User, svc: Service) -> Response:
+    await svc.delete_device(current, device_id)
+    return Response(status_code=204)

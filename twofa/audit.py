@@ -233,7 +233,7 @@ async def append(
     chain: Chain | None = db.info.get(CHAIN_INFO)
     if chain is None:
         raise RuntimeError("audit records are written in Database.write(), with its audit chain")
-    if db.bind.dialect.name == "postgresql":
+    if db.get_bind().dialect.name == "postgresql":
         await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
     head = (
         await db.execute(

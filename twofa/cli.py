@@ -7,9 +7,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 import uvicorn
@@ -18,8 +16,6 @@ from twofa.config import Settings
 
 if TYPE_CHECKING:
     from twofa import pepper
-    from twofa.admin import AdminService
-    from twofa.service import TwoFactorService
 
 app = typer.Typer(
     help="Cockpit 2FA: two-factor authentication engine.",
@@ -191,7 +187,7 @@ async def _pepper_report(settings: Settings) -> pepper.Report:
         await db.dispose()
 
 
-async def _pepper_write(settings: Settings, event: str | None, **details: str) -> None:
+async def _pepper_write(settings: Settings, event: str | None, **details: Any) -> None:
     """Tags the rows made before pepper ids, and audits ``event``, under the current keyring."""
     from twofa import audit
     from twofa import pepper as peppers
@@ -315,6 +311,7 @@ def admin_create(
     import sys
 
     from twofa.errors import ServiceError
+    from twofa.wiring import services
 
     if sys.stdin.isatty():
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -322,8 +319,8 @@ def admin_create(
         password = sys.stdin.readline().rstrip("\n")
 
     async def create() -> None:
-        async with _services() as (_, admin):
-            await admin.create_operator(email, role, password)  # type: ignore[arg-type]
+        async with services(Settings(), migrated=True) as built:
+            await built.admin.create_operator(email, role, password)  # type: ignore[arg-type]
 
     try:
         asyncio.run(create())
@@ -340,9 +337,11 @@ def seed(accounts: int = typer.Option(200, min=1, help="how many demo accounts")
 
     from twofa.seed import DEMO_PASSWORD, DEMO_PIN
     from twofa.seed import seed as run_seed
+    from twofa.wiring import services
 
     async def go() -> dict[str, int]:
-        async with _services() as (users, _):
+        async with services(Settings(), migrated=True) as built:
+            users = built.users
             with Progress() as progress:
                 task = progress.add_task("Seeding accounts", total=accounts)
                 return await run_seed(
@@ -358,22 +357,3 @@ def seed(accounts: int = typer.Option(200, min=1, help="how many demo accounts")
     tally = asyncio.run(go())
     typer.echo(", ".join(f"{state}: {n}" for state, n in tally.items()))
     typer.echo(f"every seeded account's password is {DEMO_PASSWORD!r}, its PIN {DEMO_PIN!r}")
-
-
-@asynccontextmanager
-async def _services() -> AsyncIterator[tuple[TwoFactorService, AdminService]]:
-    """The service layer on the configured database and Temporal server, migrated first."""
-    from twofa.admin import AdminService
-    from twofa.service import TwoFactorService
-    from twofa.store.db import Database
-    from twofa.store.db import migrate as run_migrations
-    from twofa.temporal import connect
-
-    settings = Settings()
-    run_migrations(settings.resolved_database_url)
-    db = Database(settings.resolved_database_url)
-    try:
-        users = TwoFactorService(settings, db, await connect(settings))
-        yield users, AdminService(users)
-    finally:
-        await db.dispose()

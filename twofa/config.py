@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from twofa.policy import Policy
 
 #: ``none``: plain SMTP (the embedded sink); ``starttls``: upgrade on the submission port (587);
 #: ``tls``: TLS from the first byte (SMTPS, 465). TLS always verifies the relay's certificate.
@@ -56,12 +60,12 @@ class Settings(BaseSettings):
     #: to make anything new (``<data dir>/pepper-previous`` adds one per line).
     pepper_previous: str | None = None
 
-    auto_logout_seconds: float = Field(10, gt=0)
-    code_ttl_seconds: float = Field(900, gt=0)
-    pin_lock_seconds: float = Field(900, gt=0)
+    auto_logout_seconds: float = Field(Policy.auto_logout_seconds, gt=0)
+    code_ttl_seconds: float = Field(Policy.code_ttl_seconds, gt=0)
+    pin_lock_seconds: float = Field(Policy.pin_lock_seconds, gt=0)
     login_ttl_seconds: float = Field(900, gt=0)
     session_ttl_seconds: float = Field(12 * 3600, gt=0)
-    history_event_limit: int = Field(2000, ge=50)
+    history_event_limit: int = Field(Policy.history_event_limit, ge=50)
     workflow_call_timeout_seconds: float = Field(30, gt=0)
     #: Interactive API docs (/docs, /redoc, /openapi.json); production may turn them off.
     api_docs: bool = True
@@ -86,6 +90,33 @@ class Settings(BaseSettings):
             if self.smtp_ca_file is not None:
                 raise ValueError("TWOFA_SMTP_CA_FILE needs TWOFA_SMTP_SECURITY=starttls or tls")
         return self
+
+    @property
+    def policy(self) -> Policy:
+        """The durations and limits a workflow started under these settings runs with."""
+        return Policy(
+            auto_logout_seconds=self.auto_logout_seconds,
+            code_ttl_seconds=self.code_ttl_seconds,
+            pin_lock_seconds=self.pin_lock_seconds,
+            history_event_limit=self.history_event_limit,
+        )
+
+    def environment(self, names: Iterable[str] | None = None, **extra: object) -> dict[str, str]:
+        """The environment of a child process that reads these settings (a test's, the bench's).
+
+        This process's environment without its ``TWOFA_*`` variables, then one variable per
+        setting in ``names`` that has a value (by default, per setting given explicitly), then
+        ``extra``, named as settings.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TWOFA_")}
+        given = self.model_dump(exclude_unset=names is None)
+        for name in self.model_fields_set if names is None else names:
+            value = given[name]
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[f"TWOFA_{name.upper()}"] = str(value)
+        return env | {f"TWOFA_{k.upper()}": str(v) for k, v in extra.items()}
 
     @property
     def resolved_database_url(self) -> str:

@@ -183,7 +183,7 @@ def start_smtp_sink(directory: Path, host: str, port: int) -> Controller:
 def read_mails(directory: Path) -> list[EmailMessage]:
     """The sink's messages, oldest first."""
     return [
-        message_from_bytes(path.read_bytes(), policy=policy.default)  # type: ignore[misc]
+        message_from_bytes(path.read_bytes(), policy=policy.default)
         for path in sorted(directory.glob("*.eml"))
     ]
 

@@ -15,6 +15,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from typing import Any
 
 from twofa import audit
 from twofa.config import Settings
@@ -115,7 +116,7 @@ async def _deliver_and_record(settings: Settings, db: Database, notification: No
                 actor="system",
                 kind=notification.kind,
                 message_id=message["Message-ID"],
-                **({"reason": str(error)} if error else {}),
+                **({"reason": str(error)} if error else dict[str, Any]()),
             )
     if error is None:
         log.info("%s mail sent for account %s", notification.kind, notification.account_id)

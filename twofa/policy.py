@@ -129,7 +129,10 @@ def password_block_seconds(failures_in_a_row: int) -> int:
 
 @dataclass(frozen=True)
 class Policy:
-    """Durations and limits a workflow applies; a snapshot in its input, so history shows them."""
+    """Durations and limits a workflow applies; a snapshot in its input, so history shows them.
+
+    Its defaults are the settings' defaults (``Settings.policy`` builds the one a workflow gets).
+    """
 
     auto_logout_seconds: float = 10
     code_ttl_seconds: float = 900

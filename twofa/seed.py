@@ -204,13 +204,14 @@ class _Story:
         self.changed(activated, "pending_activation", "active")
         for number in range(self.rng.choices((1, 2, 3), weights=(6, 3, 1))[0]):
             enrolled = activated if number == 0 else self.after(activated, 60, 60 * 24 * 20)
+            used = self.after(enrolled, 5, 60 * 24 * 10)
             device = Device(
                 id=str(uuid.uuid4()),
                 account_id=account.id,
                 name=self.rng.choice(BROWSERS),
                 token_digest=uuid.uuid4().hex + uuid.uuid4().hex,  # no token opens it
                 enrolled_at=enrolled,
-                last_used_at=self.after(enrolled, 5, 60 * 24 * 10),
+                last_used_at=used,
             )
             session.add(device)
             self.add(
@@ -220,7 +221,7 @@ class _Story:
                 name=device.name,
                 at_activation=number == 0,
             )
-            self.add(device.last_used_at, "login_succeeded", second_factor=True)
+            self.add(used, "login_succeeded", second_factor=True)
         return activated
 
     def _enabled_then_disabled(self, session: AsyncSession, account: Account) -> datetime:

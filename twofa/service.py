@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy import text
@@ -30,6 +30,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.workflow import UpdateMethodMultiParam
 
 from twofa import audit, errors
 from twofa.activities.effects import disable_in_store
@@ -38,7 +39,6 @@ from twofa.crypto import Keyring, new_token
 from twofa.errors import ServiceError
 from twofa.notifications import BROWSER_ENROLLED
 from twofa.policy import (
-    Policy,
     RuleViolation,
     check_device_name,
     check_email_shape,
@@ -77,6 +77,7 @@ from twofa.workflows.two_factor import TASK_TIMEOUT, TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+A = TypeVar("A")
 
 #: Workflow refusals (validator reasons) as the contract's errors.
 _REFUSALS = {
@@ -192,12 +193,7 @@ class TwoFactorService:
         self.keyring = Keyring.of(settings)
         db.audit = db.audit or audit.chain_for(settings, self.keyring)
         self._kdf_limiter = CapacityLimiter(os.cpu_count() or 1)
-        self.policy = Policy(
-            auto_logout_seconds=settings.auto_logout_seconds,
-            code_ttl_seconds=settings.code_ttl_seconds,
-            pin_lock_seconds=settings.pin_lock_seconds,
-            history_event_limit=settings.history_event_limit,
-        )
+        self.policy = settings.policy
 
     # -- accounts and primary login
 
@@ -706,7 +702,7 @@ class TwoFactorService:
         state = effective_state(account, now)
         pending = state in ("pending_code", "pending_activation")
         return TwoFactorView(
-            state=state,  # type: ignore[arg-type]
+            state=state,
             code_expires_at=account.code_expires_at if state == "pending_code" else None,
             auto_logout_at=account.auto_logout_at if pending else None,
             locked_until=account.locked_until if state == "locked" else None,
@@ -993,18 +989,42 @@ class TwoFactorService:
         """R8: shown to its owner at every 2FA login, before the PIN is asked."""
         return self.keyring.unseal(account.seal_ciphertext) if account.seal_ciphertext else None
 
+    @overload
     async def call_workflow(
         self,
         account_id: str,
-        update: Callable[..., Awaitable[T]],
+        update: UpdateMethodMultiParam[[Any], T],
+        /,
+        *,
+        update_id: str | None = None,
+    ) -> T: ...
+
+    @overload
+    async def call_workflow(
+        self,
+        account_id: str,
+        update: UpdateMethodMultiParam[[Any, A], T],
+        arg: A,
+        /,
+        *,
+        update_id: str | None = None,
+    ) -> T: ...
+
+    async def call_workflow(
+        self,
+        account_id: str,
+        update: UpdateMethodMultiParam[..., T],
+        /,
         *args: Any,
         update_id: str | None = None,
     ) -> T:
         """``update_id`` names the request: the server runs a repeated one once, and a caller
-        who repeats it after a 503 or a lost answer gets the first one's result (S9)."""
+        who repeats it after a 503 or a lost answer gets the first one's result (S9).
+
+        Typed as the SDK's ``execute_update``: an update without its argument, or with one of
+        the wrong type, does not type-check."""
         handle = self.client.get_workflow_handle(workflow_id(account_id))
-        call = handle.execute_update(update, *args, id=update_id)  # type: ignore[arg-type]
-        return await self._call(call)
+        return await self._call(handle.execute_update(update, args=args, id=update_id))
 
     def _request_id(self, step: str, login_id: str, *parts: str) -> str:
         """A step's update id: keyed, so history never holds the login id it came from."""

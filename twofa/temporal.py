@@ -103,6 +103,19 @@ async def connect(
             await asyncio.sleep(0.5)
 
 
+@asynccontextmanager
+async def connected(
+    settings: Settings, *, runtime: Runtime | None = None, client: Client | None = None
+) -> AsyncIterator[tuple[Database, Client]]:
+    """The database engine and a Temporal client (``client`` when the caller holds one already,
+    and keeps owning it); the engine is released on the way out."""
+    db = Database(settings.resolved_database_url)
+    try:
+        yield db, client or await connect(settings, runtime=runtime)
+    finally:
+        await db.dispose()
+
+
 async def ensure_search_attributes(client: Client, namespace: str) -> None:
     """Register the state attribute on a server that lacks it; a dev server has it already."""
     try:
@@ -152,18 +165,16 @@ async def serving(client: Client, settings: Settings, db: Database) -> AsyncIter
 
 async def run_worker(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then let running activities finish (graceful shutdown)."""
-    db = Database(settings.resolved_database_url)
-    client = await connect(settings, runtime=worker_runtime(settings))
-    await ensure_search_attributes(client, settings.temporal_namespace)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info(
-        "worker polling %s on %s", settings.temporal_task_queue, settings.resolved_temporal_address
-    )
-    try:
+    async with connected(settings, runtime=worker_runtime(settings)) as (db, client):
+        await ensure_search_attributes(client, settings.temporal_namespace)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info(
+            "worker polling %s on %s",
+            settings.temporal_task_queue,
+            settings.resolved_temporal_address,
+        )
         async with serving(client, settings, db):
             await stop.wait()
-    finally:
-        await db.dispose()

@@ -7,7 +7,9 @@ and derive the same code on a retry; projections carry a version; the rest are a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -191,7 +193,7 @@ class Effects:
         async with self.db.write() as db:
             return await disable_in_store(db, effect.projection)
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [
             self.send_activation_code,
             self.save_projection,

@@ -78,6 +78,10 @@ def _attempts(d: dict[str, Any]) -> str:
     return "" if left is None else f", {plural(int(left), 'attempt')} left"
 
 
+def _notice(d: dict[str, Any]) -> str:
+    return NOTICES.get(str(d.get("kind")), "")
+
+
 def _state_changed(d: dict[str, Any], by: str) -> str:
     before, after = d.get("before"), d.get("after")
     if after == "disabled":
@@ -86,7 +90,7 @@ def _state_changed(d: dict[str, Any], by: str) -> str:
         ("disabled", "pending_code"): "2FA enabled; the user is logged out to enter the code",
         ("pending_code", "pending_activation"): "Activation code accepted",
         ("pending_activation", "active"): "2FA activated",
-    }.get((before, after), f"2FA state: {before} → {after}")
+    }.get((str(before), str(after)), f"2FA state: {before} → {after}")
 
 
 def _code_rejected(d: dict[str, Any], by: str) -> str:
@@ -179,10 +183,9 @@ SENTENCES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "mail_failed": lambda d, by: (
         f"Activation mail {d.get('number', '')} could not be sent: {d.get('reason', 'refused')}"
     ),
-    "notification_sent": lambda d, by: f"Told the user by mail: {NOTICES.get(d.get('kind'), '')}",
+    "notification_sent": lambda d, by: f"Told the user by mail: {_notice(d)}",
     "notification_failed": lambda d, by: (
-        f"Could not tell the user by mail ({NOTICES.get(d.get('kind'), '')}): "
-        f"{d.get('reason', 'refused')}"
+        f"Could not tell the user by mail ({_notice(d)}): {d.get('reason', 'refused')}"
     ),
     "session_kept": lambda d, by: "The session that disabled 2FA stays open",
 }

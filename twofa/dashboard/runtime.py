@@ -2,8 +2,8 @@
 
 A Temporal client is bound to the event loop it was created on, while Streamlit runs each
 script run on a thread of its own. So one daemon thread runs an asyncio loop forever, the
-services (Settings → Database → Temporal client → TwoFactorService → AdminService) are built on
-that loop, and scripts hand it coroutines and wait for the answer.
+services (``twofa.wiring.services``) are built on that loop, and scripts hand it coroutines and
+wait for the answer.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from twofa import errors
 from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.service import TwoFactorService
-from twofa.store.db import Database
-from twofa.temporal import connect
+from twofa.wiring import services
 
 T = TypeVar("T")
 
@@ -40,20 +39,14 @@ class Runtime:
         self._thread.start()
         # A call may wait for a workflow update (its own timeout) and then read the store.
         self.call_timeout = settings.workflow_call_timeout_seconds + 30
+        self._open = contextlib.AsyncExitStack()  # entered and closed on the loop thread
         try:
-            self.users, self.admin = self.run(self._build(), timeout=120)
+            built = self.run(self._open.enter_async_context(services(settings)), timeout=120)
         except BaseException:
             self._stop_loop()
             raise
-
-    async def _build(self) -> tuple[TwoFactorService, AdminService]:
-        db = Database(self.settings.resolved_database_url)
-        try:
-            users = TwoFactorService(self.settings, db, await connect(self.settings))
-        except BaseException:
-            await db.dispose()
-            raise
-        return users, AdminService(users)
+        self.users: TwoFactorService = built.users
+        self.admin: AdminService = built.admin
 
     @property
     def alive(self) -> bool:
@@ -73,7 +66,7 @@ class Runtime:
         if not self.alive:
             return
         with contextlib.suppress(Exception):
-            self.run(self.users.db.dispose(), timeout=10)
+            self.run(self._open.aclose(), timeout=10)
         self._stop_loop()
 
     def _stop_loop(self) -> None:

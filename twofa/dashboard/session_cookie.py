@@ -72,7 +72,7 @@ def _same_origin(request: Request) -> bool:
     """Refuses cross-site posts (login CSRF): the browser's Origin must be this very host."""
     origin = request.headers.get("origin")
     host = request.headers.get("host")
-    return bool(origin and host) and origin.split("://", 1)[-1] == host
+    return bool(origin and host) and origin is not None and origin.split("://", 1)[-1] == host
 
 
 def _cookie(response: Response, request: Request, value: str, max_age: int) -> None:

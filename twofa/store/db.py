@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import EMPTY_DICT
 
 from twofa.audit import CHAIN_INFO, HEAD_INFO, Chain
 from twofa.config import private_dir
@@ -36,7 +37,7 @@ from twofa.config import private_dir
 try:  # a current SQLite, on the platforms its wheel is built for (see WAL_IS_SAFE)
     from pysqlite3 import dbapi2 as sqlite3
 except ImportError:  # elsewhere the system's library, with a rollback journal if it is old
-    import sqlite3  # type: ignore[no-redef]
+    import sqlite3
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+twofa_aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite+twofa_pysqlite", "postgresql": "postgresql+psycopg"}
@@ -78,7 +79,7 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._adapt_connection = adapt_connection
         self._connection = adapt_connection._connection
         self._cursor = None  # type: ignore[assignment]
-        self._soft_closed_memoized = {}
+        self._soft_closed_memoized = EMPTY_DICT
         self._rows = collections.deque()
         self._description: Any = None
         self._rowcount = -1

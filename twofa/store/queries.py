@@ -31,8 +31,8 @@ from twofa.workflows.messages import Projection
 def _digest_is(column: Any, digest: str | Sequence[str]) -> ColumnElement[bool]:
     """One digest, or any of a keyring's (one per pepper, after a rotation)."""
     if isinstance(digest, str):
-        return column == digest  # type: ignore[no-any-return]
-    return column.in_(list(digest))  # type: ignore[no-any-return]
+        return column == digest
+    return column.in_(list(digest))
 
 
 async def account_by_id(db: AsyncSession, account_id: str) -> Account | None:
@@ -324,7 +324,7 @@ async def finish_challenges(db: AsyncSession, account_id: str, now: datetime) ->
 
 
 def _insert_for(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 async def count_password_attempt(
@@ -382,7 +382,7 @@ async def adopt_throttles(db: AsyncSession, key_digest: str, previous: Sequence[
         statement.on_conflict_do_update(
             index_elements=[LoginThrottle.key_digest],
             set_={"failures": func.max(LoginThrottle.failures, failures)}
-            if db.bind.dialect.name == "sqlite"
+            if db.get_bind().dialect.name == "sqlite"
             else {"failures": func.greatest(LoginThrottle.failures, failures)},
         )
     )

@@ -187,7 +187,7 @@ def read_flash(request: Request) -> tuple[str, str] | None:
 
 
 def service_of(request: Request) -> TwoFactorService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 def flows(request: Request) -> FlowCookie:
