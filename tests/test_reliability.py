@@ -36,6 +36,8 @@ from tests.journey import (
     eventually,
     new_user,
     progress,
+    settled,
+    sleep_until,
     trusted_devices,
 )
 from tests.processes import free_port
@@ -95,17 +97,6 @@ def instant(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-async def settled(client: Client, account_id: str) -> None:
-    """Waits until the account's workflow has nothing in flight: no activity, no task."""
-
-    async def idle() -> bool:
-        description = await client.get_workflow_handle(workflow_id(account_id)).describe()
-        raw = description.raw_description
-        return not raw.pending_activities and not raw.HasField("pending_workflow_task")
-
-    await eventually(idle, f"the workflow of {account_id} to settle")
-
-
 async def no_activity_retrying(client: Client, account_id: str) -> None:
     """S9: no effect of the account's workflow has failed and waits for another try."""
     description = await client.get_workflow_handle(workflow_id(account_id)).describe()
@@ -153,6 +144,50 @@ async def test_enable_repeated_after_a_503_answers_that_enable(
         assert instant(later.json()["code_expires_at"]) == instant(state["code_expires_at"])
         assert len(api.activation_mails_to(user.email)) == 1
         assert await count(database, SentMail, SentMail.account_id == user.account_id) == 1
+
+
+async def test_enable_repeated_after_its_auto_logout_answers_that_enable_and_nothing_else(
+    api: Api, database: Database, client: Client
+) -> None:
+    """The API waits on the workflow longer than the auto-logout, so a caller repeating an
+    enable after a 503 finds its session cut by that very enable: it still gets the enable's
+    answer (S9), and that session opens nothing else (R3)."""
+    user = await api.registered_and_logged_in(new_user("s9-enable-cut"))
+
+    def enable() -> Any:
+        return api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+
+    first = await enable()
+    assert first.status_code == 202, first.text
+    cut_token = user.session_token
+    await sleep_until(instant(first.json()["auto_logout_at"]))
+    assert (await api.call("GET", "/v1/account/two-factor", user)).status_code == 401
+
+    again = await enable()
+    assert again.status_code == 202, again.text
+    assert again.json() == first.json()
+    r = await api.call(
+        "PUT", "/v1/account/two-factor", user, json={"enabled": False, "confirm": True}
+    )
+    assert r.status_code == 401 and r.json()["error"] == "session_ended", r.text
+    await settled(client, user.account_id)
+    assert len(api.activation_mails_to(user.email)) == 1
+    assert (await account_row(database, user.account_id)).two_factor_state == "pending_code"
+
+    # Once the user has gone on, the repeat says where 2FA is; a session cut by an earlier
+    # enrollment (2FA disabled and enabled again since) gets nothing.
+    await api.activated_with(user, await api.code_mail(user))
+    r = await enable()
+    assert r.status_code == 409 and r.json()["error"] == "already_enabled", r.text
+    r = await api.call(
+        "PUT", "/v1/account/two-factor", user, json={"enabled": False, "confirm": True}
+    )
+    assert r.status_code == 200, r.text
+    await api.login_ok(user)
+    assert (await api.enable(user))["auto_logout_at"] != first.json()["auto_logout_at"]
+    user.session_token = cut_token
+    r = await enable()
+    assert r.status_code == 401 and r.json()["error"] == "session_ended", r.text
 
 
 async def test_activation_code_repeated_after_a_503_is_accepted_again(

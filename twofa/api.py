@@ -286,11 +286,15 @@ async def two_factor(current: User, svc: Service) -> TwoFactorView:
     **V1,
 )
 async def switch_two_factor(
-    body: TwoFactorSwitch, current: User, svc: Service, response: Response
+    body: TwoFactorSwitch,
+    svc: Service,
+    response: Response,
+    x_session_token: Annotated[str | None, Header(max_length=1024)] = None,
 ) -> EnabledView | DisabledView:
     if body.enabled:
         response.status_code = 202
-        return await svc.enable(current)
+        return await svc.enable(await svc.session_for_enable(x_session_token))
+    current = await svc.current_session(x_session_token)
     return await svc.disable(current.account, body.confirm)
 
 

@@ -681,6 +681,27 @@ class TwoFactorService:
                 await queries.redigest(db, Session, session.id, digests[0], self.keyring.id)
         return CurrentSession(session=session, account=account)
 
+    async def session_for_enable(self, session_token: str | None) -> CurrentSession:
+        """The caller's session, or the one its own enable ended: that enable may be repeated.
+
+        A caller whose enable answered 503 repeats it (S9), but the API waited on the workflow
+        longer than the auto-logout, so by then that very enable has cut the session (R3). Such
+        a session still gets the enable's own answer, and nothing else: ``enable`` only returns
+        that enrollment's times, and a session cut by an earlier enrollment does not qualify.
+        """
+        try:
+            return await self.current_session(session_token)
+        except ServiceError:
+            if not session_token:
+                raise
+            async with self.db.read() as db:
+                cut = await queries.session_cut_by_enable(
+                    db, self.keyring.digests("session", session_token)
+                )
+            if cut is None:
+                raise
+            return CurrentSession(session=cut[0], account=cut[1])
+
     def session_view(self, current: CurrentSession) -> SessionView:
         return SessionView(
             account_id=current.account.id,

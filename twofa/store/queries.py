@@ -207,6 +207,29 @@ async def open_session(
     )
 
 
+async def session_cut_by_enable(
+    db: AsyncSession, token_digest: str | Sequence[str]
+) -> tuple[Session, Account] | None:
+    """A session the account's current enrollment ended at its auto-logout, with its account.
+
+    Its expiry was capped to exactly this enrollment's ``auto_logout_at`` (``limit_sessions``),
+    and nothing but the auto-logout ended it.
+    """
+    row = (
+        await db.execute(
+            select(Session, Account)
+            .join(Account, Account.id == Session.account_id)
+            .where(
+                _digest_is(Session.token_digest, token_digest),
+                Account.two_factor_state != "disabled",
+                Session.expires_at == Account.auto_logout_at,
+                or_(Session.ended_at.is_(None), Session.end_reason == "auto_logout"),
+            )
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
 def _before_two_factor(account_id: str, opened_before: datetime) -> Any:
     """Sessions the 2FA steps did not open: older than the enable, or without a trusted browser.
 
