@@ -522,3 +522,32 @@ async def test_disable_works_after_the_workflow_was_terminated(
         return (await account_row(database, user.account_id)).two_factor_state == "pending_code"
 
     await eventually(projected, "the new run's state in the store")
+
+
+async def test_right_pin_at_the_end_of_a_lock_is_locked_or_opens_a_session(
+    start_api: ApiFactory, client: Client, database: Database
+) -> None:
+    """The store counts a lock as ended at ``locked_until``; the workflow must agree even when
+    a PIN's update reaches it before the lock's own timer was handled (R8). Right PINs sent
+    across that moment each get 423 (still locked) or 200, never 409 ``two_factor_not_active``
+    (what the workflow answered while its timer was still queued)."""
+    api = await start_api(pin_lock_seconds=1)
+    user = await api.activated(new_user("lock-end"))
+    login = await api.login_ok(user)
+    for _ in range(5):
+        r = await api.pin(login["login_id"], "90817263")
+    assert r.status_code == 423, r.text
+    locked_until = instant(r.json()["locked_until"])
+    await sleep_until(locked_until, margin=-0.3)
+    answers = []
+    while not answers or answers[-1] != 200:
+        login = await api.login_ok(user)
+        if login["outcome"] == "locked":
+            continue
+        assert login["outcome"] == "pin_required", login
+        r = await api.pin(login["login_id"], user.pin)
+        answers.append(r.status_code)
+        assert r.status_code in (200, 423), (answers, r.text)
+    await settled(client, user.account_id)
+    assert (await progress(client, user.account_id))["state"] == "active"
+    assert (await account_row(database, user.account_id)).two_factor_state == "active"

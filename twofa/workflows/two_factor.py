@@ -63,6 +63,7 @@ PATCH_ACTIVATION_REFUSAL = "activation-refusal-returns-to-pending-activation"
 PATCH_REPEATED_CODE = "repeated-code-of-a-login-is-accepted-again"
 PATCH_MAIL_REFUSAL = "refused-activation-mail-leaves-no-code"
 PATCH_LOCAL_EFFECTS = "database-effects-run-as-local-activities"
+PATCH_DUE_LOCK_ENDS_FIRST = "a-lock-whose-time-is-up-ends-before-a-pin-verdict"
 ENABLED = (S.PENDING_CODE, S.PENDING_ACTIVATION, S.ACTIVE, S.LOCKED)
 EXPECTING_CODE = (S.PENDING_CODE, S.ACTIVE)
 
@@ -208,6 +209,7 @@ class TwoFactorWorkflow:
     @workflow.update
     async def record_pin_failure(self) -> PinFailureResult:
         async with self._lock:
+            await self._end_lock_if_due()
             self._require(S.ACTIVE, S.LOCKED, reason="not_active")
             p = self.progress
             if p.state is S.LOCKED:
@@ -234,6 +236,7 @@ class TwoFactorWorkflow:
     @workflow.update
     async def record_pin_success(self) -> None:
         async with self._lock:
+            await self._end_lock_if_due()
             self._require(S.ACTIVE, reason="not_active")
             self.progress.pin_failures = 0
             self.progress.locks_in_a_row = 0
@@ -241,7 +244,8 @@ class TwoFactorWorkflow:
 
     @record_pin_success.validator
     def _validate_record_pin_success(self) -> None:
-        self._require(S.ACTIVE, reason="not_active")
+        if not self._lock_is_due():
+            self._require(S.ACTIVE, reason="not_active")
 
     @workflow.update
     async def unlock(self, request: ActorRequest) -> None:
@@ -320,6 +324,17 @@ class TwoFactorWorkflow:
         )
 
     # -- helpers
+
+    def _lock_is_due(self) -> bool:
+        p = self.progress
+        return bool(p.state is S.LOCKED and p.locked_until and workflow.now() >= p.locked_until)
+
+    async def _end_lock_if_due(self) -> None:
+        """A lock whose time is up ends before a PIN is judged, even when the request comes
+        before the lock's timer was handled: the store already counts it as ended (R8)."""
+        if self._lock_is_due() and workflow.patched(PATCH_DUE_LOCK_ENDS_FIRST):
+            self._unlock()
+            await self._move_to(S.ACTIVE, actor="system")
 
     def _require(self, *states: TwoFactorState, reason: str) -> None:
         """Checked by validators, and again under the lock: another handler may have run since."""
