@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Literal
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, AuditDay, FunnelTally, StateTally
@@ -78,7 +78,15 @@ async def count_accounts(db: AsyncSession, prefix: str, state: str | None) -> tu
     if not prefix:
         counts = await state_counts(db)
         return (counts.get(state, 0) if state else sum(counts.values())), True
-    bounded = select(Account.id).where(*_filters(prefix, state)).limit(REACHABLE + 1).subquery()
+    # in the order of the index the filters range over, so no planner walks another index
+    order = _SORT_COLUMNS["state" if state else "email"]
+    bounded = (
+        select(literal(1))
+        .where(*_filters(prefix, state))
+        .order_by(*order)
+        .limit(REACHABLE + 1)
+        .subquery()
+    )
     found = int(await db.scalar(select(func.count()).select_from(bounded)) or 0)
     return min(found, REACHABLE), found <= REACHABLE
 
@@ -93,13 +101,16 @@ async def account_page(
     offset: int,
     limit: int,
 ) -> Sequence[Account]:
-    """One page of matching accounts in the sort's index order (offset at most REACHABLE)."""
+    """One page of matching accounts in the sort's index order (offset at most REACHABLE).
+    Where the sort's index holds the id, the offset is walked in the index alone and only the
+    page's rows are read (PostgreSQL would otherwise fetch every skipped row)."""
     order = [c.desc() if descending else c.asc() for c in _SORT_COLUMNS[sort]]
-    rows = await db.scalars(
-        select(Account)
-        .where(*_filters(prefix, state))
-        .order_by(*order)
-        .offset(min(offset, REACHABLE))
-        .limit(limit)
-    )
+    query = select(Account).where(*_filters(prefix, state))
+    if _SORT_COLUMNS[sort][-1] is Account.id:
+        page = query.with_only_columns(Account.id).order_by(*order)
+        page = page.offset(min(offset, REACHABLE)).limit(limit).subquery()
+        query = select(Account).join(page, Account.id == page.c.id)
+    else:
+        query = query.offset(min(offset, REACHABLE)).limit(limit)
+    rows = await db.scalars(query.order_by(*order))
     return rows.all()
