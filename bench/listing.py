@@ -202,7 +202,7 @@ async def listing_bench(ctx: Context) -> None:
                 f"overview p50 ≤ {OVERVIEW_TARGET_MS:.0f} ms at {count:,} accounts ({run.backend})",
                 f"p50 {run.overview.p50:.1f} ms",
                 run.overview.p50 <= OVERVIEW_TARGET_MS,
-                "the tallies' triggers (migration 0010); without them, counts over every row",
+                "the tallies' triggers (migration 0011); without them, counts over every row",
             )
         )
         ctx.results[f"listing {run.backend}"] = {c.name: s for c, s, _ in run.listing}

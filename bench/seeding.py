@@ -167,7 +167,7 @@ def seed_population(
     """Generates the accounts and their audit records inside the database, in one transaction
     (a recursive CTE on SQLite, generate_series on PostgreSQL): no row crosses into Python.
     Triggers are off and secondary indexes are built after the load (a sort each, not a
-    million B-tree inserts); the overview's tallies are then counted once, as migration 0010's
+    million B-tree inserts); the overview's tallies are then counted once, as migration 0011's
     backfill does. The audit rows carry placeholder hashes (no bench reads the chain)."""
     started = time.perf_counter()
     if make_url(url).get_backend_name() == "postgresql":
@@ -182,7 +182,7 @@ _ACCOUNTS = (
     "projection_version, code_usable, pin_failures, pin_locks_in_a_row"
 )
 _AUDIT = "seq, at, account_id, actor, event, details, prev_hash, hash"
-#: Migration 0010's enrollment levels; a disabled account whose number ends in 0-2 gave up at 1.
+#: Migration 0011's enrollment levels; a disabled account whose number ends in 0-2 gave up at 1.
 _REACHED = (
     "CASE s.state WHEN 'pending_code' THEN 1 WHEN 'pending_activation' THEN 2 "
     "WHEN 'active' THEN 3 WHEN 'locked' THEN 3 ELSE CASE WHEN s.i % 10 < 3 THEN 1 ELSE 0 END END"
