@@ -76,9 +76,10 @@ class Measured:
 @contextlib.contextmanager
 def _databases(ctx: Context) -> Iterator[list[tuple[str, str]]]:
     """(backend, URL) for each backend of this run; PostgreSQL only where it is installed."""
-    found = [("SQLite", f"sqlite:///{ctx.stack.data_dir / 'listing.db'}")]
+    chosen = ctx.sizes.listing_backends.split(",")
+    found = [("SQLite", f"sqlite:///{ctx.stack.data_dir / 'listing.db'}")] * ("sqlite" in chosen)
     with contextlib.ExitStack() as stack:
-        if "postgresql" in ctx.sizes.listing_backends.split(","):
+        if "postgresql" in chosen:
             from tests.postgres import throwaway_server  # the tests' helper, same server flags
 
             try:

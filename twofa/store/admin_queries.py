@@ -102,11 +102,12 @@ async def account_page(
     limit: int,
 ) -> Sequence[Account]:
     """One page of matching accounts in the sort's index order (offset at most REACHABLE).
-    Where the sort's index holds the id, the offset is walked in the index alone and only the
-    page's rows are read (PostgreSQL would otherwise fetch every skipped row)."""
+    Where the sort's index holds the id (every one on PostgreSQL, see models.py), the offset is
+    walked in the index alone and only the page's rows are read: PostgreSQL would otherwise
+    fetch every skipped row (SQLite's indexes hold the rowid, which it reads rows by)."""
     order = [c.desc() if descending else c.asc() for c in _SORT_COLUMNS[sort]]
     query = select(Account).where(*_filters(prefix, state))
-    if _SORT_COLUMNS[sort][-1] is Account.id:
+    if _SORT_COLUMNS[sort][-1] is Account.id or db.bind.dialect.name == "postgresql":
         page = query.with_only_columns(Account.id).order_by(*order)
         page = page.offset(min(offset, REACHABLE)).limit(limit).subquery()
         query = select(Account).join(page, Account.id == page.c.id)

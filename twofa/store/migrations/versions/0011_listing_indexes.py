@@ -9,7 +9,8 @@ a rolling upgrade and bulk loads included) instead of counting a million rows pe
 accounts per 2FA state, accounts per furthest enrollment step ever reached (a new column,
 ``accounts.enrollment_reached``, set by the same triggers) and audit records per UTC day and
 event. The backfill reads each account's audit history once. The email sort and search read
-``lower(email)``, so the state filter gets an index on (state, lower(email)).
+``lower(email)``, so the state filter gets an index on (state, lower(email)); on PostgreSQL
+both carry the email and the id, so a search's count and a page's offset stay in the index.
 
 SQLite's batch migrations copy a table and drop its triggers: a later batch on ``accounts`` or
 ``audit_log`` must create them again (as 0007's append-only triggers must be).
@@ -38,6 +39,7 @@ _STATE_UPSERT = (
 _REACHED = (
     "UPDATE funnel_tallies SET accounts = accounts + 1 WHERE level > {old} AND level <= {new}"
 )
+_CARRIED = ["email", "id"]
 _POSTGRESQL_DAY = "(NEW.at AT TIME ZONE 'UTC')::date"
 
 
@@ -49,10 +51,20 @@ def upgrade() -> None:
         sa.Column("enrollment_reached", sa.Integer(), server_default="0", nullable=False),
     )
     op.drop_index("ix_accounts_state_email", table_name="accounts")
+    if postgresql:  # the email and id carried: a search's count and a page's offset index-only
+        op.drop_index("uq_accounts_email_lower", table_name="accounts")
+        op.create_index(
+            "uq_accounts_email_lower",
+            "accounts",
+            [sa.text("lower(email)")],
+            unique=True,
+            postgresql_include=_CARRIED,
+        )
     op.create_index(
         "ix_accounts_state_email_lower",
         "accounts",
         ["two_factor_state", sa.text("lower(email)")],
+        postgresql_include=_CARRIED,
     )
     op.create_table(
         "state_tallies",
@@ -203,5 +215,10 @@ def downgrade() -> None:
     op.drop_table("state_tallies")
     op.drop_index("ix_accounts_state_email_lower", table_name="accounts")
     op.create_index("ix_accounts_state_email", "accounts", ["two_factor_state", "email"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("uq_accounts_email_lower", table_name="accounts")
+        op.create_index(
+            "uq_accounts_email_lower", "accounts", [sa.text("lower(email)")], unique=True
+        )
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.drop_column("enrollment_reached")
