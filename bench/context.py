@@ -35,8 +35,9 @@ class Sizes:
     login_levels: tuple[tuple[int, int], ...] = ((1, 40), (8, 160), (32, 320))
     argon2_samples_c1: int = 40
     auto_logout_enrollments: int = 500
-    listing_accounts: int = 100_000
+    listing_accounts: int = 1_000_000
     listing_samples: int = 50
+    listing_backends: str = "sqlite,postgresql"
     memory_accounts: int = 10_000
     memory_hold_seconds: float = 10.0
     recovery_repetitions: int = 5
@@ -68,6 +69,7 @@ class Sizes:
             auto_logout_enrollments=10,
             listing_accounts=1_000,
             listing_samples=10,
+            listing_backends="sqlite",
             memory_accounts=200,
             memory_hold_seconds=1.0,
             recovery_repetitions=1,

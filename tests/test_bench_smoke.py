@@ -1,9 +1,9 @@
 """The benchmark suite runs end to end and prints its tables (smoke sizes, well under a minute).
 
 ``make bench`` runs the real sizes; this only guards ``python -m bench`` against rot: a private
-stack starts on free ports, the engine floor, the journey at concurrency 1, the listing over
-1,000 accounts and one worker kill per step (recovery) run, every table prints, and every
-process is gone afterwards.
+stack starts on free ports, the engine floor, the journey at concurrency 1, the listing and the
+overview over 1,000 accounts (SQLite only) and one worker kill per step (recovery) run, every
+table prints, and every process is gone afterwards.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def test_quick_bench_prints_every_table(tmp_path: Path) -> None:
         "journey c=1 vs engine floor c=1",
         "journey c=1 — processes",
         "listing — AdminService.accounts, 1,000 accounts",
+        "overview — AdminService.overview, 1,000 accounts",
         "listing — processes",
         "recovery — seconds from a new worker's first poll to the step's answer",
         "targets (issue 5) — measured in this run",

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from google.protobuf.json_format import MessageToDict
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import select, update
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
@@ -22,8 +22,9 @@ from twofa.crypto import new_token
 from twofa.errors import ServiceError
 from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
 from twofa.service import TwoFactorService, effective_state, rule_refused, utcnow
-from twofa.store import queries
-from twofa.store.models import Account, AuditRecord, Operator, OperatorSession
+from twofa.store import admin_queries, queries
+from twofa.store.admin_queries import SortKey
+from twofa.store.models import Account, Operator, OperatorSession
 from twofa.views import (
     AccountDetail,
     AccountPage,
@@ -40,25 +41,12 @@ from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE, ActorRequest, workf
 from twofa.workflows.two_factor import TwoFactorWorkflow
 
 Role = Literal["admin", "auditor"]
-SortKey = Literal["email", "created_at", "updated_at", "state"]
 OPERATOR_SESSION_TTL = timedelta(hours=8)
 MAX_PAGE_SIZE = 200
-#: The enrollment funnel: each step and the state an account reaches by it.
-FUNNEL = (
-    ("enabled", "pending_code"),
-    ("code validated", "pending_activation"),
-    ("activated", "active"),
-)
+#: The enrollment funnel's steps, in the order of ``Account.enrollment_reached`` (1, 2, 3).
+FUNNEL = ("enabled", "code validated", "activated")
 #: The audit events the overview counts per day.
 DAILY_EVENTS = ("device_enrolled", "pin_rejected", "two_factor_locked")
-#: Each sort and the columns that make it total; an index covers each list (store/models.py),
-#: so a deep page is an index walk, never a sort of every row.
-_SORT_COLUMNS = {
-    "email": (Account.email,),
-    "created_at": (Account.created_at, Account.id),
-    "updated_at": (Account.updated_at, Account.id),
-    "state": (Account.two_factor_state, Account.email),
-}
 _TIMELINE_STEPS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "run started",
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: "request accepted",
@@ -199,48 +187,19 @@ class AdminService:
     # -- reading (admins and auditors)
 
     async def overview(self, days: int = 30) -> OverviewView:
+        """Counts from the store's tallies (exact, kept with every change), never a count over
+        all accounts or all audit records: quick at a million accounts."""
         now = utcnow()
-        since = now - timedelta(days=days)
+        since = (now - timedelta(days=days)).date()
         async with self.db.read() as db:
-            states = dict(
-                (
-                    await db.execute(
-                        select(Account.two_factor_state, func.count()).group_by(
-                            Account.two_factor_state
-                        )
-                    )
-                ).all()
-            )
-            funnel = {}
-            for step, state in FUNNEL:
-                funnel[step] = int(
-                    await db.scalar(
-                        select(func.count(func.distinct(AuditRecord.account_id))).where(
-                            AuditRecord.event == "two_factor_state_changed",
-                            AuditRecord.details.contains(f'"after": "{state}"'),
-                        )
-                    )
-                    or 0
-                )
-            day = func.date(AuditRecord.at)
-            per_day = (
-                await db.execute(
-                    select(day, AuditRecord.event, func.count())
-                    .where(AuditRecord.event.in_(DAILY_EVENTS), AuditRecord.at >= since)
-                    .group_by(day, AuditRecord.event)
-                    .order_by(day)
-                )
-            ).all()
-            locked = await db.scalars(
-                select(Account)
-                .where(Account.two_factor_state == "locked")
-                .order_by(Account.email)
-                .limit(MAX_PAGE_SIZE)
-            )
-            locked_now = [r for r in (_row(a, now) for a in locked) if r.state == "locked"]
+            states = await admin_queries.state_counts(db)
+            reached = await admin_queries.funnel_counts(db)
+            per_day = await admin_queries.audit_days(db, since, DAILY_EVENTS)
+            locked = await admin_queries.locked_accounts(db, MAX_PAGE_SIZE)
+        locked_now = [r for r in (_row(a, now) for a in locked) if r.state == "locked"]
         return OverviewView(
             states={s: states.get(s, 0) for s in _STATES},
-            funnel=funnel,
+            funnel={step: reached.get(level, 0) for level, step in enumerate(FUNNEL, start=1)},
             per_day=[DayCount(day=str(d), event=e, count=c) for d, e, c in per_day],
             locked_now=locked_now,
         )
@@ -255,25 +214,32 @@ class AdminService:
         page: int = 1,
         page_size: int = 50,
     ) -> AccountPage:
-        """One page of accounts, filtered, sorted and paged in the database (indexed)."""
-        page, page_size = max(page, 1), min(max(page_size, 1), MAX_PAGE_SIZE)
-        query: Select[Account] = select(Account)
+        """One page of accounts, filtered, sorted and paged in the database (indexed). Pages
+        reach the first REACHABLE matches; a search counts its matches up to that bound."""
+        page_size = min(max(page_size, 1), MAX_PAGE_SIZE)
         prefix = normalize_email(search)
-        if prefix:  # a prefix range, which the unique index on lower(email) answers
-            lowered = func.lower(Account.email)  # kept as typed, searched in any case
-            query = query.where(lowered >= prefix, lowered < prefix + "\uffff")
-        if state:
-            query = query.where(Account.two_factor_state == state)
-        order = [c.desc() if descending else c.asc() for c in _SORT_COLUMNS[sort]]
         async with self.db.read() as db:
-            total = int(await db.scalar(select(func.count()).select_from(query.subquery())) or 0)
-            rows = await db.scalars(
-                query.order_by(*order).offset((page - 1) * page_size).limit(page_size)
+            total, exact = await admin_queries.count_accounts(db, prefix, state)
+            pages = max(1, -(-min(total, admin_queries.REACHABLE) // page_size))
+            page = min(max(page, 1), pages)
+            rows = await admin_queries.account_page(
+                db,
+                prefix=prefix,
+                state=state,
+                sort=sort,
+                descending=descending,
+                offset=(page - 1) * page_size,
+                limit=page_size,
             )
-            now = utcnow()
-            return AccountPage(
-                rows=[_row(a, now) for a in rows], total=total, page=page, page_size=page_size
-            )
+        now = utcnow()
+        return AccountPage(
+            rows=[_row(a, now) for a in rows],
+            total=total,
+            total_is_exact=exact,
+            page=page,
+            page_size=page_size,
+            pages=pages,
+        )
 
     async def account(self, account_id: str) -> AccountDetail:
         now = utcnow()

@@ -111,9 +111,13 @@ class AccountRow(BaseModel):
 
 class AccountPage(BaseModel):
     rows: list[AccountRow]
+    #: Exact, or (when ``total_is_exact`` is false) a lower bound: "more than ``total``".
     total: int
+    total_is_exact: bool = True
     page: int
     page_size: int
+    #: The pages that can be reached (the first admin_queries.REACHABLE matches).
+    pages: int = 1
 
 
 class SessionRow(BaseModel):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import (
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -47,7 +49,6 @@ class Account(Base):
 
     __tablename__ = "accounts"
     __table_args__ = (
-        Index("ix_accounts_state_email", "two_factor_state", "email"),
         Index("ix_accounts_created_at_id", "created_at", "id"),
         Index("ix_accounts_updated_at_id", "updated_at", "id"),
     )
@@ -73,11 +74,50 @@ class Account(Base):
     seal_pepper: Mapped[str | None] = mapped_column(String(16))
     projection_version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The furthest enrollment step ever reached (1 enabled, 2 code validated, 3 activated),
+    #: kept by the database's triggers (migration 0011) for the overview's funnel.
+    enrollment_reached: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 #: Emails are kept as typed (R2 judges them so), yet one account per address whatever its case;
-#: this index also answers the login's case-insensitive lookup.
-Index("uq_accounts_email_lower", func.lower(Account.email), unique=True)
+#: this index also answers the login's case-insensitive lookup, and the listing's email sort and
+#: prefix search; the second one the same within a 2FA state.
+#: On PostgreSQL both also carry the email and the id, so a search's bounded count and the
+#: offset of a page are walked in the index alone (its planner reads an expression index alone
+#: only when the column inside is there too).
+_CARRIED: dict[str, Any] = {"postgresql_include": ["email", "id"]}
+Index("uq_accounts_email_lower", func.lower(Account.email), unique=True, **_CARRIED)
+Index(
+    "ix_accounts_state_email_lower", Account.two_factor_state, func.lower(Account.email), **_CARRIED
+)
+
+
+class StateTally(Base):
+    """Accounts per stored 2FA state, kept by triggers on ``accounts`` (migration 0011)."""
+
+    __tablename__ = "state_tallies"
+
+    state: Mapped[str] = mapped_column(String(20), primary_key=True)
+    accounts: Mapped[int] = mapped_column(Integer)
+
+
+class FunnelTally(Base):
+    """Accounts whose ``enrollment_reached`` is at least ``level``, kept by triggers."""
+
+    __tablename__ = "funnel_tallies"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    accounts: Mapped[int] = mapped_column(Integer)
+
+
+class AuditDay(Base):
+    """Audit records per UTC day and event, kept by a trigger on ``audit_log``."""
+
+    __tablename__ = "audit_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    event: Mapped[str] = mapped_column(String(40), primary_key=True)
+    records: Mapped[int] = mapped_column(Integer)
 
 
 class Device(Base):

@@ -1,12 +1,10 @@
 """Accounts: search by email prefix, filter by state, sort, page through 50 at a time.
 
 Filtering, sorting and paging happen in the database (AdminService.accounts), so the page stays
-quick with 100k accounts; the dashboard only ever holds the page it shows.
+quick with a million accounts; the dashboard only ever holds the page it shows.
 """
 
 from __future__ import annotations
-
-import math
 
 import pandas as pd
 import streamlit as st
@@ -63,18 +61,27 @@ def fetch(number: int) -> AccountPage:
     )
 
 
-result = fetch(page_number)
-pages = max(1, math.ceil(result.total / PAGE_SIZE))
-if page_number > pages:  # the data shrank under us: show the last page instead of nothing
-    page_number = pages
-    result = fetch(page_number)
+result = fetch(page_number)  # past the last page (the data shrank) it answers the last one
+page_number = result.page
+pages = result.pages
 st.session_state["accounts_page"] = page_number
 
 first = (page_number - 1) * PAGE_SIZE + 1
 last = first + len(result.rows) - 1
-matches = "1 account matches" if result.total == 1 else f"{result.total:,} accounts match"
+if not result.total_is_exact:
+    matches = f"More than {result.total:,} accounts match"
+elif result.total == 1:
+    matches = "1 account matches"
+else:
+    matches = f"{result.total:,} accounts match"
+reach = (
+    f" · pages reach the first {pages * PAGE_SIZE:,}: search or reverse the order for more"
+    if result.total > pages * PAGE_SIZE or not result.total_is_exact
+    else ""
+)
 st.caption(
-    f"{matches} · showing {first:,} to {last:,} · page {page_number} of {pages} · times in UTC"
+    f"{matches} · showing {first:,} to {last:,} · page {page_number} of {pages}{reach}"
+    " · times in UTC"
     if result.rows
     else "No account matches."
 )

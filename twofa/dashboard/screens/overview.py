@@ -58,7 +58,7 @@ def state_chart(view: OverviewView) -> alt.Chart:
 
 
 def funnel_chart(view: OverviewView) -> alt.Chart:
-    steps = [step for step, _ in FUNNEL]
+    steps = list(FUNNEL)
     first = max(view.funnel.get(steps[0], 0), 1)
     data = pd.DataFrame(
         {
