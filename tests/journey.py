@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from twofa.devstack import read_mails
 from twofa.store.db import Database
-from twofa.store.models import Account, Device
+from twofa.store.models import Account, Device, Notification
 from twofa.workflows.messages import workflow_id
 
 CODE_LINE = re.compile(r"^Activation code: (\S+)\r?$", re.MULTILINE)
@@ -108,6 +108,27 @@ async def settled(client: Client, account_id: str) -> None:
         return not raw.pending_activities and not raw.HasField("pending_workflow_task")
 
     await eventually(idle, f"the workflow of {account_id} at rest")
+
+
+async def at_rest(database: Database, client: Client, account_id: str) -> None:
+    """Everything the account's past steps will write has been written: its auto-logout has
+    happened, its workflow is settled and the notifier has sent (or given up on) every mail.
+    A check that reads the audit trail twice, a page and the store, compares like with like."""
+    account = await account_row(database, account_id)
+    if account.auto_logout_at is not None:
+        await sleep_until(account.auto_logout_at)
+    await settled(client, account_id)
+
+    async def mails_out() -> bool:
+        return not await count(
+            database,
+            Notification,
+            Notification.account_id == account_id,
+            Notification.sent_at.is_(None),
+            Notification.failed_at.is_(None),
+        )
+
+    await eventually(mails_out, f"the notifications of {account_id} to go out")
 
 
 class Api:

@@ -33,7 +33,7 @@ from streamlit.testing.v1 import AppTest
 from temporalio.client import Client
 
 from tests.browser import launch
-from tests.journey import Api, User, new_user
+from tests.journey import Api, User, at_rest, new_user
 from tests.processes import environment, free_port
 from twofa.admin import AdminService
 from twofa.config import Settings
@@ -493,10 +493,13 @@ async def test_history_tells_the_story_with_engine_detail_one_click_away(
     dashboard_env: dict[str, str],
     operators: dict[Role, Operator],
     admin_service: AdminService,
+    database: Database,
+    client: Client,
 ) -> None:
     user = await api.activated(new_user(), device_name="Carol laptop")
     login = await api.login_ok(user)
     assert (await api.pin(login["login_id"], "11112222")).status_code == 400  # one wrong PIN
+    await at_rest(database, client, user.account_id)  # no record lands between page and check
     at = await open_page(operators[role], "account.py", user.account_id)
     assert "Wrong PINs in a row=1 of 5" in texts(at)
 
