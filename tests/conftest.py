@@ -21,8 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests import postgres
 from tests.journey import Api
-from tests.processes import free_port
-from twofa.api import create_app
+from tests.processes import free_port, serve_api
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate
@@ -157,17 +156,7 @@ async def start_api(
         key = tuple(sorted(overrides.items()))
         if key not in servers:
             settings = base_settings.model_copy(update={"api_port": free_port(), **overrides})
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(settings), host="127.0.0.1", port=settings.api_port, log_level="info"
-                )
-            )
-            task = asyncio.create_task(server.serve())
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
-            tasks.append((server, task))
+            tasks.append(await serve_api(settings))
             servers[key] = Api(f"http://127.0.0.1:{settings.api_port}", SERVICE_TOKEN, data_dir)
         return servers[key]
 

@@ -5,6 +5,7 @@ The bench starts its stack with the same helpers (``free_port``, ``stop_process`
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -15,12 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from tests.journey import eventually
+from twofa.api import create_app
 from twofa.config import Settings
 
 TWOFA = str(Path(sys.executable).parent / "twofa")
@@ -103,3 +106,19 @@ def wait_for_http(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(url)
+
+
+async def serve_api(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """A real uvicorn server of the API in this event loop, once it accepts connections; stop
+    it with ``server.should_exit = True`` and await the task."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=settings.api_port, log_level="info"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    return server, task

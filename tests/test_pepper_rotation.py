@@ -3,7 +3,6 @@ task queue) is started, used, stopped, rotated with `twofa pepper rotate`, and s
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -12,17 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import SERVICE_TOKEN, free_port
 from tests.journey import Api, User, account_row, new_user
-from tests.processes import TWOFA, environment
+from tests.processes import TWOFA, environment, serve_api
 from twofa import audit
 from twofa.admin import AdminService
-from twofa.api import create_app
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.pepper import Report, report
@@ -89,16 +86,7 @@ async def running(
     db = Database(settings.resolved_database_url)
     try:
         async with serving(temporal.client, settings, db):
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(settings), host="127.0.0.1", port=settings.api_port, log_level="info"
-                )
-            )
-            task = asyncio.create_task(server.serve())
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
+            server, task = await serve_api(settings)
             api = Api(f"http://127.0.0.1:{settings.api_port}", SERVICE_TOKEN, mail_dir)
             try:
                 yield api
