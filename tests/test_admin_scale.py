@@ -7,6 +7,7 @@ the overview's counts right, not the service's code path.
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from temporalio.client import Client
 
 from bench.seeding import seed_population
 from tests.conftest import BACKEND
+from twofa import audit, store
 from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.service import TwoFactorService
@@ -207,3 +209,15 @@ async def test_listing_counts_exactly_without_a_search_and_bounds_a_broad_one(
     states = await fresh_admin.overview()
     active = await fresh_admin.accounts(state="active")
     assert (active.total, active.total_is_exact) == (states.states["active"], True)
+
+
+def test_the_tally_trigger_takes_the_audit_chain_lock_first() -> None:
+    """PostgreSQL: a state change locks the shared tally rows only under the audit chain's lock,
+    which every state change takes for its audit record anyway; in the other order two
+    concurrent journeys deadlocked (seen in the hundred-journey test)."""
+    path = Path(store.__file__).parent / "migrations" / "versions" / "0011_listing_indexes.py"
+    spec = importlib.util.spec_from_file_location("listing_indexes", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.CHAIN_LOCK == audit._ADVISORY_LOCK_KEY

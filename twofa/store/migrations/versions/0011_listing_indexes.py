@@ -153,6 +153,13 @@ def _sqlite_triggers() -> None:
     )
 
 
+#: ``twofa.audit``'s chain lock. Every state change also appends an audit record under it, so
+#: the tally rows (shared by every account in a state) are locked after it, never before: a
+#: change that updated a tally and then waited for the chain, while the chain's holder waited
+#: for that tally, deadlocked under concurrent journeys.
+CHAIN_LOCK = 0x2FA0A0D1
+
+
 def _postgresql_triggers() -> None:
     level = _LEVEL.format("NEW.two_factor_state")
     old_reached = "CASE TG_OP WHEN 'INSERT' THEN 0 ELSE OLD.enrollment_reached END"
@@ -163,6 +170,7 @@ def _postgresql_triggers() -> None:
     )
     op.execute(
         "CREATE FUNCTION accounts_tally() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"PERFORM pg_advisory_xact_lock({CHAIN_LOCK}); "
         "IF TG_OP = 'DELETE' THEN "
         f"{_STATE_UPSERT.format(state='OLD.two_factor_state', delta=-1)}; RETURN NULL; END IF; "
         "IF TG_OP = 'INSERT' OR OLD.two_factor_state IS DISTINCT FROM NEW.two_factor_state THEN "
