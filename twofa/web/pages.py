@@ -191,10 +191,8 @@ def service_of(request: Request) -> TwoFactorService:
 
 
 def flows(request: Request) -> FlowCookie:
-    settings = service_of(request).settings
-    return FlowCookie(
-        settings.pepper_bytes, settings.login_ttl_seconds, settings.previous_pepper_bytes
-    )
+    svc = service_of(request)
+    return FlowCookie(svc.keyring, svc.settings.login_ttl_seconds)
 
 
 def error_page(request: Request, error: ServiceError) -> Response:
