@@ -17,11 +17,10 @@ from sqlalchemy import select, update
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
-from twofa import audit
+from twofa import audit, errors
 from twofa.crypto import new_token
-from twofa.errors import ServiceError
 from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
-from twofa.service import TwoFactorService, effective_state, rule_refused, utcnow
+from twofa.service import TwoFactorService, effective_state, utcnow
 from twofa.store import admin_queries, queries
 from twofa.store.admin_queries import SortKey
 from twofa.store.models import Account, Operator, OperatorSession
@@ -75,10 +74,6 @@ def _row(account: Account, now: datetime) -> AccountRow:
     )
 
 
-def read_only() -> ServiceError:
-    return ServiceError(403, "read_only", "Auditors can read everything but change nothing.")
-
-
 class AdminService:
     def __init__(self, users: TwoFactorService) -> None:
         self.users = users
@@ -92,9 +87,9 @@ class AdminService:
             email = normalize_email(check_email_shape(email))  # operators sign in lowercased
             check_password(password)
         except RuleViolation as error:
-            raise rule_refused(error) from None
+            raise errors.rule_refused(error) from None
         if role not in ("admin", "auditor"):
-            raise ServiceError(422, "invalid_role", "The role is admin or auditor.", field="role")
+            raise errors.INVALID_ROLE()
         operator = Operator(
             id=str(uuid.uuid4()),
             email=email,
@@ -105,7 +100,7 @@ class AdminService:
         )
         async with self.db.write() as db:
             if await db.scalar(select(Operator.id).where(Operator.email == email)):
-                raise ServiceError(409, "email_taken", "An operator with this email exists.")
+                raise errors.OPERATOR_EMAIL_TAKEN()
             db.add(operator)
             await audit.append(db, "operator_created", actor="cli", operator=email, role=role)
         return OperatorView(id=operator.id, email=email, role=role)
@@ -152,7 +147,7 @@ class AdminService:
     async def operator(self, token: str | None) -> OperatorView:
         """The operator of a live dashboard session; sessions expire after 8 hours."""
         if not token:
-            raise ServiceError(401, "signed_out", "Sign in to the dashboard.")
+            raise errors.SIGNED_OUT()
         async with self.db.read() as db:
             row = (
                 await db.execute(
@@ -168,7 +163,7 @@ class AdminService:
                 )
             ).scalar_one_or_none()
         if row is None:
-            raise ServiceError(401, "signed_out", "This dashboard session has ended.")
+            raise errors.DASHBOARD_SESSION_ENDED()
         return OperatorView(id=row.id, email=row.email, role=row.role)
 
     async def sign_out(self, token: str) -> None:
@@ -246,7 +241,7 @@ class AdminService:
         async with self.db.read() as db:
             account = await queries.account_by_id(db, account_id)
             if account is None:
-                raise ServiceError(404, "account_not_found", "No account with this id.")
+                raise errors.ACCOUNT_NOT_FOUND()
             sessions = await queries.open_sessions(db, account_id, now)
         pending = account.two_factor_state in ("pending_code", "pending_activation")
         return AccountDetail(
@@ -286,7 +281,7 @@ class AdminService:
         try:
             uuid.UUID(account_id)  # it goes into a visibility query: only an id may
         except ValueError:
-            raise ServiceError(404, "account_not_found", "No account with this id.") from None
+            raise errors.ACCOUNT_NOT_FOUND() from None
         client = self.users.client
         wid = workflow_id(account_id)
         runs = [r async for r in client.list_workflows(f'WorkflowId = "{wid}"')]
@@ -312,28 +307,28 @@ class AdminService:
     async def revoke_device(self, operator: OperatorView, account_id: str, device_id: str) -> None:
         """R11: one browser revoked by an admin; the others keep working."""
         if not operator.can_act:
-            raise read_only()
+            raise errors.READ_ONLY()
         async with self.db.write() as db:
             revoked = await queries.revoke_devices(
                 db, account_id, utcnow(), actor=operator.actor, reason="admin", device_id=device_id
             )
         if not revoked:
-            raise ServiceError(404, "device_not_found", "No trusted browser with this id.")
+            raise errors.DEVICE_NOT_FOUND()
 
     async def unlock(self, operator: OperatorView, account_id: str) -> None:
         if not operator.can_act:
-            raise read_only()
+            raise errors.READ_ONLY()
         await self.users.call_workflow(
             account_id, TwoFactorWorkflow.unlock, ActorRequest(actor=operator.actor)
         )
 
     async def disable(self, operator: OperatorView, account_id: str) -> DisabledView:
         if not operator.can_act:
-            raise read_only()
+            raise errors.READ_ONLY()
         async with self.db.read() as db:
             account = await queries.account_by_id(db, account_id)
         if account is None:
-            raise ServiceError(404, "account_not_found", "No account with this id.")
+            raise errors.ACCOUNT_NOT_FOUND()
         return await self.users.disable(account, confirm=True, actor=operator.actor)
 
 

@@ -79,25 +79,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 A = TypeVar("A")
 
-#: Workflow refusals (validator reasons) as the contract's errors.
-_REFUSALS = {
-    "already_enabled": (409, "already_enabled", "Two-factor authentication is already enabled."),
-    "not_enabled": (409, "two_factor_not_enabled", "Two-factor authentication is not enabled."),
-    "not_active": (409, "two_factor_not_active", "Two-factor authentication is not active."),
-    "not_locked": (409, "not_locked", "Two-factor authentication is not locked."),
-    "no_code_expected": (409, "no_code_expected", "No activation code is expected now."),
-    "not_pending_activation": (
-        409,
-        "activation_not_expected",
-        "This account is not waiting for activation; log in again.",
-    ),
-    "activation_draft_gone": (
-        409,
-        "activation_not_expected",
-        "This activation was interrupted; log in again to activate.",
-    ),
-}
-
 
 class Step:
     """What a login in progress waits for."""
@@ -131,11 +112,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def rule_refused(error: RuleViolation) -> ServiceError:
-    """A refused rule as the contract's 422, naming the field (and the character, for R2)."""
-    return ServiceError(422, error.code, error.message, field=error.field, **error.details)
-
-
 def checked_activation(
     pin: str, pin_confirmation: str, seal: str, device_name: str | None, email: str | None
 ) -> tuple[str, str | None, str | None]:
@@ -159,7 +135,7 @@ def checked_activation(
         except RuleViolation as error:
             violations.append(error)
     if violations:
-        first = rule_refused(violations[0])
+        first = errors.rule_refused(violations[0])
         first.details["fields"] = [
             {"field": v.field, "error": v.code, "message": v.message, **v.details}
             for v in violations
@@ -202,7 +178,7 @@ class TwoFactorService:
             email = check_email_shape(email)
             check_password(password)
         except RuleViolation as error:
-            raise rule_refused(error) from None
+            raise errors.rule_refused(error) from None
         password_hash = await self.kdf(self.keyring.hash_secret, password)
         now = utcnow()
         account = Account(
@@ -216,11 +192,11 @@ class TwoFactorService:
         try:
             async with self.db.write() as db:
                 if await queries.email_taken(db, email):  # in any case: Bob@ and bob@ are one
-                    raise errors.email_taken()
+                    raise errors.EMAIL_TAKEN()
                 db.add(account)
                 await audit.append(db, "account_registered", account_id=account.id, actor="user")
         except IntegrityError:  # its twin registered in the same instant (PostgreSQL)
-            raise errors.email_taken() from None
+            raise errors.EMAIL_TAKEN() from None
         log.info("account %s registered", account.id)
         return AccountView(id=account.id, email=account.email, two_factor="disabled")
 
@@ -324,11 +300,8 @@ class TwoFactorService:
                     db, f"{scope}_refused", account_id=account_id, actor=actor, email=email,
                     reason="blocked",
                 )  # fmt: skip
-            raise ServiceError(
-                429,
-                "too_many_attempts",
-                "Too many failed logins for this email; try again later.",
-                retry_after=math.ceil((attempt.blocked_until - attempt.at).total_seconds()),
+            raise errors.TOO_MANY_ATTEMPTS(
+                retry_after=math.ceil((attempt.blocked_until - attempt.at).total_seconds())
             )
         if await self.kdf(self.keyring.verify_secret, stored_hash, password, stored_pepper):
             return attempt.throttle_key
@@ -343,7 +316,7 @@ class TwoFactorService:
                 failures_in_a_row=attempt.failures,
                 blocked_seconds=attempt.block_seconds,
             )
-        raise ServiceError(401, "invalid_credentials", "Wrong email or password.")
+        raise errors.INVALID_CREDENTIALS()
 
     async def _second_factor(
         self, account: Account, device: Device | None, now: datetime, passed: str
@@ -419,16 +392,9 @@ class TwoFactorService:
         if result.verdict is CodeVerdict.LOCKED:
             raise errors.locked(result.locked_until)
         if result.verdict is CodeVerdict.EXPIRED:
-            raise ServiceError(
-                410,
-                "code_expired",
-                "This activation code no longer works; log in again to receive a new one.",
-            )
+            raise errors.CODE_EXPIRED()
         if result.verdict is CodeVerdict.INVALID:
-            message = "Wrong activation code."
-            if result.attempts_left == 0:
-                message += " This code no longer works; log in again to receive a new one."
-            raise ServiceError(400, "invalid_code", message, attempts_left=result.attempts_left)
+            raise errors.invalid_code(result.attempts_left)
         if challenge.step in (Step.CODE, Step.ACTIVATION):
             if challenge.step == Step.CODE:
                 await self._advance(challenge, Step.ACTIVATION)
@@ -465,7 +431,7 @@ class TwoFactorService:
         pin_hash = await self.kdf(self.keyring.hash_secret, pin)
         async with self.db.write() as db:
             if email and await queries.email_taken(db, email, except_account=account.id):
-                raise errors.email_taken(field="email")
+                raise errors.NEW_EMAIL_TAKEN()
             if await db.get(Device, draft_id) is None:  # not applied by an earlier try
                 await queries.save_draft(  # a repeat may bring other values: the last counts
                     db,
@@ -521,12 +487,12 @@ class TwoFactorService:
         try:
             device_name = check_device_name(device_name)
         except RuleViolation as error:
-            raise rule_refused(error) from None
+            raise errors.rule_refused(error) from None
         state = effective_state(account, utcnow())
         if state == "locked":
             raise errors.locked(account.locked_until)
         if state != "active":
-            raise ServiceError(*_REFUSALS["not_active"])
+            raise errors.NOT_ACTIVE()
         if challenge.step == Step.ENROLL:
             await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
         result = await self.call_workflow(
@@ -552,17 +518,10 @@ class TwoFactorService:
             if effective_state(account, now) == "locked":
                 raise errors.locked(account.locked_until)
             if not (4 <= len(pin) <= 8 and pin.isascii() and pin.isdigit()):
-                raise ServiceError(
-                    422, "invalid_pin_format", "The PIN has between 4 and 8 digits.", field="pin"
-                )
+                raise errors.INVALID_PIN_FORMAT()
             claimed = await queries.claim_pin_check(db, account.id, now, lease)
         if not claimed:
-            raise ServiceError(
-                429,
-                "pin_check_in_progress",
-                "Another PIN of this account is being checked; try again in a moment.",
-                retry_after=1,
-            )
+            raise errors.PIN_CHECK_IN_PROGRESS(retry_after=1)
         try:
             return await self._check_pin(challenge, account, pin, now)
         except BaseException:  # a right PIN releases the slot in the session's transaction
@@ -591,9 +550,7 @@ class TwoFactorService:
             )
             if failure.locked:
                 raise errors.locked(failure.locked_until)
-            raise ServiceError(
-                400, "invalid_pin", "Wrong PIN.", attempts_left=failure.attempts_left
-            )
+            raise errors.INVALID_PIN(attempts_left=failure.attempts_left)
         if account.pin_failures or account.pin_locks_in_a_row:
             await self.call_workflow(
                 account.id,
@@ -607,11 +564,11 @@ class TwoFactorService:
             if current is not None and state == "locked":  # locked while the PIN was checked
                 raise errors.locked(current.locked_until)
             if state != "active":
-                raise errors.login_not_found()
+                raise errors.LOGIN_NOT_FOUND()
             if not await queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, None, finished_at=now
             ):
-                raise errors.login_not_found()
+                raise errors.LOGIN_NOT_FOUND()
             if current is not None:
                 await self._repepper(db, current, account.pin_hash, new_pin_hash)
             if challenge.step == Step.ENROLL_PIN:
@@ -646,7 +603,7 @@ class TwoFactorService:
                     device_name=challenge.device_name,
                 )
             elif not await queries.touch_device(db, device_id, now):
-                raise errors.login_not_found()  # the browser was revoked meanwhile
+                raise errors.LOGIN_NOT_FOUND()  # the browser was revoked meanwhile
             token, session = self._new_session(account.id, device_id, now)
             db.add(session)
             await audit.append(
@@ -669,13 +626,13 @@ class TwoFactorService:
 
     async def current_session(self, session_token: str | None) -> CurrentSession:
         if not session_token:
-            raise errors.session_ended()
+            raise errors.SESSION_ENDED()
         digests = self.keyring.digests("session", session_token)
         async with self.db.read() as db:
             session = await queries.open_session(db, digests, utcnow())
             account = await queries.account_by_id(db, session.account_id) if session else None
         if session is None or account is None:
-            raise errors.session_ended()
+            raise errors.SESSION_ENDED()
         if session.token_digest != digests[0]:  # made under a previous pepper: digested anew
             async with self.db.write() as db:
                 await queries.redigest(db, Session, session.id, digests[0], self.keyring.id)
@@ -740,11 +697,11 @@ class TwoFactorService:
                 auto_logout_at=account.auto_logout_at, code_expires_at=account.code_expires_at
             )
         if account.two_factor_state != "disabled":
-            raise ServiceError(*_REFUSALS["already_enabled"])
+            raise errors.ALREADY_ENABLED()
         try:
             check_two_factor_email(account.email)
         except RuleViolation as error:
-            raise rule_refused(error) from None
+            raise errors.rule_refused(error) from None
         start = WithStartWorkflowOperation(
             TwoFactorWorkflow.run,
             TwoFactorInput(
@@ -786,12 +743,7 @@ class TwoFactorService:
         browser); every other session a trusted browser opened ends with its browser.
         """
         if not confirm:
-            raise ServiceError(
-                400,
-                "confirmation_required",
-                "Disabling two-factor authentication needs an explicit confirmation "
-                '("confirm": true).',
-            )
+            raise errors.CONFIRMATION_REQUIRED()
         if account.two_factor_state == "disabled":
             return DisabledView(revoked_devices=0)
         try:
@@ -800,7 +752,7 @@ class TwoFactorService:
             )
             revoked = result.revoked_devices
         except ServiceError as error:
-            if error.code != "two_factor_not_enabled":
+            if error.code != errors.NOT_ENABLED.code:
                 raise
             revoked = await self._disable_without_workflow(account, actor)
         log.info("2FA disabled for account %s by %s", account.id, actor)
@@ -854,7 +806,7 @@ class TwoFactorService:
                 db, current.account.id, utcnow(), actor="user", reason="user", device_id=device_id
             )
         if not revoked:
-            raise ServiceError(404, "device_not_found", "No trusted browser with this id.")
+            raise errors.DEVICE_NOT_FOUND()
         log.info("device %s of account %s deleted by its user", device_id, current.account.id)
 
     async def health(self) -> dict[str, bool]:
@@ -947,7 +899,7 @@ class TwoFactorService:
             db, self.keyring.digests("login", login_id), now
         )
         if found is None:
-            raise errors.login_not_found()
+            raise errors.LOGIN_NOT_FOUND()
         if found[0].step not in steps:
             raise errors.wrong_step(found[0].step)
         return found
@@ -957,7 +909,7 @@ class TwoFactorService:
         async with self.db.read() as db:
             live = await queries.live_challenge(db, challenge.id_digest, utcnow())
         if live is None:
-            raise errors.login_not_found()
+            raise errors.LOGIN_NOT_FOUND()
 
     async def _advance(self, challenge: LoginChallenge, step: str, **values: Any) -> None:
         """Compare-and-set; an identical request racing this one may have moved it first (S9)."""
@@ -977,7 +929,7 @@ class TwoFactorService:
                 return
             now = await queries.live_challenge(db, challenge.id_digest, utcnow())
         if now is None or now.step != step or any(getattr(now, k) != v for k, v in values.items()):
-            raise errors.login_not_found()
+            raise errors.LOGIN_NOT_FOUND()
 
     async def _repepper(
         self, db: AsyncSession, account: Account, checked: str | None, new_pin_hash: str | None
@@ -1058,19 +1010,17 @@ class TwoFactorService:
         except WorkflowUpdateFailedError as failure:
             cause = failure.cause
             reason = cause.type if isinstance(cause, ApplicationError) else None
-            if reason == "email_taken":  # the new email was taken while the activation ran
-                raise errors.email_taken(field="email") from None
-            if reason in _REFUSALS:
-                raise ServiceError(*_REFUSALS[reason]) from None
+            if reason in errors.WORKFLOW_REFUSALS:
+                raise errors.WORKFLOW_REFUSALS[reason]() from None
             log.error("workflow update failed: %s", failure)
-            raise errors.unavailable() from None
+            raise errors.UNAVAILABLE() from None
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
-                raise ServiceError(*_REFUSALS["not_enabled"]) from None
+                raise errors.NOT_ENABLED() from None
             log.error("Temporal refused a call: %s", error.status)
-            raise errors.unavailable() from None
+            raise errors.UNAVAILABLE() from None
         except (TimeoutError, RPCTimeoutOrCancelledError):
             log.error(
                 "workflow call timed out after %ss", self.settings.workflow_call_timeout_seconds
             )
-            raise errors.unavailable() from None
+            raise errors.UNAVAILABLE() from None

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
+from twofa import errors
 from twofa.errors import ServiceError
 from twofa.service import CurrentSession, TwoFactorService
 from twofa.views import LoginView
@@ -197,16 +198,16 @@ def flows(request: Request) -> FlowCookie:
 
 def error_page(request: Request, error: ServiceError) -> Response:
     """What a refusal the page did not handle itself means to the person at the browser."""
-    if error.code == "session_ended":
+    if error.code == errors.SESSION_ENDED.code:
         had_session = SESSION_COOKIE in request.cookies
         response = redirect(request, "/login", "session_ended" if had_session else None)
         clear_cookie(response, request, SESSION_COOKIE)
         return response
-    if error.code == "login_not_found":
+    if error.code == errors.LOGIN_NOT_FOUND.code:
         response = redirect(request, "/login", "login_expired")
         FlowCookie.clear(response, request)
         return response
-    if error.code == "wrong_step":
+    if error.code == errors.WRONG_STEP.code:
         expected = str(error.details.get("expected", ""))
         flow = flows(request).read(request)
         page = STEP_PAGES.get(expected)
@@ -218,7 +219,7 @@ def error_page(request: Request, error: ServiceError) -> Response:
         flow.step = PAGE_STEPS.get(expected, expected)
         flows(request).write(response, request, flow)
         return response
-    if error.code == "locked":
+    if error.code == errors.LOCKED.code:
         return locked_page(request, error.details.get("locked_until"))
     return render(request, "error.html", error.status, message=in_page_words(error.message))
 
@@ -428,11 +429,11 @@ async def code(request: Request, form: Form, svc: Service) -> Response:
     try:
         view = await svc.submit_code(flow.login_id, typed)
     except ServiceError as error:
-        if error.code == "code_expired" or error.details.get("attempts_left") == 0:
+        if error.code == errors.CODE_EXPIRED.code or error.details.get("attempts_left") == 0:
             response = redirect(request, "/login", "code_expired")
             FlowCookie.clear(response, request)
             return response
-        if error.code == "invalid_code":
+        if error.code == errors.INVALID_CODE.code:
             message = error.message + attempts_text(error.details.get("attempts_left"))
             return code_page(request, flow, 400, message)
         raise
@@ -468,13 +469,13 @@ async def activate(request: Request, form: Form, svc: Service) -> Response:
             email=values["email"] or None,
         )
     except ServiceError as error:
-        errors = field_errors(error, ACTIVATION_FIELDS)
-        if errors is None:
+        wrong = field_errors(error, ACTIVATION_FIELDS)
+        if wrong is None:
             raise
         pins = ("pin", "pin_confirmation")
         # the PIN is typed back only when both its boxes were right: a wrong one is retyped
-        kept = {k: v for k, v in values.items() if k not in pins or not errors.keys() & pins}
-        return render(request, "activate.html", error.status, errors=errors, values=kept)
+        kept = {k: v for k, v in values.items() if k not in pins or not wrong.keys() & pins}
+        return render(request, "activate.html", error.status, errors=wrong, values=kept)
     response = redirect(request, "/login/activated")
     assert view.device_token is not None
     set_cookie(response, request, DEVICE_COOKIE, view.device_token, max_age=DEVICE_MAX_AGE)
@@ -506,7 +507,7 @@ async def pin(request: Request, form: Form, svc: Service) -> Response:
     try:
         view = await svc.submit_pin(flow.login_id, form.get("pin"))
     except ServiceError as error:
-        if error.code == "invalid_pin":
+        if error.code == errors.INVALID_PIN.code:
             message = "Wrong password." + attempts_text(error.details.get("attempts_left"))
             return pin_page(request, flow, 400, message)
         if error.status == 422:
@@ -531,11 +532,11 @@ async def enroll(request: Request, form: Form, svc: Service) -> Response:
     try:
         view = await svc.enroll_browser(flow.login_id, name or None)
     except ServiceError as error:
-        errors = field_errors(error, {"device_name"})
-        if errors is None:
+        wrong = field_errors(error, {"device_name"})
+        if wrong is None:
             raise
         values = {"device_name": name}
-        return render(request, "not_trusted.html", error.status, errors=errors, values=values)
+        return render(request, "not_trusted.html", error.status, errors=wrong, values=values)
     flow.step, flow.enrolling, flow.code_sent = "code", True, True
     flow.code_expires_at = view.code_expires_at.isoformat() if view.code_expires_at else None
     response = redirect(request, "/login/code")
@@ -572,7 +573,7 @@ async def enable(request: Request, form: Form, current: User, svc: Service) -> R
     except ServiceError as error:
         if error.status == 422:
             return await settings_view(request, current, svc, 422, error.message)
-        if error.code == "already_enabled":
+        if error.code == errors.ALREADY_ENABLED.code:
             return redirect(request, "/settings")
         raise
     return redirect(request, "/settings/enabled")
