@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from google.protobuf.json_format import MessageToDict
 from sqlalchemy import select, update
@@ -36,10 +35,11 @@ from twofa.views import (
     SessionRow,
     TimelineRow,
 )
+from twofa.vocabulary import STORED_STATES, Role
+from twofa.vocabulary import TwoFactorState as S
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE, ActorRequest, workflow_id
 from twofa.workflows.two_factor import TwoFactorWorkflow
 
-Role = Literal["admin", "auditor"]
 OPERATOR_SESSION_TTL = timedelta(hours=8)
 MAX_PAGE_SIZE = 200
 #: The enrollment funnel's steps, in the order of ``Account.enrollment_reached`` (1, 2, 3).
@@ -70,7 +70,7 @@ def _row(account: Account, now: datetime) -> AccountRow:
         state=effective_state(account, now),
         created_at=account.created_at,
         updated_at=account.updated_at,
-        locked_until=account.locked_until if account.two_factor_state == "locked" else None,
+        locked_until=account.locked_until if account.two_factor_state == S.LOCKED else None,
     )
 
 
@@ -82,14 +82,15 @@ class AdminService:
 
     # -- operators and their sessions
 
-    async def create_operator(self, email: str, role: Role, password: str) -> OperatorView:
+    async def create_operator(self, email: str, role: str, password: str) -> OperatorView:
         try:
             email = normalize_email(check_email_shape(email))  # operators sign in lowercased
             check_password(password)
         except RuleViolation as error:
             raise errors.rule_refused(error) from None
-        if role not in ("admin", "auditor"):
+        if role not in tuple(Role):
             raise errors.INVALID_ROLE()
+        role = Role(role)
         operator = Operator(
             id=str(uuid.uuid4()),
             email=email,
@@ -191,9 +192,9 @@ class AdminService:
             reached = await admin_queries.funnel_counts(db)
             per_day = await admin_queries.audit_days(db, since, DAILY_EVENTS)
             locked = await admin_queries.locked_accounts(db, MAX_PAGE_SIZE)
-        locked_now = [r for r in (_row(a, now) for a in locked) if r.state == "locked"]
+        locked_now = [r for r in (_row(a, now) for a in locked) if r.state == S.LOCKED]
         return OverviewView(
-            states={s: states.get(s, 0) for s in _STATES},
+            states={s: states.get(s, 0) for s in STORED_STATES},
             funnel={step: reached.get(level, 0) for level, step in enumerate(FUNNEL, start=1)},
             per_day=[DayCount(day=str(d), event=e, count=c) for d, e, c in per_day],
             locked_now=locked_now,
@@ -243,12 +244,12 @@ class AdminService:
             if account is None:
                 raise errors.ACCOUNT_NOT_FOUND()
             sessions = await queries.open_sessions(db, account_id, now)
-        pending = account.two_factor_state in ("pending_code", "pending_activation")
+        pending = account.two_factor_state in (S.PENDING_CODE, S.PENDING_ACTIVATION)
         return AccountDetail(
             account=_row(account, now),
             auto_logout_at=account.auto_logout_at if pending else None,
             code_expires_at=account.code_expires_at
-            if account.two_factor_state == "pending_code"
+            if account.two_factor_state == S.PENDING_CODE
             else None,
             pin_failures=account.pin_failures,
             pin_locks_in_a_row=account.pin_locks_in_a_row,
@@ -330,9 +331,6 @@ class AdminService:
         if account is None:
             raise errors.ACCOUNT_NOT_FOUND()
         return await self.users.disable(account, confirm=True, actor=operator.actor)
-
-
-_STATES = ("disabled", "pending_code", "pending_activation", "active", "locked")
 
 
 def _event_details(event: HistoryEvent) -> str:

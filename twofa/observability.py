@@ -168,7 +168,7 @@ class Metrics:
         if status >= 400:
             error = _label(answer.get("error"))
             self.steps.labels(step, error).inc()
-            if step == "pin" and error == "locked":
+            if step == "pin" and error == errors.LOCKED.code:
                 self.locks.labels("pin").inc()
             return
         self.steps.labels(step, "ok").inc()

@@ -61,6 +61,7 @@ from twofa.views import (
     SessionView,
     TwoFactorView,
 )
+from twofa.vocabulary import Outcome, Step, TwoFactorState
 from twofa.workflows.messages import (
     Activation,
     ActorRequest,
@@ -70,25 +71,14 @@ from twofa.workflows.messages import (
     Progress,
     Projection,
     TwoFactorInput,
-    TwoFactorState,
     workflow_id,
 )
 from twofa.workflows.two_factor import TASK_TIMEOUT, TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
+S = TwoFactorState
 T = TypeVar("T")
 A = TypeVar("A")
-
-
-class Step:
-    """What a login in progress waits for."""
-
-    CODE = "code"
-    ACTIVATION = "activation"
-    PIN = "pin"
-    ENROLL = "enroll"
-    ENROLL_CODE = "enroll_code"
-    ENROLL_PIN = "enroll_pin"
 
 
 @dataclass(frozen=True)
@@ -153,11 +143,11 @@ def check_pin_confirmation(pin: str, confirmation: str) -> str:
     return confirmation
 
 
-def effective_state(account: Account, now: datetime) -> str:
+def effective_state(account: Account, now: datetime) -> TwoFactorState:
     """The projection's state, read exactly: a lock whose time has passed is over already."""
-    state = account.two_factor_state
-    if state == "locked" and account.locked_until is not None and account.locked_until <= now:
-        return "active"
+    state = TwoFactorState(account.two_factor_state)
+    if state is S.LOCKED and account.locked_until is not None and account.locked_until <= now:
+        return S.ACTIVE
     return state
 
 
@@ -198,7 +188,7 @@ class TwoFactorService:
         except IntegrityError:  # its twin registered in the same instant (PostgreSQL)
             raise errors.EMAIL_TAKEN() from None
         log.info("account %s registered", account.id)
-        return AccountView(id=account.id, email=account.email, two_factor="disabled")
+        return AccountView(id=account.id, email=account.email, two_factor=S.DISABLED)
 
     async def login(self, email: str, password: str, device_token: str | None) -> LoginView:
         """Primary password first, throttled per email whether or not it exists (S2, S7).
@@ -323,7 +313,7 @@ class TwoFactorService:
     ) -> LoginView:
         """The login after the right password (``passed``: the failure counter to clear)."""
         state = effective_state(account, now)
-        if state == "disabled":
+        if state is S.DISABLED:
             token, session = self._new_session(account.id, None, now)
             async with self._login_write(passed) as db:
                 cap = await queries.session_cap(db, account.id)
@@ -334,15 +324,15 @@ class TwoFactorService:
                     db, "login_succeeded", account_id=account.id, actor="user", second_factor=False
                 )
             return LoginView(
-                outcome="authenticated", session_token=token, expires_at=session.expires_at
+                outcome=Outcome.AUTHENTICATED, session_token=token, expires_at=session.expires_at
             )
-        if state == "locked":
+        if state is S.LOCKED:
             async with self._login_write(passed) as db:
                 await audit.append(
                     db, "login_refused", account_id=account.id, actor="user", reason="locked"
                 )
-            return LoginView(outcome="locked", locked_until=account.locked_until)
-        if state == "pending_code":
+            return LoginView(outcome=Outcome.LOCKED, locked_until=account.locked_until)
+        if state is S.PENDING_CODE:
             code_expires_at, code_sent, refused = account.code_expires_at, False, None
             if not (account.code_usable and code_expires_at and code_expires_at > now):
                 result = await self.call_workflow(
@@ -352,20 +342,22 @@ class TwoFactorService:
                 refused = result.refused or None
             login_id = await self._begin_login(account.id, Step.CODE, now, passed)
             return LoginView(
-                outcome="activation_code_required",
+                outcome=Outcome.ACTIVATION_CODE_REQUIRED,
                 login_id=login_id,
                 code_expires_at=code_expires_at,
                 code_sent=code_sent,
                 mail_refused=refused,
             )
-        if state == "pending_activation":
+        if state is S.PENDING_ACTIVATION:
             login_id = await self._begin_login(account.id, Step.ACTIVATION, now, passed)
-            return LoginView(outcome="activation_required", login_id=login_id)
+            return LoginView(outcome=Outcome.ACTIVATION_REQUIRED, login_id=login_id)
         if device is None:
             login_id = await self._begin_login(account.id, Step.ENROLL, now, passed)
-            return LoginView(outcome="browser_not_trusted", login_id=login_id)
+            return LoginView(outcome=Outcome.BROWSER_NOT_TRUSTED, login_id=login_id)
         login_id = await self._begin_login(account.id, Step.PIN, now, passed, device_id=device.id)
-        return LoginView(outcome="pin_required", login_id=login_id, seal=self._seal_of(account))
+        return LoginView(
+            outcome=Outcome.PIN_REQUIRED, login_id=login_id, seal=self._seal_of(account)
+        )
 
     # -- the steps of a login in progress
 
@@ -398,10 +390,10 @@ class TwoFactorService:
         if challenge.step in (Step.CODE, Step.ACTIVATION):
             if challenge.step == Step.CODE:
                 await self._advance(challenge, Step.ACTIVATION)
-            return LoginView(outcome="activation_required")
+            return LoginView(outcome=Outcome.ACTIVATION_REQUIRED)
         if challenge.step == Step.ENROLL_CODE:
             await self._advance(challenge, Step.ENROLL_PIN)
-        return LoginView(outcome="pin_required", seal=self._seal_of(account))
+        return LoginView(outcome=Outcome.PIN_REQUIRED, seal=self._seal_of(account))
 
     async def activate(
         self,
@@ -471,7 +463,7 @@ class TwoFactorService:
             account = await queries.account_by_id(db, account_id)
         assert account is not None
         return LoginView(
-            outcome="pin_required",
+            outcome=Outcome.PIN_REQUIRED,
             seal=self._seal_of(account),
             device_id=device_id,
             device_token=device_token,
@@ -489,9 +481,9 @@ class TwoFactorService:
         except RuleViolation as error:
             raise errors.rule_refused(error) from None
         state = effective_state(account, utcnow())
-        if state == "locked":
+        if state is S.LOCKED:
             raise errors.locked(account.locked_until)
-        if state != "active":
+        if state is not S.ACTIVE:
             raise errors.NOT_ACTIVE()
         if challenge.step == Step.ENROLL:
             await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
@@ -501,7 +493,9 @@ class TwoFactorService:
             NewCodeRequest(reuse_fresh=challenge.step == Step.ENROLL_CODE),
             update_id=self._request_id("enroll", login_id),
         )
-        return LoginView(outcome="activation_code_required", code_expires_at=result.code_expires_at)
+        return LoginView(
+            outcome=Outcome.ACTIVATION_CODE_REQUIRED, code_expires_at=result.code_expires_at
+        )
 
     async def submit_pin(self, login_id: str, pin: str) -> LoginView:
         """R7, R9: the PIN opens the session; wrong ones are counted by the workflow (S2).
@@ -515,7 +509,7 @@ class TwoFactorService:
             challenge, account = await self._live_challenge(
                 db, login_id, now, Step.PIN, Step.ENROLL_PIN
             )
-            if effective_state(account, now) == "locked":
+            if effective_state(account, now) is S.LOCKED:
                 raise errors.locked(account.locked_until)
             if not (4 <= len(pin) <= 8 and pin.isascii() and pin.isdigit()):
                 raise errors.INVALID_PIN_FORMAT()
@@ -560,10 +554,10 @@ class TwoFactorService:
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
             current = await queries.release_pin_check(db, account.id)  # the account, locked
-            state = effective_state(current, now) if current else "disabled"
-            if current is not None and state == "locked":  # locked while the PIN was checked
+            state = effective_state(current, now) if current else S.DISABLED
+            if current is not None and state is S.LOCKED:  # locked while the PIN was checked
                 raise errors.locked(current.locked_until)
-            if state != "active":
+            if state is not S.ACTIVE:
                 raise errors.LOGIN_NOT_FOUND()
             if not await queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, None, finished_at=now
@@ -615,7 +609,7 @@ class TwoFactorService:
                 device_id=device_id,
             )
         return LoginView(
-            outcome="authenticated",
+            outcome=Outcome.AUTHENTICATED,
             session_token=token,
             expires_at=session.expires_at,
             device_id=device_id if device_token else None,
@@ -678,25 +672,25 @@ class TwoFactorService:
     async def two_factor(self, current: CurrentSession) -> TwoFactorView:
         account, now = current.account, utcnow()
         state = effective_state(account, now)
-        pending = state in ("pending_code", "pending_activation")
+        pending = state in (S.PENDING_CODE, S.PENDING_ACTIVATION)
         return TwoFactorView(
             state=state,
-            code_expires_at=account.code_expires_at if state == "pending_code" else None,
+            code_expires_at=account.code_expires_at if state is S.PENDING_CODE else None,
             auto_logout_at=account.auto_logout_at if pending else None,
-            locked_until=account.locked_until if state == "locked" else None,
+            locked_until=account.locked_until if state is S.LOCKED else None,
             devices=await self.devices(account.id),
         )
 
     async def enable(self, current: CurrentSession) -> EnabledView:
         """R1, R2, R3: start the account's workflow, which mails the code and plans the logout."""
         account = current.account
-        if account.two_factor_state == "pending_code" and account.auto_logout_at:
+        if account.two_factor_state == S.PENDING_CODE and account.auto_logout_at:
             # a repeat whose first answer was lost, or a double click: that enable's answer (S9)
             assert account.code_expires_at is not None
             return EnabledView(
                 auto_logout_at=account.auto_logout_at, code_expires_at=account.code_expires_at
             )
-        if account.two_factor_state != "disabled":
+        if account.two_factor_state != S.DISABLED:
             raise errors.ALREADY_ENABLED()
         try:
             check_two_factor_email(account.email)
@@ -744,7 +738,7 @@ class TwoFactorService:
         """
         if not confirm:
             raise errors.CONFIRMATION_REQUIRED()
-        if account.two_factor_state == "disabled":
+        if account.two_factor_state == S.DISABLED:
             return DisabledView(revoked_devices=0)
         try:
             result = await self.call_workflow(
@@ -766,7 +760,7 @@ class TwoFactorService:
         finds them done."""
         async with self.db.write() as db:
             current = await queries.account_by_id(db, account.id)
-            if current is None or current.two_factor_state == "disabled":
+            if current is None or current.two_factor_state == S.DISABLED:
                 return 0
             projection = Projection(
                 account_id=account.id,
@@ -858,7 +852,7 @@ class TwoFactorService:
     async def _begin_login(
         self,
         account_id: str,
-        step: str,
+        step: Step,
         now: datetime,
         passed: str,
         device_id: str | None = None,
@@ -886,13 +880,13 @@ class TwoFactorService:
         async with self.db.write() as db:
             await audit.append(db, event, account_id=account_id, actor="user", **details)
 
-    async def _challenge(self, login_id: str, *steps: str) -> tuple[LoginChallenge, Account]:
+    async def _challenge(self, login_id: str, *steps: Step) -> tuple[LoginChallenge, Account]:
         """The live login ``login_id`` if it waits for one of ``steps`` (R5: the code first)."""
         async with self.db.read() as db:
             return await self._live_challenge(db, login_id, utcnow(), *steps)
 
     async def _live_challenge(
-        self, db: AsyncSession, login_id: str, now: datetime, *steps: str
+        self, db: AsyncSession, login_id: str, now: datetime, *steps: Step
     ) -> tuple[LoginChallenge, Account]:
         """``_challenge`` in the caller's transaction: the login and its account, one query."""
         found = await queries.live_challenge_and_account(
@@ -911,7 +905,7 @@ class TwoFactorService:
         if live is None:
             raise errors.LOGIN_NOT_FOUND()
 
-    async def _advance(self, challenge: LoginChallenge, step: str, **values: Any) -> None:
+    async def _advance(self, challenge: LoginChallenge, step: Step, **values: Any) -> None:
         """Compare-and-set; an identical request racing this one may have moved it first (S9)."""
         async with self.db.write() as db:
             moved = await queries.advance_challenge(

@@ -24,6 +24,7 @@ from twofa import errors
 from twofa.errors import ServiceError
 from twofa.service import CurrentSession, TwoFactorService
 from twofa.views import LoginView
+from twofa.vocabulary import Outcome, Step
 from twofa.web.security import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -78,16 +79,14 @@ FLASH: dict[str, tuple[str, str]] = {
     ),
 }
 
-#: The service's login steps, as the page that asks for each.
+#: The page that asks for each form's step (``Step.form``: a new browser's code and PIN are
+#: typed on the same pages as any).
 STEP_PAGES = {
-    "code": "/login/code",
-    "enroll_code": "/login/code",
-    "activation": "/login/activate",
-    "pin": "/login/pin",
-    "enroll_pin": "/login/pin",
-    "enroll": "/login/not-trusted",
+    Step.CODE: "/login/code",
+    Step.ACTIVATION: "/login/activate",
+    Step.PIN: "/login/pin",
+    Step.ENROLL: "/login/not-trusted",
 }
-PAGE_STEPS = {"code": "code", "enroll_code": "code", "enroll_pin": "pin", "enroll": "enroll"}
 
 
 # -- rendering and redirects
@@ -210,13 +209,13 @@ def error_page(request: Request, error: ServiceError) -> Response:
     if error.code == errors.WRONG_STEP.code:
         expected = str(error.details.get("expected", ""))
         flow = flows(request).read(request)
-        page = STEP_PAGES.get(expected)
-        if flow is None or page is None or (page == "/login/pin" and not flow.seal):
+        step = next((s.form for s in Step if s == expected), None)
+        if flow is None or step is None or (step is Step.PIN and not flow.seal):
             response = redirect(request, "/login", "login_expired")
             FlowCookie.clear(response, request)
             return response
-        response = redirect(request, page)
-        flow.step = PAGE_STEPS.get(expected, expected)
+        response = redirect(request, STEP_PAGES[step])
+        flow.step = step
         flows(request).write(response, request, flow)
         return response
     if error.code == errors.LOCKED.code:
@@ -351,24 +350,24 @@ async def login(request: Request, form: Form, svc: Service) -> Response:
 
 def login_outcome(request: Request, view: LoginView) -> Response:
     """Each outcome of the password step, as the page that asks for what comes next."""
-    if view.outcome == "authenticated":
+    if view.outcome is Outcome.AUTHENTICATED:
         response = redirect(request, "/")
         start_session(request, response, view)
         return response
-    if view.outcome == "locked":
+    if view.outcome is Outcome.LOCKED:
         return locked_page(request, view.locked_until)
     assert view.login_id is not None
-    flow = LoginFlow(login_id=view.login_id, step="code")
-    if view.outcome == "activation_code_required":
+    flow = LoginFlow(login_id=view.login_id, step=Step.CODE)
+    if view.outcome is Outcome.ACTIVATION_CODE_REQUIRED:
         flow.code_expires_at = view.code_expires_at.isoformat() if view.code_expires_at else None
         flow.code_sent = bool(view.code_sent)
         page = "/login/code"
-    elif view.outcome == "activation_required":
-        flow.step, page = "activation", "/login/activate"
-    elif view.outcome == "pin_required":
-        flow.step, flow.seal, page = "pin", view.seal, "/login/pin"
+    elif view.outcome is Outcome.ACTIVATION_REQUIRED:
+        flow.step, page = Step.ACTIVATION, STEP_PAGES[Step.ACTIVATION]
+    elif view.outcome is Outcome.PIN_REQUIRED:
+        flow.step, flow.seal, page = Step.PIN, view.seal, STEP_PAGES[Step.PIN]
     else:  # browser_not_trusted
-        flow.step, page = "enroll", "/login/not-trusted"
+        flow.step, page = Step.ENROLL, STEP_PAGES[Step.ENROLL]
     response = redirect(request, page)
     flows(request).write(response, request, flow)
     return response
@@ -388,7 +387,7 @@ async def logout(request: Request, form: Form, svc: Service) -> Response:
 # -- the login in progress
 
 
-def flow_at(request: Request, step: str) -> LoginFlow:
+def flow_at(request: Request, step: Step) -> LoginFlow:
     """This browser's login if it waits for ``step``; else a detour to where it stands."""
     flow = flows(request).read(request)
     if flow is None:
@@ -417,12 +416,12 @@ def code_page(
 
 @router.get("/login/code")
 async def code_form(request: Request) -> Response:
-    return code_page(request, flow_at(request, "code"))
+    return code_page(request, flow_at(request, Step.CODE))
 
 
 @router.post("/login/code")
 async def code(request: Request, form: Form, svc: Service) -> Response:
-    flow = flow_at(request, "code")
+    flow = flow_at(request, Step.CODE)
     typed = form.get("code").strip()
     if not typed:
         return code_page(request, flow, 422, "Type the activation code received by email.")
@@ -437,10 +436,10 @@ async def code(request: Request, form: Form, svc: Service) -> Response:
             message = error.message + attempts_text(error.details.get("attempts_left"))
             return code_page(request, flow, 400, message)
         raise
-    if view.outcome == "pin_required":
-        flow.step, flow.seal, page = "pin", view.seal, "/login/pin"
+    if view.outcome is Outcome.PIN_REQUIRED:
+        flow.step, flow.seal, page = Step.PIN, view.seal, STEP_PAGES[Step.PIN]
     else:
-        flow.step, page = "activation", "/login/activate"
+        flow.step, page = Step.ACTIVATION, STEP_PAGES[Step.ACTIVATION]
     response = redirect(request, page)
     flows(request).write(response, request, flow)
     return response
@@ -451,13 +450,13 @@ ACTIVATION_FIELDS = {"device_name", "pin", "pin_confirmation", "seal", "email"}
 
 @router.get("/login/activate")
 async def activation_form(request: Request) -> Response:
-    flow_at(request, "activation")
+    flow_at(request, Step.ACTIVATION)
     return render(request, "activate.html", errors={}, values={})
 
 
 @router.post("/login/activate")
 async def activate(request: Request, form: Form, svc: Service) -> Response:
-    flow = flow_at(request, "activation")
+    flow = flow_at(request, Step.ACTIVATION)
     values = {name: form.get(name) for name in ACTIVATION_FIELDS}
     try:
         view = await svc.activate(
@@ -479,14 +478,14 @@ async def activate(request: Request, form: Form, svc: Service) -> Response:
     response = redirect(request, "/login/activated")
     assert view.device_token is not None
     set_cookie(response, request, DEVICE_COOKIE, view.device_token, max_age=DEVICE_MAX_AGE)
-    flow.step, flow.seal = "pin", view.seal
+    flow.step, flow.seal = Step.PIN, view.seal
     flows(request).write(response, request, flow)
     return response
 
 
 @router.get("/login/activated")
 async def activated(request: Request) -> Response:
-    flow_at(request, "pin")
+    flow_at(request, Step.PIN)
     return render(request, "activated.html")
 
 
@@ -498,12 +497,12 @@ def pin_page(
 
 @router.get("/login/pin")
 async def pin_form(request: Request) -> Response:
-    return pin_page(request, flow_at(request, "pin"))
+    return pin_page(request, flow_at(request, Step.PIN))
 
 
 @router.post("/login/pin")
 async def pin(request: Request, form: Form, svc: Service) -> Response:
-    flow = flow_at(request, "pin")
+    flow = flow_at(request, Step.PIN)
     try:
         view = await svc.submit_pin(flow.login_id, form.get("pin"))
     except ServiceError as error:
@@ -520,14 +519,14 @@ async def pin(request: Request, form: Form, svc: Service) -> Response:
 
 @router.get("/login/not-trusted")
 async def not_trusted(request: Request) -> Response:
-    flow_at(request, "enroll")
+    flow_at(request, Step.ENROLL)
     return render(request, "not_trusted.html", errors={}, values={})
 
 
 @router.post("/login/not-trusted")
 async def enroll(request: Request, form: Form, svc: Service) -> Response:
     """R9: this browser gets an emailed code, then the PIN, and becomes trusted."""
-    flow = flow_at(request, "enroll")
+    flow = flow_at(request, Step.ENROLL)
     name = form.get("device_name")
     try:
         view = await svc.enroll_browser(flow.login_id, name or None)
@@ -537,7 +536,7 @@ async def enroll(request: Request, form: Form, svc: Service) -> Response:
             raise
         values = {"device_name": name}
         return render(request, "not_trusted.html", error.status, errors=wrong, values=values)
-    flow.step, flow.enrolling, flow.code_sent = "code", True, True
+    flow.step, flow.enrolling, flow.code_sent = Step.CODE, True, True
     flow.code_expires_at = view.code_expires_at.isoformat() if view.code_expires_at else None
     response = redirect(request, "/login/code")
     flows(request).write(response, request, flow)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from twofa.crypto import Keyring
+from twofa.vocabulary import Step
 
 SESSION_COOKIE = "twofa_session"
 DEVICE_COOKIE = "twofa_device"
@@ -120,7 +121,7 @@ class LoginFlow:
     """Where this browser's login stands; the service re-checks every step anyway."""
 
     login_id: str
-    step: str  # "code", "activation", "pin" or "enroll" (pages, not the service's steps)
+    step: Step  # the step of the form it is at (``Step.form``): a page, not the service's step
     seal: str | None = None
     code_expires_at: str | None = None
     code_sent: bool = False
@@ -146,7 +147,9 @@ class FlowCookie:
             return None
         try:
             data = json.loads(self._fernet.decrypt(raw.encode(), ttl=self._ttl))
-            return LoginFlow(**data)
+            flow = LoginFlow(**data)
+            flow.step = Step(flow.step)
+            return flow
         except (InvalidToken, ValueError, TypeError):
             return None
 
