@@ -19,7 +19,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from twofa import audit, errors
 from twofa.crypto import new_token
 from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
-from twofa.service import TwoFactorService, effective_state, utcnow
+from twofa.service import TwoFactorService, state_of, utcnow
 from twofa.store import admin_queries, queries
 from twofa.store.admin_queries import SortKey
 from twofa.store.models import Account, Operator, OperatorSession
@@ -67,7 +67,7 @@ def _row(account: Account, now: datetime) -> AccountRow:
     return AccountRow(
         id=account.id,
         email=account.email,
-        state=effective_state(account, now),
+        state=state_of(account, now),
         created_at=account.created_at,
         updated_at=account.updated_at,
         locked_until=account.locked_until if account.two_factor_state == S.LOCKED else None,

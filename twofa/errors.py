@@ -70,9 +70,6 @@ LAST_INVALID_CODE = Refusal(
     "Wrong activation code. This code no longer works; log in again to receive a new one.",
 )
 INVALID_PIN = Refusal(400, "invalid_pin", "Wrong PIN.")
-INVALID_PIN_FORMAT = Refusal(
-    422, "invalid_pin_format", "The PIN has between 4 and 8 digits.", field="pin"
-)
 PIN_CHECK_IN_PROGRESS = Refusal(
     429,
     "pin_check_in_progress",

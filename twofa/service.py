@@ -44,8 +44,11 @@ from twofa.policy import (
     check_email_shape,
     check_password,
     check_pin,
+    check_pin_confirmation,
+    check_pin_shape,
     check_seal,
     check_two_factor_email,
+    effective_state,
     normalize_email,
     password_block_seconds,
 )
@@ -134,21 +137,9 @@ def checked_activation(
     return str(values["seal"]), values["device_name"], values["email"]
 
 
-def check_pin_confirmation(pin: str, confirmation: str) -> str:
-    """The confirmation must repeat the PIN, whether or not the PIN itself is valid."""
-    if confirmation != pin:
-        raise RuleViolation(
-            "pin_confirmation", "pin_mismatch", "The PIN confirmation does not match the PIN."
-        )
-    return confirmation
-
-
-def effective_state(account: Account, now: datetime) -> TwoFactorState:
-    """The projection's state, read exactly: a lock whose time has passed is over already."""
-    state = TwoFactorState(account.two_factor_state)
-    if state is S.LOCKED and account.locked_until is not None and account.locked_until <= now:
-        return S.ACTIVE
-    return state
+def state_of(account: Account, now: datetime) -> TwoFactorState:
+    """The account's 2FA state as the rules read it now (``policy.effective_state``)."""
+    return effective_state(account.two_factor_state, account.locked_until, now)
 
 
 class TwoFactorService:
@@ -312,7 +303,7 @@ class TwoFactorService:
         self, account: Account, device: Device | None, now: datetime, passed: str
     ) -> LoginView:
         """The login after the right password (``passed``: the failure counter to clear)."""
-        state = effective_state(account, now)
+        state = state_of(account, now)
         if state is S.DISABLED:
             token, session = self._new_session(account.id, None, now)
             async with self._login_write(passed) as db:
@@ -480,7 +471,7 @@ class TwoFactorService:
             device_name = check_device_name(device_name)
         except RuleViolation as error:
             raise errors.rule_refused(error) from None
-        state = effective_state(account, utcnow())
+        state = state_of(account, utcnow())
         if state is S.LOCKED:
             raise errors.locked(account.locked_until)
         if state is not S.ACTIVE:
@@ -509,10 +500,12 @@ class TwoFactorService:
             challenge, account = await self._live_challenge(
                 db, login_id, now, Step.PIN, Step.ENROLL_PIN
             )
-            if effective_state(account, now) is S.LOCKED:
+            if state_of(account, now) is S.LOCKED:
                 raise errors.locked(account.locked_until)
-            if not (4 <= len(pin) <= 8 and pin.isascii() and pin.isdigit()):
-                raise errors.INVALID_PIN_FORMAT()
+            try:
+                check_pin_shape(pin)
+            except RuleViolation as error:
+                raise errors.rule_refused(error) from None
             claimed = await queries.claim_pin_check(db, account.id, now, lease)
         if not claimed:
             raise errors.PIN_CHECK_IN_PROGRESS(retry_after=1)
@@ -554,7 +547,7 @@ class TwoFactorService:
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
             current = await queries.release_pin_check(db, account.id)  # the account, locked
-            state = effective_state(current, now) if current else S.DISABLED
+            state = state_of(current, now) if current else S.DISABLED
             if current is not None and state is S.LOCKED:  # locked while the PIN was checked
                 raise errors.locked(current.locked_until)
             if state is not S.ACTIVE:
@@ -671,7 +664,7 @@ class TwoFactorService:
 
     async def two_factor(self, current: CurrentSession) -> TwoFactorView:
         account, now = current.account, utcnow()
-        state = effective_state(account, now)
+        state = state_of(account, now)
         pending = state in (S.PENDING_CODE, S.PENDING_ACTIVATION)
         return TwoFactorView(
             state=state,
