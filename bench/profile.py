@@ -123,7 +123,7 @@ def component(stack: tuple[str, ...]) -> str:
 def operation(stack: tuple[str, ...]) -> str:
     for frame in stack:
         func, path = _parse(frame)
-        if path.endswith("twofa/service.py") and func in OPERATIONS:
+        if "twofa/service/" in path and func in OPERATIONS:
             return func
         if path.endswith("twofa/activities/effects.py"):
             return f"activity {func}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import string
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,14 @@ from twofa.policy import (
     Policy,
     RuleViolation,
     check_pin,
+    check_pin_confirmation,
+    check_pin_shape,
     check_two_factor_email,
+    effective_state,
     normalize_email,
     password_block_seconds,
 )
+from twofa.vocabulary import TwoFactorState
 
 #: Independent of the database backend: run once, in the SQLite pass of `make test`.
 pytestmark = pytest.mark.single_backend
@@ -183,6 +188,44 @@ def test_r6_pin_accepted_iff_4_to_8_ascii_digits_two_different_and_confirmed(
         assert (refused.value.field, refused.value.code) == ("pin", "invalid_pin_format")
     else:
         assert (refused.value.field, refused.value.code) == ("pin_confirmation", "pin_mismatch")
+
+
+@given(pin=st.text(max_size=10), confirmation=st.text(max_size=10))
+@example(pin="12", confirmation="12")
+def test_r6_the_confirmation_repeats_the_pin_whatever_the_pin(pin: str, confirmation: str) -> None:
+    """Judged on its own, so an activation form reports a wrong PIN and a wrong repeat at once."""
+    if confirmation == pin:
+        assert check_pin_confirmation(pin, confirmation) == confirmation
+        return
+    with pytest.raises(RuleViolation) as refused:
+        check_pin_confirmation(pin, confirmation)
+    assert (refused.value.field, refused.value.code) == ("pin_confirmation", "pin_mismatch")
+
+
+@given(pin=st.text(max_size=10))
+@example(pin="\u0661\u0662\u0663\u0664")
+@example(pin="1234\n")
+@example(pin="1111")
+def test_s2_a_pin_typed_at_login_is_4_to_8_ascii_digits(pin: str) -> None:
+    """Judged before the PIN is checked: a malformed one is refused, not a wrong try (S2)."""
+    if 4 <= len(pin) <= 8 and all(c in "0123456789" for c in pin):
+        assert check_pin_shape(pin) == pin
+        return
+    with pytest.raises(RuleViolation) as refused:
+        check_pin_shape(pin)
+    assert (refused.value.field, refused.value.code) == ("pin", "invalid_pin_format")
+
+
+@given(
+    stored=st.sampled_from(list(TwoFactorState)),
+    until=st.none() | st.integers(min_value=-3600, max_value=3600),
+)
+def test_s2_a_lock_whose_time_has_passed_reads_active(stored: str, until: int | None) -> None:
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    locked_until = None if until is None else now + timedelta(seconds=until)
+    state = effective_state(stored, locked_until, now)
+    over = stored == TwoFactorState.LOCKED and until is not None and until <= 0
+    assert state is (TwoFactorState.ACTIVE if over else TwoFactorState(stored))
 
 
 def test_r6_unicode_digits_are_refused() -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import BACKEND
 from tests.journey import eventually
 from twofa.config import Settings
-from twofa.store.db import WAL_IS_SAFE, Database, async_url, migrate, sync_url
-from twofa.store.models import Base
+from twofa.store.db import WAL_IS_SAFE, Database, alembic_config, async_url, migrate, sync_url
+from twofa.store.models import Account, Base, LoginChallenge, Operator
+from twofa.vocabulary import STORED_STATES, Role, Step, TwoFactorState
 
 
 def test_models_match_the_migrations(base_settings: Settings, database_url: str) -> None:
@@ -95,3 +101,85 @@ async def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
         assert again != pid
     finally:
         await database.dispose()
+
+
+def _migration(name: str) -> ModuleType:
+    """A migration module by its file name: what it wrote into the schema, frozen."""
+    path = Path(migrate.__code__.co_filename).parent / "migrations" / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_checks_list_the_vocabulary() -> None:
+    """A word added to the vocabulary needs a migration that lets the store hold it."""
+    checks = _migration("0012_state_and_step_checks")
+    assert checks._STATES == STORED_STATES
+    assert tuple(Step) == checks._STEPS
+    assert tuple(Role) == checks._ROLES
+
+
+async def test_the_store_holds_only_the_vocabulary_words(database_url: str) -> None:
+    """State, step and role refuse a word the vocabulary lacks (CHECK constraints, 0012).
+
+    Each refused write rolls back whole, so the session's database keeps nothing of it."""
+    migrate(database_url)
+    database = Database(database_url)
+    now = datetime.now(UTC)
+
+    def account(state: str = TwoFactorState.DISABLED) -> Account:
+        key = str(uuid.uuid4())
+        return Account(
+            id=key, email=f"{key}@example.com", password_hash="x", two_factor_state=state,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+
+    holder = account()
+    challenge = LoginChallenge(
+        id_digest=uuid.uuid4().hex, account_id=holder.id, step="sms", created_at=now,
+        expires_at=now,
+    )  # fmt: skip
+    operator = Operator(
+        id=str(uuid.uuid4()), email="root@example.com", password_hash="x", role="root",
+        created_at=now,
+    )  # fmt: skip
+    try:
+        for rows in ([account(TwoFactorState.NEW)], [holder, challenge], [operator]):
+            with pytest.raises(IntegrityError):
+                async with database.write() as db:
+                    db.add_all(rows)
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.single_backend
+def test_the_checks_keep_the_sqlite_triggers_and_indexes(tmp_path: Path) -> None:
+    """SQLite adds a CHECK by copying the table: its triggers (the overview's tallies) and
+    its indexes on lower(email) come back, on the way up and on the way down."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'twofa.db'}"
+    config = alembic_config(url)
+
+    def objects() -> set[tuple[str, str]]:
+        engine = create_engine(sync_url(url))
+        try:
+            with engine.connect() as connection:
+                rows = connection.exec_driver_sql(
+                    "SELECT type, name FROM sqlite_master "
+                    "WHERE type IN ('index', 'trigger') AND sql IS NOT NULL"
+                )
+                return {(kind, name) for kind, name in rows}
+        finally:
+            engine.dispose()
+
+    command.upgrade(config, "0011")
+    before = objects()
+    assert ("trigger", "accounts_tally_state") in before
+    assert ("index", "uq_accounts_email_lower") in before
+    command.upgrade(config, "0012")
+    assert objects() == before
+    command.downgrade(config, "0011")
+    assert objects() == before

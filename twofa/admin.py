@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from google.protobuf.json_format import MessageToDict
 from sqlalchemy import select, update
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
-from twofa import audit
+from twofa import audit, errors
 from twofa.crypto import new_token
-from twofa.errors import ServiceError
 from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
-from twofa.service import TwoFactorService, effective_state, rule_refused, utcnow
+from twofa.service import TwoFactorService, state_of, utcnow
 from twofa.store import admin_queries, queries
 from twofa.store.admin_queries import SortKey
 from twofa.store.models import Account, Operator, OperatorSession
@@ -37,10 +35,11 @@ from twofa.views import (
     SessionRow,
     TimelineRow,
 )
+from twofa.vocabulary import STORED_STATES, Role
+from twofa.vocabulary import TwoFactorState as S
 from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE, ActorRequest, workflow_id
 from twofa.workflows.two_factor import TwoFactorWorkflow
 
-Role = Literal["admin", "auditor"]
 OPERATOR_SESSION_TTL = timedelta(hours=8)
 MAX_PAGE_SIZE = 200
 #: The enrollment funnel's steps, in the order of ``Account.enrollment_reached`` (1, 2, 3).
@@ -68,15 +67,11 @@ def _row(account: Account, now: datetime) -> AccountRow:
     return AccountRow(
         id=account.id,
         email=account.email,
-        state=effective_state(account, now),
+        state=state_of(account, now),
         created_at=account.created_at,
         updated_at=account.updated_at,
-        locked_until=account.locked_until if account.two_factor_state == "locked" else None,
+        locked_until=account.locked_until if account.two_factor_state == S.LOCKED else None,
     )
-
-
-def read_only() -> ServiceError:
-    return ServiceError(403, "read_only", "Auditors can read everything but change nothing.")
 
 
 class AdminService:
@@ -87,14 +82,15 @@ class AdminService:
 
     # -- operators and their sessions
 
-    async def create_operator(self, email: str, role: Role, password: str) -> OperatorView:
+    async def create_operator(self, email: str, role: str, password: str) -> OperatorView:
         try:
             email = normalize_email(check_email_shape(email))  # operators sign in lowercased
             check_password(password)
         except RuleViolation as error:
-            raise rule_refused(error) from None
-        if role not in ("admin", "auditor"):
-            raise ServiceError(422, "invalid_role", "The role is admin or auditor.", field="role")
+            raise errors.rule_refused(error) from None
+        if role not in tuple(Role):
+            raise errors.INVALID_ROLE()
+        role = Role(role)
         operator = Operator(
             id=str(uuid.uuid4()),
             email=email,
@@ -105,7 +101,7 @@ class AdminService:
         )
         async with self.db.write() as db:
             if await db.scalar(select(Operator.id).where(Operator.email == email)):
-                raise ServiceError(409, "email_taken", "An operator with this email exists.")
+                raise errors.OPERATOR_EMAIL_TAKEN()
             db.add(operator)
             await audit.append(db, "operator_created", actor="cli", operator=email, role=role)
         return OperatorView(id=operator.id, email=email, role=role)
@@ -152,7 +148,7 @@ class AdminService:
     async def operator(self, token: str | None) -> OperatorView:
         """The operator of a live dashboard session; sessions expire after 8 hours."""
         if not token:
-            raise ServiceError(401, "signed_out", "Sign in to the dashboard.")
+            raise errors.SIGNED_OUT()
         async with self.db.read() as db:
             row = (
                 await db.execute(
@@ -168,7 +164,7 @@ class AdminService:
                 )
             ).scalar_one_or_none()
         if row is None:
-            raise ServiceError(401, "signed_out", "This dashboard session has ended.")
+            raise errors.DASHBOARD_SESSION_ENDED()
         return OperatorView(id=row.id, email=row.email, role=row.role)
 
     async def sign_out(self, token: str) -> None:
@@ -196,9 +192,9 @@ class AdminService:
             reached = await admin_queries.funnel_counts(db)
             per_day = await admin_queries.audit_days(db, since, DAILY_EVENTS)
             locked = await admin_queries.locked_accounts(db, MAX_PAGE_SIZE)
-        locked_now = [r for r in (_row(a, now) for a in locked) if r.state == "locked"]
+        locked_now = [r for r in (_row(a, now) for a in locked) if r.state == S.LOCKED]
         return OverviewView(
-            states={s: states.get(s, 0) for s in _STATES},
+            states={s: states.get(s, 0) for s in STORED_STATES},
             funnel={step: reached.get(level, 0) for level, step in enumerate(FUNNEL, start=1)},
             per_day=[DayCount(day=str(d), event=e, count=c) for d, e, c in per_day],
             locked_now=locked_now,
@@ -246,14 +242,14 @@ class AdminService:
         async with self.db.read() as db:
             account = await queries.account_by_id(db, account_id)
             if account is None:
-                raise ServiceError(404, "account_not_found", "No account with this id.")
+                raise errors.ACCOUNT_NOT_FOUND()
             sessions = await queries.open_sessions(db, account_id, now)
-        pending = account.two_factor_state in ("pending_code", "pending_activation")
+        pending = account.two_factor_state in (S.PENDING_CODE, S.PENDING_ACTIVATION)
         return AccountDetail(
             account=_row(account, now),
             auto_logout_at=account.auto_logout_at if pending else None,
             code_expires_at=account.code_expires_at
-            if account.two_factor_state == "pending_code"
+            if account.two_factor_state == S.PENDING_CODE
             else None,
             pin_failures=account.pin_failures,
             pin_locks_in_a_row=account.pin_locks_in_a_row,
@@ -286,7 +282,7 @@ class AdminService:
         try:
             uuid.UUID(account_id)  # it goes into a visibility query: only an id may
         except ValueError:
-            raise ServiceError(404, "account_not_found", "No account with this id.") from None
+            raise errors.ACCOUNT_NOT_FOUND() from None
         client = self.users.client
         wid = workflow_id(account_id)
         runs = [r async for r in client.list_workflows(f'WorkflowId = "{wid}"')]
@@ -312,32 +308,29 @@ class AdminService:
     async def revoke_device(self, operator: OperatorView, account_id: str, device_id: str) -> None:
         """R11: one browser revoked by an admin; the others keep working."""
         if not operator.can_act:
-            raise read_only()
+            raise errors.READ_ONLY()
         async with self.db.write() as db:
             revoked = await queries.revoke_devices(
                 db, account_id, utcnow(), actor=operator.actor, reason="admin", device_id=device_id
             )
         if not revoked:
-            raise ServiceError(404, "device_not_found", "No trusted browser with this id.")
+            raise errors.DEVICE_NOT_FOUND()
 
     async def unlock(self, operator: OperatorView, account_id: str) -> None:
         if not operator.can_act:
-            raise read_only()
+            raise errors.READ_ONLY()
         await self.users.call_workflow(
             account_id, TwoFactorWorkflow.unlock, ActorRequest(actor=operator.actor)
         )
 
     async def disable(self, operator: OperatorView, account_id: str) -> DisabledView:
         if not operator.can_act:
-            raise read_only()
+            raise errors.READ_ONLY()
         async with self.db.read() as db:
             account = await queries.account_by_id(db, account_id)
         if account is None:
-            raise ServiceError(404, "account_not_found", "No account with this id.")
+            raise errors.ACCOUNT_NOT_FOUND()
         return await self.users.disable(account, confirm=True, actor=operator.actor)
-
-
-_STATES = ("disabled", "pending_code", "pending_activation", "active", "locked")
 
 
 def _event_details(event: HistoryEvent) -> str:

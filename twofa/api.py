@@ -17,9 +17,10 @@ from pydantic import BaseModel, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
+from twofa import errors
 from twofa.config import Settings
 from twofa.errors import ServiceError
-from twofa.observability import BoundedInput, Metrics, Observed, no_token
+from twofa.observability import BoundedInput, Metrics, Observed
 from twofa.service import CurrentSession, TwoFactorService
 from twofa.views import (
     AccountView,
@@ -83,8 +84,8 @@ class TwoFactorSwitch(BaseModel):
     confirm: StrictBool = False
 
 
-def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse(ServiceError(status, code, message, **details).body(), status_code=status)
+def _error(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
 
 
 class EdgeGuardedApp(FastAPI):
@@ -158,17 +159,16 @@ async def _invalid_request(_: Request, error: RequestValidationError) -> JSONRes
     if first.get("type") == "json_invalid":  # the position of a parse error is no field
         location = ["body"]
     field = ".".join(part for part in location if part != "body") or "body"
-    return _error(422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", field=field)
+    return _error(errors.INVALID_REQUEST(field, first.get("msg", "invalid"), field=field))
 
 
 async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-    return _error(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail))
+    return _error(errors.http_error(error.status_code, str(error.detail)))
 
 
 async def _unexpected(_: Request, error: Exception) -> JSONResponse:
     log.error("unexpected %s", type(error).__name__)
-    return _error(500, "internal_error", "Something went wrong on our side.")
+    return _error(errors.INTERNAL_ERROR())
 
 
 # -- the routes: /healthz, /metrics and /v1
@@ -192,7 +192,7 @@ def caller(
     expected = edge_app(request).settings.resolved_service_token.encode()
     given = credentials.credentials.encode() if credentials else b""
     if not hmac.compare_digest(given, expected):
-        raise no_token()
+        raise errors.INVALID_SERVICE_TOKEN()
 
 
 async def user(

@@ -320,7 +320,7 @@ def admin_create(
 
     async def create() -> None:
         async with services(Settings(), migrated=True) as built:
-            await built.admin.create_operator(email, role, password)  # type: ignore[arg-type]
+            await built.admin.create_operator(email, role, password)
 
     try:
         asyncio.run(create())

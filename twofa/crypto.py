@@ -215,6 +215,12 @@ class Keyring:
         except InvalidToken as error:
             raise ValueError("the seal was encrypted with another pepper") from error
 
+    def fernet(self, purpose: str) -> MultiFernet:
+        """A Fernet key of its own for ``purpose`` (say, a browser cookie), under every pepper:
+        it encrypts under the current one and still reads what a previous one encrypted."""
+        label = purpose.encode()
+        return MultiFernet([Fernet(base64.urlsafe_b64encode(p.mac(label))) for p in self.peppers])
+
     def reseal(self, token: str) -> str:
         """The same seal, encrypted again under the current pepper."""
         try:

@@ -23,6 +23,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from twofa import errors
 from twofa.errors import ServiceError
 
 #: S8: no request body may be larger (the API's and the pages' bodies are a few hundred bytes).
@@ -59,17 +60,7 @@ class PayloadTooLarge(HTTPException):
     """Raised while the body streams in, once it passes the limit; FastAPI lets it through."""
 
     def __init__(self) -> None:
-        super().__init__(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-
-
-def too_large() -> ServiceError:
-    return ServiceError(
-        413, "payload_too_large", f"The request body is larger than {MAX_BODY_BYTES} bytes."
-    )
-
-
-def no_token() -> ServiceError:
-    return ServiceError(401, "invalid_service_token", "A valid service token is required.")
+        super().__init__(413, errors.PAYLOAD_TOO_LARGE(MAX_BODY_BYTES).message)
 
 
 async def _reply(send: Send, error: ServiceError, headers: dict[str, str] | None = None) -> None:
@@ -110,11 +101,11 @@ class BoundedInput:
             return
         headers = Headers(scope=scope)
         if needs_token(scope["path"]) and not self.authorized(headers):
-            await _reply(send, no_token(), {"www-authenticate": "Bearer"})
+            await _reply(send, errors.INVALID_SERVICE_TOKEN(), {"www-authenticate": "Bearer"})
             return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.limit:
-            await _reply(send, too_large())
+            await _reply(send, errors.PAYLOAD_TOO_LARGE(MAX_BODY_BYTES))
             return
         received = 0
 
@@ -177,7 +168,7 @@ class Metrics:
         if status >= 400:
             error = _label(answer.get("error"))
             self.steps.labels(step, error).inc()
-            if step == "pin" and error == "locked":
+            if step == "pin" and error == errors.LOCKED.code:
                 self.locks.labels("pin").inc()
             return
         self.steps.labels(step, "ok").inc()

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twofa.workflows.messages import TwoFactorState
 
 #: R2: the only characters the second-factor identity accepts in an email address.
 TWO_FACTOR_EMAIL_CHARACTERS = frozenset(
@@ -93,6 +98,22 @@ def check_pin(pin: str, confirmation: str) -> str:
     return pin
 
 
+def check_pin_confirmation(pin: str, confirmation: str) -> str:
+    """The confirmation must repeat the PIN, whether or not the PIN itself is valid."""
+    if confirmation != pin:
+        raise RuleViolation(
+            "pin_confirmation", "pin_mismatch", "The PIN confirmation does not match the PIN."
+        )
+    return confirmation
+
+
+def check_pin_shape(pin: str) -> str:
+    """A PIN typed at login: 4 to 8 digits, or refused before it is checked (and counted)."""
+    if not _PIN_SHAPE.fullmatch(pin):
+        raise RuleViolation("pin", "invalid_pin_format", "The PIN has between 4 and 8 digits.")
+    return pin
+
+
 def check_seal(seal: str) -> str:
     """R6: the antiphishing seal is a required secret sentence."""
     seal = seal.strip()
@@ -125,6 +146,17 @@ def password_block_seconds(failures_in_a_row: int) -> int:
     if failures_in_a_row < 4 or failures_in_a_row % 4:
         return 0
     return 60 * min(failures_in_a_row // 4, 10)
+
+
+def effective_state(stored: str, locked_until: datetime | None, now: datetime) -> TwoFactorState:
+    """The stored state, read exactly: a lock whose time has passed is over already (S2), even
+    before the workflow's timer has ended it in the store."""
+    from twofa.workflows.messages import TwoFactorState  # that module imports Policy from here
+
+    state = TwoFactorState(stored)
+    if state is TwoFactorState.LOCKED and locked_until is not None and locked_until <= now:
+        return TwoFactorState.ACTIVE
+    return state
 
 
 @dataclass(frozen=True)

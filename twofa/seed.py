@@ -192,16 +192,16 @@ class _Story:
         """2FA enabled some time after registering, the code mailed at once."""
         span = max((self.now - self.created).total_seconds() / 60, 2)
         self.enabled = self.after(self.created, 1, span * self.rng.uniform(0.05, 0.6))
-        self.changed(self.enabled, "disabled", "pending_code")
+        self.changed(self.enabled, TwoFactorState.DISABLED, TwoFactorState.PENDING_CODE)
         expires = self.enabled + timedelta(seconds=self.policy.code_ttl_seconds)
         self.add(self.enabled, "code_issued", "system", number=1, expires_at=expires)
         return self.enabled
 
     def _activate(self, session: AsyncSession, account: Account) -> datetime:
         accepted = self.after(self._enable(), 0.5, 14)
-        self.changed(accepted, "pending_code", "pending_activation")
+        self.changed(accepted, TwoFactorState.PENDING_CODE, TwoFactorState.PENDING_ACTIVATION)
         activated = self.after(accepted, 0.5, 8)
-        self.changed(activated, "pending_activation", "active")
+        self.changed(activated, TwoFactorState.PENDING_ACTIVATION, TwoFactorState.ACTIVE)
         for number in range(self.rng.choices((1, 2, 3), weights=(6, 3, 1))[0]):
             enrolled = activated if number == 0 else self.after(activated, 60, 60 * 24 * 20)
             used = self.after(enrolled, 5, 60 * 24 * 10)
@@ -228,7 +228,7 @@ class _Story:
         """A past enrollment turned off again, by its user or by an admin."""
         disabled = self.after(self._activate(session, account), 60, 60 * 24 * 30)
         actor = "user" if self.rng.random() < 0.7 else f"admin:{self.rng.choice(ADMINS)}"
-        self.changed(disabled, "active", "disabled", actor)
+        self.changed(disabled, TwoFactorState.ACTIVE, TwoFactorState.DISABLED, actor)
         return disabled
 
     def _wrong_pins(self, end: datetime, count: int, lock: bool) -> None:
@@ -244,7 +244,11 @@ class _Story:
             if locked:  # the workflow records the lock, then the service the refused PIN
                 until = self._lock_ends(at)
                 self.add(
-                    at, "two_factor_locked", before="active", after="locked", locked_until=until
+                    at,
+                    "two_factor_locked",
+                    before=TwoFactorState.ACTIVE,
+                    after=TwoFactorState.LOCKED,
+                    locked_until=until,
                 )
             self.add(at, "pin_rejected", attempts_left=left, locked=locked)
 
@@ -261,7 +265,7 @@ class _Story:
             return self._enable()
         if state is TwoFactorState.PENDING_ACTIVATION:
             accepted = self.after(self._enable(), 0.5, 14)
-            self.changed(accepted, "pending_code", "pending_activation")
+            self.changed(accepted, TwoFactorState.PENDING_CODE, TwoFactorState.PENDING_ACTIVATION)
             return accepted
         activated = self._activate(session, account)
         if state is TwoFactorState.ACTIVE:
@@ -292,7 +296,13 @@ class _Story:
             self._wrong_pins(at, policy.max_pin_failures, lock=True)
             if n < locks - 1:
                 until = at + timedelta(seconds=lock_seconds)
-                self.add(until, "two_factor_unlocked", "system", before="locked", after="active")
+                self.add(
+                    until,
+                    "two_factor_unlocked",
+                    "system",
+                    before=TwoFactorState.LOCKED,
+                    after=TwoFactorState.ACTIVE,
+                )
         account.pin_locks_in_a_row = locks
         account.locked_until = None if held else last_lock + timedelta(seconds=lock_seconds)
         return last_lock

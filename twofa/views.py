@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, WithJsonSchema
 
-StateName = Literal["disabled", "pending_code", "pending_activation", "active", "locked"]
+from twofa.vocabulary import STORED_STATES, Outcome, Role, TwoFactorState
+
+#: A state as the store holds it and the API answers it: a ``TwoFactorState`` once validated,
+#: and in the schema the stored states only, as before (``NEW`` never leaves a workflow).
+StoredState = Annotated[
+    str,
+    AfterValidator(TwoFactorState),
+    WithJsonSchema({"enum": [s.value for s in STORED_STATES], "type": "string"}),
+]
 
 
 class AccountView(BaseModel):
     id: str
     email: str
-    two_factor: StateName
+    two_factor: StoredState
 
 
 class LoginView(BaseModel):
     """One shape for every login outcome; absent fields are left out of the JSON."""
 
-    outcome: Literal[
-        "authenticated",
-        "activation_code_required",
-        "activation_required",
-        "pin_required",
-        "browser_not_trusted",
-        "locked",
-    ]
+    outcome: Outcome
     login_id: str | None = None
     session_token: str | None = None
     expires_at: datetime | None = None
@@ -54,7 +55,7 @@ class DeviceView(BaseModel):
 
 
 class TwoFactorView(BaseModel):
-    state: StateName
+    state: StoredState
     code_expires_at: datetime | None = None
     auto_logout_at: datetime | None = None
     locked_until: datetime | None = None
@@ -62,20 +63,20 @@ class TwoFactorView(BaseModel):
 
 
 class EnabledView(BaseModel):
-    state: Literal["pending_code"] = "pending_code"
+    state: Literal[TwoFactorState.PENDING_CODE] = TwoFactorState.PENDING_CODE
     auto_logout_at: datetime
     code_expires_at: datetime
 
 
 class DisabledView(BaseModel):
-    state: Literal["disabled"] = "disabled"
+    state: Literal[TwoFactorState.DISABLED] = TwoFactorState.DISABLED
     revoked_devices: int
 
 
 class OperatorView(BaseModel):
     id: str
     email: str
-    role: Literal["admin", "auditor"]
+    role: Role
 
     @property
     def actor(self) -> str:
@@ -84,7 +85,7 @@ class OperatorView(BaseModel):
 
     @property
     def can_act(self) -> bool:
-        return self.role == "admin"
+        return self.role is Role.ADMIN
 
 
 class DayCount(BaseModel):
@@ -103,7 +104,7 @@ class OverviewView(BaseModel):
 class AccountRow(BaseModel):
     id: str
     email: str
-    state: StateName
+    state: StoredState
     created_at: datetime
     updated_at: datetime
     locked_until: datetime | None = None

@@ -30,6 +30,7 @@ from twofa.workflows.messages import (
     DisableEffect,
     Projection,
     SessionCut,
+    TwoFactorState,
 )
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ async def _project(db: AsyncSession, projection: Projection) -> bool:
     if not await queries.save_projection(db, projection, _now()) or before == projection.state:
         return False
     assert account is not None
-    if projection.state == "locked":
+    if projection.state is TwoFactorState.LOCKED:
         await queries.finish_challenges(db, projection.account_id, _now())
         await queries.notify(
             db,
@@ -247,7 +248,7 @@ async def _project(db: AsyncSession, projection: Projection) -> bool:
             locked_until=projection.locked_until,
         )
         event = "two_factor_locked"
-    elif before == "locked" and projection.state == "active":
+    elif before == TwoFactorState.LOCKED and projection.state is TwoFactorState.ACTIVE:
         event = "two_factor_unlocked"
     else:
         event = "two_factor_state_changed"

@@ -14,14 +14,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twofa.views import AuditRow
+from twofa.vocabulary import Step
+from twofa.vocabulary import TwoFactorState as S
+from twofa.workflows.messages import CodeVerdict
 
-STEP_NAMES = {
-    "code": "the activation code",
-    "activation": "activation (PIN, seal, browser)",
-    "pin": "the PIN",
-    "enroll": "enrolling this browser",
-    "enroll_code": "the emailed code for a new browser",
-    "enroll_pin": "the PIN for a new browser",
+STEP_NAMES: dict[str, str] = {
+    Step.CODE: "the activation code",
+    Step.ACTIVATION: "activation (PIN, seal, browser)",
+    Step.PIN: "the PIN",
+    Step.ENROLL: "enrolling this browser",
+    Step.ENROLL_CODE: "the emailed code for a new browser",
+    Step.ENROLL_PIN: "the PIN for a new browser",
 }
 
 
@@ -84,20 +87,21 @@ def _notice(d: dict[str, Any]) -> str:
 
 def _state_changed(d: dict[str, Any], by: str) -> str:
     before, after = d.get("before"), d.get("after")
-    if after == "disabled":
+    if after == S.DISABLED:
         return "2FA disabled" + (f" by {by}" if by.startswith("admin") else "")
-    return {
-        ("disabled", "pending_code"): "2FA enabled; the user is logged out to enter the code",
-        ("pending_code", "pending_activation"): "Activation code accepted",
-        ("pending_activation", "active"): "2FA activated",
-    }.get((str(before), str(after)), f"2FA state: {before} → {after}")
+    changes: dict[tuple[str, str], str] = {
+        (S.DISABLED, S.PENDING_CODE): "2FA enabled; the user is logged out to enter the code",
+        (S.PENDING_CODE, S.PENDING_ACTIVATION): "Activation code accepted",
+        (S.PENDING_ACTIVATION, S.ACTIVE): "2FA activated",
+    }
+    return changes.get((str(before), str(after)), f"2FA state: {before} → {after}")
 
 
 def _code_rejected(d: dict[str, Any], by: str) -> str:
     verdict = d.get("verdict")
-    if verdict == "expired":
+    if verdict == CodeVerdict.EXPIRED:
         return "Activation code refused: expired"
-    if verdict == "locked":
+    if verdict == CodeVerdict.LOCKED:
         return "Activation code refused: too many wrong codes; a new login sends a new one"
     return "Activation code rejected" + _attempts(d)
 

@@ -59,7 +59,7 @@ class Runtime:
             return future.result(self.call_timeout if timeout is None else timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise errors.unavailable() from None
+            raise errors.UNAVAILABLE() from None
 
     def close(self) -> None:
         """Releases the database engine and stops the loop thread."""

@@ -23,6 +23,7 @@ from twofa.dashboard.runtime import get_runtime
 from twofa.errors import ServiceError
 from twofa.policy import Policy
 from twofa.views import OperatorView
+from twofa.vocabulary import STORED_STATES
 
 T = TypeVar("T")
 
@@ -46,14 +47,8 @@ KEPT_WIDGETS = (
     "accounts_order",
     "accounts_page",
 )
-#: The contract's state names, said the way people say them.
-STATE_LABELS = {
-    "disabled": "disabled",
-    "pending_code": "pending code",
-    "pending_activation": "pending activation",
-    "active": "active",
-    "locked": "locked",
-}
+#: The stored state names, said the way people say them ("pending code").
+STATE_LABELS: dict[str, str] = {state: state.replace("_", " ") for state in STORED_STATES}
 
 
 def call(make: Callable[[AdminService], Coroutine[Any, Any, T]]) -> T:

@@ -18,6 +18,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CheckConstraint
+
+from twofa.vocabulary import STORED_STATES, Role, Step, TwoFactorState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -44,6 +47,12 @@ class Base(DeclarativeBase):
     pass
 
 
+def _one_of(column: str, words: tuple[str, ...], name: str) -> CheckConstraint:
+    """The column holds one of its vocabulary's words (twofa/vocabulary.py), nothing else."""
+    listed = ", ".join(f"'{word}'" for word in words)
+    return CheckConstraint(f"{column} IN ({listed})", name=name)
+
+
 class Account(Base):
     """An account and the projection of its 2FA state, written by the workflow's activities."""
 
@@ -57,7 +66,11 @@ class Account(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    two_factor_state: Mapped[str] = mapped_column(String(20), default="disabled")
+    two_factor_state: Mapped[str] = mapped_column(
+        String(20),
+        _one_of("two_factor_state", STORED_STATES, "ck_accounts_two_factor_state"),
+        default=TwoFactorState.DISABLED,
+    )
     auto_logout_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     code_usable: Mapped[bool] = mapped_column(default=False)
@@ -161,7 +174,9 @@ class LoginChallenge(Base):
     account_id: Mapped[str] = mapped_column(
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True
     )
-    step: Mapped[str] = mapped_column(String(20))
+    step: Mapped[str] = mapped_column(
+        String(20), _one_of("step", tuple(Step), "ck_login_challenges_step")
+    )
     device_id: Mapped[str | None] = mapped_column(String(36))
     device_name: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -261,7 +276,7 @@ class Operator(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(10))
+    role: Mapped[str] = mapped_column(String(10), _one_of("role", tuple(Role), "ck_operators_role"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     pepper_id: Mapped[str | None] = mapped_column(String(16))  # of the password hash
 

@@ -25,7 +25,7 @@ from twofa.store.models import (
     SentMail,
     Session,
 )
-from twofa.workflows.messages import Projection
+from twofa.workflows.messages import Projection, TwoFactorState
 
 
 def _digest_is(column: Any, digest: str | Sequence[str]) -> ColumnElement[bool]:
@@ -221,7 +221,7 @@ async def session_cut_by_enable(
             .join(Account, Account.id == Session.account_id)
             .where(
                 _digest_is(Session.token_digest, token_digest),
-                Account.two_factor_state != "disabled",
+                Account.two_factor_state != TwoFactorState.DISABLED,
                 Session.expires_at == Account.auto_logout_at,
                 or_(Session.ended_at.is_(None), Session.end_reason == "auto_logout"),
             )

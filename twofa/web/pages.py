@@ -20,9 +20,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
+from twofa import errors
 from twofa.errors import ServiceError
 from twofa.service import CurrentSession, TwoFactorService
 from twofa.views import LoginView
+from twofa.vocabulary import Outcome, Step
 from twofa.web.security import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -77,16 +79,14 @@ FLASH: dict[str, tuple[str, str]] = {
     ),
 }
 
-#: The service's login steps, as the page that asks for each.
+#: The page that asks for each form's step (``Step.form``: a new browser's code and PIN are
+#: typed on the same pages as any).
 STEP_PAGES = {
-    "code": "/login/code",
-    "enroll_code": "/login/code",
-    "activation": "/login/activate",
-    "pin": "/login/pin",
-    "enroll_pin": "/login/pin",
-    "enroll": "/login/not-trusted",
+    Step.CODE: "/login/code",
+    Step.ACTIVATION: "/login/activate",
+    Step.PIN: "/login/pin",
+    Step.ENROLL: "/login/not-trusted",
 }
-PAGE_STEPS = {"code": "code", "enroll_code": "code", "enroll_pin": "pin", "enroll": "enroll"}
 
 
 # -- rendering and redirects
@@ -191,36 +191,34 @@ def service_of(request: Request) -> TwoFactorService:
 
 
 def flows(request: Request) -> FlowCookie:
-    settings = service_of(request).settings
-    return FlowCookie(
-        settings.pepper_bytes, settings.login_ttl_seconds, settings.previous_pepper_bytes
-    )
+    svc = service_of(request)
+    return FlowCookie(svc.keyring, svc.settings.login_ttl_seconds)
 
 
 def error_page(request: Request, error: ServiceError) -> Response:
     """What a refusal the page did not handle itself means to the person at the browser."""
-    if error.code == "session_ended":
+    if error.code == errors.SESSION_ENDED.code:
         had_session = SESSION_COOKIE in request.cookies
         response = redirect(request, "/login", "session_ended" if had_session else None)
         clear_cookie(response, request, SESSION_COOKIE)
         return response
-    if error.code == "login_not_found":
+    if error.code == errors.LOGIN_NOT_FOUND.code:
         response = redirect(request, "/login", "login_expired")
         FlowCookie.clear(response, request)
         return response
-    if error.code == "wrong_step":
+    if error.code == errors.WRONG_STEP.code:
         expected = str(error.details.get("expected", ""))
         flow = flows(request).read(request)
-        page = STEP_PAGES.get(expected)
-        if flow is None or page is None or (page == "/login/pin" and not flow.seal):
+        step = next((s.form for s in Step if s == expected), None)
+        if flow is None or step is None or (step is Step.PIN and not flow.seal):
             response = redirect(request, "/login", "login_expired")
             FlowCookie.clear(response, request)
             return response
-        response = redirect(request, page)
-        flow.step = PAGE_STEPS.get(expected, expected)
+        response = redirect(request, STEP_PAGES[step])
+        flow.step = step
         flows(request).write(response, request, flow)
         return response
-    if error.code == "locked":
+    if error.code == errors.LOCKED.code:
         return locked_page(request, error.details.get("locked_until"))
     return render(request, "error.html", error.status, message=in_page_words(error.message))
 
@@ -352,24 +350,24 @@ async def login(request: Request, form: Form, svc: Service) -> Response:
 
 def login_outcome(request: Request, view: LoginView) -> Response:
     """Each outcome of the password step, as the page that asks for what comes next."""
-    if view.outcome == "authenticated":
+    if view.outcome is Outcome.AUTHENTICATED:
         response = redirect(request, "/")
         start_session(request, response, view)
         return response
-    if view.outcome == "locked":
+    if view.outcome is Outcome.LOCKED:
         return locked_page(request, view.locked_until)
     assert view.login_id is not None
-    flow = LoginFlow(login_id=view.login_id, step="code")
-    if view.outcome == "activation_code_required":
+    flow = LoginFlow(login_id=view.login_id, step=Step.CODE)
+    if view.outcome is Outcome.ACTIVATION_CODE_REQUIRED:
         flow.code_expires_at = view.code_expires_at.isoformat() if view.code_expires_at else None
         flow.code_sent = bool(view.code_sent)
         page = "/login/code"
-    elif view.outcome == "activation_required":
-        flow.step, page = "activation", "/login/activate"
-    elif view.outcome == "pin_required":
-        flow.step, flow.seal, page = "pin", view.seal, "/login/pin"
+    elif view.outcome is Outcome.ACTIVATION_REQUIRED:
+        flow.step, page = Step.ACTIVATION, STEP_PAGES[Step.ACTIVATION]
+    elif view.outcome is Outcome.PIN_REQUIRED:
+        flow.step, flow.seal, page = Step.PIN, view.seal, STEP_PAGES[Step.PIN]
     else:  # browser_not_trusted
-        flow.step, page = "enroll", "/login/not-trusted"
+        flow.step, page = Step.ENROLL, STEP_PAGES[Step.ENROLL]
     response = redirect(request, page)
     flows(request).write(response, request, flow)
     return response
@@ -389,7 +387,7 @@ async def logout(request: Request, form: Form, svc: Service) -> Response:
 # -- the login in progress
 
 
-def flow_at(request: Request, step: str) -> LoginFlow:
+def flow_at(request: Request, step: Step) -> LoginFlow:
     """This browser's login if it waits for ``step``; else a detour to where it stands."""
     flow = flows(request).read(request)
     if flow is None:
@@ -418,30 +416,30 @@ def code_page(
 
 @router.get("/login/code")
 async def code_form(request: Request) -> Response:
-    return code_page(request, flow_at(request, "code"))
+    return code_page(request, flow_at(request, Step.CODE))
 
 
 @router.post("/login/code")
 async def code(request: Request, form: Form, svc: Service) -> Response:
-    flow = flow_at(request, "code")
+    flow = flow_at(request, Step.CODE)
     typed = form.get("code").strip()
     if not typed:
         return code_page(request, flow, 422, "Type the activation code received by email.")
     try:
         view = await svc.submit_code(flow.login_id, typed)
     except ServiceError as error:
-        if error.code == "code_expired" or error.details.get("attempts_left") == 0:
+        if error.code == errors.CODE_EXPIRED.code or error.details.get("attempts_left") == 0:
             response = redirect(request, "/login", "code_expired")
             FlowCookie.clear(response, request)
             return response
-        if error.code == "invalid_code":
+        if error.code == errors.INVALID_CODE.code:
             message = error.message + attempts_text(error.details.get("attempts_left"))
             return code_page(request, flow, 400, message)
         raise
-    if view.outcome == "pin_required":
-        flow.step, flow.seal, page = "pin", view.seal, "/login/pin"
+    if view.outcome is Outcome.PIN_REQUIRED:
+        flow.step, flow.seal, page = Step.PIN, view.seal, STEP_PAGES[Step.PIN]
     else:
-        flow.step, page = "activation", "/login/activate"
+        flow.step, page = Step.ACTIVATION, STEP_PAGES[Step.ACTIVATION]
     response = redirect(request, page)
     flows(request).write(response, request, flow)
     return response
@@ -452,13 +450,13 @@ ACTIVATION_FIELDS = {"device_name", "pin", "pin_confirmation", "seal", "email"}
 
 @router.get("/login/activate")
 async def activation_form(request: Request) -> Response:
-    flow_at(request, "activation")
+    flow_at(request, Step.ACTIVATION)
     return render(request, "activate.html", errors={}, values={})
 
 
 @router.post("/login/activate")
 async def activate(request: Request, form: Form, svc: Service) -> Response:
-    flow = flow_at(request, "activation")
+    flow = flow_at(request, Step.ACTIVATION)
     values = {name: form.get(name) for name in ACTIVATION_FIELDS}
     try:
         view = await svc.activate(
@@ -470,24 +468,24 @@ async def activate(request: Request, form: Form, svc: Service) -> Response:
             email=values["email"] or None,
         )
     except ServiceError as error:
-        errors = field_errors(error, ACTIVATION_FIELDS)
-        if errors is None:
+        wrong = field_errors(error, ACTIVATION_FIELDS)
+        if wrong is None:
             raise
         pins = ("pin", "pin_confirmation")
         # the PIN is typed back only when both its boxes were right: a wrong one is retyped
-        kept = {k: v for k, v in values.items() if k not in pins or not errors.keys() & pins}
-        return render(request, "activate.html", error.status, errors=errors, values=kept)
+        kept = {k: v for k, v in values.items() if k not in pins or not wrong.keys() & pins}
+        return render(request, "activate.html", error.status, errors=wrong, values=kept)
     response = redirect(request, "/login/activated")
     assert view.device_token is not None
     set_cookie(response, request, DEVICE_COOKIE, view.device_token, max_age=DEVICE_MAX_AGE)
-    flow.step, flow.seal = "pin", view.seal
+    flow.step, flow.seal = Step.PIN, view.seal
     flows(request).write(response, request, flow)
     return response
 
 
 @router.get("/login/activated")
 async def activated(request: Request) -> Response:
-    flow_at(request, "pin")
+    flow_at(request, Step.PIN)
     return render(request, "activated.html")
 
 
@@ -499,16 +497,16 @@ def pin_page(
 
 @router.get("/login/pin")
 async def pin_form(request: Request) -> Response:
-    return pin_page(request, flow_at(request, "pin"))
+    return pin_page(request, flow_at(request, Step.PIN))
 
 
 @router.post("/login/pin")
 async def pin(request: Request, form: Form, svc: Service) -> Response:
-    flow = flow_at(request, "pin")
+    flow = flow_at(request, Step.PIN)
     try:
         view = await svc.submit_pin(flow.login_id, form.get("pin"))
     except ServiceError as error:
-        if error.code == "invalid_pin":
+        if error.code == errors.INVALID_PIN.code:
             message = "Wrong password." + attempts_text(error.details.get("attempts_left"))
             return pin_page(request, flow, 400, message)
         if error.status == 422:
@@ -521,24 +519,24 @@ async def pin(request: Request, form: Form, svc: Service) -> Response:
 
 @router.get("/login/not-trusted")
 async def not_trusted(request: Request) -> Response:
-    flow_at(request, "enroll")
+    flow_at(request, Step.ENROLL)
     return render(request, "not_trusted.html", errors={}, values={})
 
 
 @router.post("/login/not-trusted")
 async def enroll(request: Request, form: Form, svc: Service) -> Response:
     """R9: this browser gets an emailed code, then the PIN, and becomes trusted."""
-    flow = flow_at(request, "enroll")
+    flow = flow_at(request, Step.ENROLL)
     name = form.get("device_name")
     try:
         view = await svc.enroll_browser(flow.login_id, name or None)
     except ServiceError as error:
-        errors = field_errors(error, {"device_name"})
-        if errors is None:
+        wrong = field_errors(error, {"device_name"})
+        if wrong is None:
             raise
         values = {"device_name": name}
-        return render(request, "not_trusted.html", error.status, errors=errors, values=values)
-    flow.step, flow.enrolling, flow.code_sent = "code", True, True
+        return render(request, "not_trusted.html", error.status, errors=wrong, values=values)
+    flow.step, flow.enrolling, flow.code_sent = Step.CODE, True, True
     flow.code_expires_at = view.code_expires_at.isoformat() if view.code_expires_at else None
     response = redirect(request, "/login/code")
     flows(request).write(response, request, flow)
@@ -574,7 +572,7 @@ async def enable(request: Request, form: Form, current: User, svc: Service) -> R
     except ServiceError as error:
         if error.status == 422:
             return await settings_view(request, current, svc, 422, error.message)
-        if error.code == "already_enabled":
+        if error.code == errors.ALREADY_ENABLED.code:
             return redirect(request, "/settings")
         raise
     return redirect(request, "/settings/enabled")

@@ -6,20 +6,20 @@ when the request came over HTTPS), never in a URL: a URL ends up in history, log
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
 import re
 import secrets
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
+
+from twofa.crypto import Keyring
+from twofa.vocabulary import Step
 
 SESSION_COOKIE = "twofa_session"
 DEVICE_COOKIE = "twofa_device"
@@ -121,7 +121,7 @@ class LoginFlow:
     """Where this browser's login stands; the service re-checks every step anyway."""
 
     login_id: str
-    step: str  # "code", "activation", "pin" or "enroll" (pages, not the service's steps)
+    step: Step  # the step of the form it is at (``Step.form``): a page, not the service's step
     seal: str | None = None
     code_expires_at: str | None = None
     code_sent: bool = False
@@ -136,9 +136,9 @@ class FlowCookie:
     """Encrypts and authenticates the login in progress, so the cookie reveals and accepts
     nothing: the seal is a secret, and a tampered or stale cookie is simply no login."""
 
-    def __init__(self, pepper: bytes, ttl_seconds: float, previous: Sequence[bytes] = ()) -> None:
-        """``previous``: the peppers a rotation replaced, whose cookies are still read."""
-        self._fernet = MultiFernet([_cookie_fernet(p) for p in (pepper, *previous)])
+    def __init__(self, keyring: Keyring, ttl_seconds: float) -> None:
+        """Keyed by the keyring: cookies made under a pepper a rotation replaced still read."""
+        self._fernet = keyring.fernet("twofa-web-login-cookie")
         self._ttl = max(1, int(ttl_seconds))
 
     def read(self, request: Request) -> LoginFlow | None:
@@ -147,7 +147,9 @@ class FlowCookie:
             return None
         try:
             data = json.loads(self._fernet.decrypt(raw.encode(), ttl=self._ttl))
-            return LoginFlow(**data)
+            flow = LoginFlow(**data)
+            flow.step = Step(flow.step)
+            return flow
         except (InvalidToken, ValueError, TypeError):
             return None
 
@@ -175,11 +177,6 @@ class FlowCookie:
             return self._fernet.decrypt(raw.encode()).decode()
         except (InvalidToken, UnicodeDecodeError):
             return None
-
-
-def _cookie_fernet(pepper: bytes) -> Fernet:
-    key = hmac.new(pepper, b"twofa-web-login-cookie", hashlib.sha256).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
 
 
 # -- headers of every page

@@ -17,6 +17,7 @@ import streamlit as st
 from twofa.dashboard import ui
 from twofa.errors import ServiceError
 from twofa.views import AccountDetail, DeviceView
+from twofa.vocabulary import TwoFactorState
 
 operator = ui.require_operator()
 st.title("Account")
@@ -128,7 +129,7 @@ def pin_counter(cell: Any, detail: AccountDetail) -> None:
     """What the PIN counters mean now: a lock resets the wrong-PIN count, so say why it holds."""
     policy = ui.policy()
     locks = detail.pin_locks_in_a_row
-    if detail.account.state == "locked":
+    if detail.account.state == TwoFactorState.LOCKED:
         cell.metric(
             "Locked by wrong PINs",
             policy.max_pin_failures,
@@ -161,7 +162,7 @@ def timers(detail: AccountDetail) -> None:
         "Every session ends this long after enabling.",
     )
     timer(cells[2], "Code expires", detail.code_expires_at, "The emailed activation code's end.")
-    if row.state == "locked" and row.locked_until is None:
+    if row.state == TwoFactorState.LOCKED and row.locked_until is None:
         cells[3].metric("Unlocks", "by admin", help="The third lock in a row holds.")
     else:
         timer(cells[3], "Unlocks", row.locked_until, "Too many wrong PINs lock 2FA a while.")
@@ -228,7 +229,7 @@ def actions(detail: AccountDetail) -> None:
         "Unlock",
         key="unlock",
         icon=":material/lock_open:",
-        disabled=state != "locked",
+        disabled=state != TwoFactorState.LOCKED,
         help="Only a locked account can be unlocked.",
         on_click=ask,
         args=("unlock",),
@@ -238,7 +239,7 @@ def actions(detail: AccountDetail) -> None:
         "Disable 2FA",
         key="disable",
         icon=":material/block:",
-        disabled=state == "disabled",
+        disabled=state == TwoFactorState.DISABLED,
         help="Turns 2FA off and revokes every trusted browser.",
         on_click=ask,
         args=("disable",),

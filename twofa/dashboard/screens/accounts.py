@@ -11,6 +11,7 @@ import streamlit as st
 
 from twofa.dashboard import ui
 from twofa.views import AccountPage, AccountRow
+from twofa.vocabulary import TwoFactorState
 
 PAGE_SIZE = 50
 SORTS = {
@@ -93,7 +94,9 @@ def frame(rows: list[AccountRow]) -> pd.DataFrame:
             {
                 "email": row.email,
                 "2FA state": ui.state_label(row.state),
-                "locked until": ui.when(row.locked_until, "") if row.state == "locked" else "",
+                "locked until": ui.when(row.locked_until, "")
+                if row.state == TwoFactorState.LOCKED
+                else "",
                 "created": ui.when(row.created_at),
                 "last change": ui.when(row.updated_at),
             }

@@ -12,9 +12,10 @@ import streamlit as st
 from twofa.admin import FUNNEL
 from twofa.dashboard import ui
 from twofa.views import OverviewView
+from twofa.vocabulary import STORED_STATES
 
 DAYS = 30
-STATE_ORDER = ["disabled", "pending_code", "pending_activation", "active", "locked"]
+STATE_ORDER = list(STORED_STATES)
 STATE_COLORS = ["#9e9e9e", "#f2a93b", "#5b8def", "#2e9d5b", "#d64545"]
 DAILY_LABELS = {
     "device_enrolled": "browsers enrolled (activations)",

@@ -1,0 +1,397 @@
+"""The steps of a login in progress after the password: code, activation, enrollment, PIN."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from twofa import audit, errors
+from twofa.crypto import new_token
+from twofa.errors import ServiceError
+from twofa.notifications import BROWSER_ENROLLED
+from twofa.policy import (
+    RuleViolation,
+    check_device_name,
+    check_pin,
+    check_pin_confirmation,
+    check_pin_shape,
+    check_seal,
+    check_two_factor_email,
+)
+from twofa.service.core import ServiceCore, state_of, utcnow
+from twofa.store import queries
+from twofa.store.models import Account, Device, LoginChallenge
+from twofa.views import LoginView
+from twofa.vocabulary import Outcome, Step
+from twofa.vocabulary import TwoFactorState as S
+from twofa.workflows.messages import Activation, CodeSubmission, CodeVerdict, NewCodeRequest
+from twofa.workflows.two_factor import TwoFactorWorkflow
+
+
+def checked_activation(
+    pin: str, pin_confirmation: str, seal: str, device_name: str | None, email: str | None
+) -> tuple[str, str | None, str | None]:
+    """R6: every activation field checked, and every wrong one reported at once.
+
+    The 422 names the first wrong field as usual (``field``, ``error``, ``message``) and lists
+    each wrong field in ``fields``, so a form can show all its errors at the first try.
+    """
+    violations: list[RuleViolation] = []
+    values: dict[str, str | None] = {}
+    checks: list[tuple[str, Callable[[], str | None]]] = [
+        ("pin", lambda: check_pin(pin, pin)),
+        ("pin_confirmation", lambda: check_pin_confirmation(pin, pin_confirmation)),
+        ("seal", lambda: check_seal(seal)),
+        ("device_name", lambda: check_device_name(device_name)),
+        ("email", lambda: check_two_factor_email(email) if email and email.strip() else None),
+    ]
+    for name, check in checks:
+        try:
+            values[name] = check()
+        except RuleViolation as error:
+            violations.append(error)
+    if violations:
+        first = errors.rule_refused(violations[0])
+        first.details["fields"] = [
+            {"field": v.field, "error": v.code, "message": v.message, **v.details}
+            for v in violations
+        ]
+        raise first
+    return str(values["seal"]), values["device_name"], values["email"]
+
+
+class LoginSteps(ServiceCore):
+    """Each step checks that the login waits for it (R5), then moves it on (S9: once)."""
+
+    async def submit_code(self, login_id: str, code: str) -> LoginView:
+        challenge, account = await self._challenge(
+            login_id, Step.CODE, Step.ENROLL_CODE, Step.ACTIVATION, Step.ENROLL_PIN
+        )
+        # Each try counts, a repeated one too (S2: five wrong codes burn the code); the workflow
+        # knows which login a code was accepted for, and tells that login so again (S9).
+        result = await self.call_workflow(
+            account.id,
+            TwoFactorWorkflow.submit_code,
+            CodeSubmission(
+                code_digest=await self._code_digest(account.id, code), login=challenge.id_digest
+            ),
+        )
+        if result.verdict is not CodeVerdict.ACCEPTED:
+            await self._audit(
+                "code_rejected",
+                account.id,
+                verdict=result.verdict.value,
+                attempts_left=result.attempts_left,
+            )
+        if result.verdict is CodeVerdict.LOCKED:
+            raise errors.locked(result.locked_until)
+        if result.verdict is CodeVerdict.EXPIRED:
+            raise errors.CODE_EXPIRED()
+        if result.verdict is CodeVerdict.INVALID:
+            raise errors.invalid_code(result.attempts_left)
+        if challenge.step in (Step.CODE, Step.ACTIVATION):
+            if challenge.step == Step.CODE:
+                await self._advance(challenge, Step.ACTIVATION)
+            return LoginView(outcome=Outcome.ACTIVATION_REQUIRED)
+        if challenge.step == Step.ENROLL_CODE:
+            await self._advance(challenge, Step.ENROLL_PIN)
+        return LoginView(outcome=Outcome.PIN_REQUIRED, seal=self._seal_of(account))
+
+    async def activate(
+        self,
+        login_id: str,
+        *,
+        pin: str,
+        pin_confirmation: str,
+        seal: str,
+        device_name: str | None = None,
+        email: str | None = None,
+    ) -> LoginView:
+        """R6, R7: PIN, seal and browser are drafted in the store; the workflow makes them live.
+
+        The draft's id and the device token derive from the login id, so a caller repeating the
+        activation after a 503 or a lost answer gets the same browser and token (S9).
+        """
+        challenge, account = await self._challenge(login_id, Step.ACTIVATION, Step.PIN)
+        draft_id = self.keyring.derived_id("activation-draft", login_id)
+        device_token = self.keyring.derived_token("device-token", login_id)
+        if challenge.step == Step.PIN:
+            if challenge.device_id != draft_id:
+                raise errors.wrong_step(challenge.step)
+            return await self._activated(account.id, draft_id, device_token)
+        seal, device_name, email = checked_activation(
+            pin, pin_confirmation, seal, device_name, email
+        )
+        pin_hash = await self.kdf(self.keyring.hash_secret, pin)
+        async with self.db.write() as db:
+            if email and await queries.email_taken(db, email, except_account=account.id):
+                raise errors.NEW_EMAIL_TAKEN()
+            if await db.get(Device, draft_id) is None:  # not applied by an earlier try
+                await queries.save_draft(  # a repeat may bring other values: the last counts
+                    db,
+                    id=draft_id,
+                    account_id=account.id,
+                    pin_hash=pin_hash,
+                    seal_ciphertext=self.keyring.seal(seal),
+                    device_name=device_name,
+                    device_token_digest=self.keyring.digest("device", device_token),
+                    created_at=utcnow(),
+                    pepper_id=self.keyring.id,
+                )
+        try:
+            await self.call_workflow(
+                account.id,
+                TwoFactorWorkflow.activate,
+                Activation(draft_id=draft_id, email=email),
+                # the email is part of the request: after a refusal (the email taken), the
+                # same login may try another one, which the server must not answer from before
+                update_id=self._request_id("activate", login_id, email or ""),
+            )
+        except ServiceError as error:
+            if error.status == 503:  # the outcome is unknown: the repeat will find the draft
+                raise
+            async with self.db.write() as db:
+                applied = await db.get(Device, draft_id) is not None
+                if not applied:
+                    await queries.take_draft(db, draft_id)
+            if not applied:
+                raise
+        await self._advance(challenge, Step.PIN, device_id=draft_id)
+        return await self._activated(account.id, draft_id, device_token)
+
+    async def _activated(self, account_id: str, device_id: str, device_token: str) -> LoginView:
+        """The activation's answer, as the first try gave it or a repeat finds it."""
+        async with self.db.read() as db:
+            account = await queries.account_by_id(db, account_id)
+        assert account is not None
+        return LoginView(
+            outcome=Outcome.PIN_REQUIRED,
+            seal=self._seal_of(account),
+            device_id=device_id,
+            device_token=device_token,
+        )
+
+    async def enroll_browser(self, login_id: str, device_name: str | None) -> LoginView:
+        """R9: another browser gets an emailed code, then the PIN, and becomes trusted.
+
+        The login moves on first, and the mail is one update per login: a double-click or a
+        repeat after a lost answer gets the first request's answer, never a second code (S9).
+        """
+        challenge, account = await self._challenge(login_id, Step.ENROLL, Step.ENROLL_CODE)
+        try:
+            device_name = check_device_name(device_name)
+        except RuleViolation as error:
+            raise errors.rule_refused(error) from None
+        state = state_of(account, utcnow())
+        if state is S.LOCKED:
+            raise errors.locked(account.locked_until)
+        if state is not S.ACTIVE:
+            raise errors.NOT_ACTIVE()
+        if challenge.step == Step.ENROLL:
+            await self._advance(challenge, Step.ENROLL_CODE, device_name=device_name)
+        result = await self.call_workflow(
+            account.id,
+            TwoFactorWorkflow.issue_new_code,
+            NewCodeRequest(reuse_fresh=challenge.step == Step.ENROLL_CODE),
+            update_id=self._request_id("enroll", login_id),
+        )
+        return LoginView(
+            outcome=Outcome.ACTIVATION_CODE_REQUIRED, code_expires_at=result.code_expires_at
+        )
+
+    async def submit_pin(self, login_id: str, pin: str) -> LoginView:
+        """R7, R9: the PIN opens the session; wrong ones are counted by the workflow (S2).
+
+        PIN checks of one account run one at a time: a guess waits for the verdict on the one
+        before, so the fifth wrong PIN locks before a sixth can be tried.
+        """
+        now = utcnow()
+        lease = now + timedelta(seconds=self.settings.workflow_call_timeout_seconds + 10)
+        async with self.db.write() as db:  # read and claim at once; a refusal writes nothing
+            challenge, account = await self._live_challenge(
+                db, login_id, now, Step.PIN, Step.ENROLL_PIN
+            )
+            if state_of(account, now) is S.LOCKED:
+                raise errors.locked(account.locked_until)
+            try:
+                check_pin_shape(pin)
+            except RuleViolation as error:
+                raise errors.rule_refused(error) from None
+            claimed = await queries.claim_pin_check(db, account.id, now, lease)
+        if not claimed:
+            raise errors.PIN_CHECK_IN_PROGRESS(retry_after=1)
+        try:
+            return await self._check_pin(challenge, account, pin, now)
+        except BaseException:  # a right PIN releases the slot in the session's transaction
+            async with self.db.write() as db:
+                await queries.release_pin_check(db, account.id)
+            raise
+
+    async def _check_pin(
+        self, challenge: LoginChallenge, account: Account, pin: str, now: datetime
+    ) -> LoginView:
+        right = await self.kdf(
+            self.keyring.verify_secret, account.pin_hash, pin, account.pin_pepper
+        )
+        new_pin_hash = None
+        if right and self.keyring.stale(account.pin_pepper):  # hashed anew under the current
+            new_pin_hash = await self.kdf(self.keyring.hash_secret, pin)
+        if not right or account.pin_failures or account.pin_locks_in_a_row:
+            await self._still_live(challenge)  # a browser revoked meanwhile changes no counter
+        if not right:  # each try counts, a repeated one too: S2 errs on the side of the lock
+            failure = await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_failure)
+            await self._audit(
+                "pin_rejected",
+                account.id,
+                attempts_left=failure.attempts_left,
+                locked=failure.locked,
+            )
+            if failure.locked:
+                raise errors.locked(failure.locked_until)
+            raise errors.INVALID_PIN(attempts_left=failure.attempts_left)
+        if account.pin_failures or account.pin_locks_in_a_row:
+            await self.call_workflow(
+                account.id,
+                TwoFactorWorkflow.record_pin_success,
+                update_id=self._request_id("pin-success", challenge.id_digest),
+            )
+        device_id, device_token = challenge.device_id, None
+        async with self.db.write() as db:  # one transaction: a double-click opens one session
+            current = await queries.release_pin_check(db, account.id)  # the account, locked
+            state = state_of(current, now) if current else S.DISABLED
+            if current is not None and state is S.LOCKED:  # locked while the PIN was checked
+                raise errors.locked(current.locked_until)
+            if state is not S.ACTIVE:
+                raise errors.LOGIN_NOT_FOUND()
+            if not await queries.advance_challenge(
+                db, challenge.id_digest, challenge.step, None, finished_at=now
+            ):
+                raise errors.LOGIN_NOT_FOUND()
+            if current is not None:
+                await self._repepper(db, current, account.pin_hash, new_pin_hash)
+            if challenge.step == Step.ENROLL_PIN:
+                device_token = new_token()
+                device_id = str(uuid.uuid4())
+                db.add(
+                    Device(
+                        id=device_id,
+                        account_id=account.id,
+                        name=challenge.device_name,
+                        token_digest=self.keyring.digest("device", device_token),
+                        enrolled_at=now,
+                        last_used_at=now,
+                        pepper_id=self.keyring.id,
+                    )
+                )
+                await audit.append(
+                    db,
+                    "device_enrolled",
+                    account_id=account.id,
+                    actor="user",
+                    device_id=device_id,
+                    name=challenge.device_name,
+                    at_activation=False,
+                )
+                await queries.notify(
+                    db,
+                    account.id,
+                    BROWSER_ENROLLED,
+                    account.email,
+                    now,
+                    device_name=challenge.device_name,
+                )
+            elif not await queries.touch_device(db, device_id, now):
+                raise errors.LOGIN_NOT_FOUND()  # the browser was revoked meanwhile
+            token, session = self._new_session(account.id, device_id, now)
+            db.add(session)
+            await audit.append(
+                db,
+                "login_succeeded",
+                account_id=account.id,
+                actor="user",
+                second_factor=True,
+                device_id=device_id,
+            )
+        return LoginView(
+            outcome=Outcome.AUTHENTICATED,
+            session_token=token,
+            expires_at=session.expires_at,
+            device_id=device_id if device_token else None,
+            device_token=device_token,
+        )
+
+    async def _challenge(self, login_id: str, *steps: Step) -> tuple[LoginChallenge, Account]:
+        """The live login ``login_id`` if it waits for one of ``steps`` (R5: the code first)."""
+        async with self.db.read() as db:
+            return await self._live_challenge(db, login_id, utcnow(), *steps)
+
+    async def _live_challenge(
+        self, db: AsyncSession, login_id: str, now: datetime, *steps: Step
+    ) -> tuple[LoginChallenge, Account]:
+        """``_challenge`` in the caller's transaction: the login and its account, one query."""
+        found = await queries.live_challenge_and_account(
+            db, self.keyring.digests("login", login_id), now
+        )
+        if found is None:
+            raise errors.LOGIN_NOT_FOUND()
+        if found[0].step not in steps:
+            raise errors.wrong_step(found[0].step)
+        return found
+
+    async def _still_live(self, challenge: LoginChallenge) -> None:
+        """The login was not ended since it was read: by a lock, a disable or a revocation."""
+        async with self.db.read() as db:
+            live = await queries.live_challenge(db, challenge.id_digest, utcnow())
+        if live is None:
+            raise errors.LOGIN_NOT_FOUND()
+
+    async def _advance(self, challenge: LoginChallenge, step: Step, **values: Any) -> None:
+        """Compare-and-set; an identical request racing this one may have moved it first (S9)."""
+        async with self.db.write() as db:
+            moved = await queries.advance_challenge(
+                db, challenge.id_digest, challenge.step, step, **values
+            )
+            if moved:
+                await audit.append(
+                    db,
+                    "login_step_passed",
+                    account_id=challenge.account_id,
+                    actor="user",
+                    passed=challenge.step,
+                    next_step=step,
+                )
+                return
+            now = await queries.live_challenge(db, challenge.id_digest, utcnow())
+        if now is None or now.step != step or any(getattr(now, k) != v for k, v in values.items()):
+            raise errors.LOGIN_NOT_FOUND()
+
+    async def _repepper(
+        self, db: AsyncSession, account: Account, checked: str | None, new_pin_hash: str | None
+    ) -> None:
+        """At a right PIN: the PIN hashed (``new_pin_hash``, for the hash ``checked``) and the
+        seal encrypted anew under the current pepper, if a previous one made them; in the
+        caller's transaction, each only if unchanged since it was read."""
+        if new_pin_hash is not None and checked is not None:
+            await queries.replace_secret(
+                db, Account.pin_hash, Account.pin_pepper, account.id,
+                checked, new_pin_hash, self.keyring.id,
+            )  # fmt: skip
+        if account.seal_ciphertext is not None and self.keyring.stale(account.seal_pepper):
+            await queries.replace_secret(
+                db, Account.seal_ciphertext, Account.seal_pepper, account.id,
+                account.seal_ciphertext, self.keyring.reseal(account.seal_ciphertext),
+                self.keyring.id,
+            )  # fmt: skip
+
+    async def _code_digest(self, account_id: str, code: str) -> str:
+        """The typed code's digest; after a rotation, under the pepper its mail was made with."""
+        if not self.keyring.previous:
+            return self.keyring.code_digest(code)
+        since = utcnow() - timedelta(seconds=self.settings.code_ttl_seconds)
+        async with self.db.read() as db:
+            mails = await queries.mails_since(db, account_id, since)
+        return self.keyring.submitted_code_digest(code, mails)
