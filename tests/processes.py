@@ -54,15 +54,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, time for a graceful shutdown, then SIGKILL."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def stop_process(process: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM, time for a graceful shutdown, then SIGKILL; the exit code of that stop, or None
+    when the process had ended before it."""
+    if process.poll() is not None:
+        return None
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 @contextmanager
@@ -74,7 +76,10 @@ def started(
     try:
         yield process
     finally:
-        stop_process(process)
+        code = stop_process(process)
+    # uvicorn ends by raising the SIGTERM it caught once its shutdown is done, hence -SIGTERM
+    clean = (0, -signal.SIGTERM, None)
+    assert code in clean, f"{command[1:]} stopped with {code}: {log.read_text()[-2000:]}"
 
 
 async def worker_polls(

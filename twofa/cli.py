@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 import uvicorn
@@ -31,6 +33,19 @@ def _logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per plugin at every start
 
 
+def _exit_without_teardown() -> NoReturn:
+    """Leave a process that held a Temporal runtime once its shutdown is done and flushed.
+
+    The SDK's Rust threads can call into Python while the interpreter finalizes, which aborts the
+    process ("PyGILState_Release: thread state must be current", temporalio/sdk-python#300): a
+    clean stop would end in SIGABRT and a half-written log line. Nothing is left to tear down.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 @app.command()
 def up() -> None:
     """Start everything on loopback: Temporal dev server, SMTP sink, worker, API and dashboard."""
@@ -47,6 +62,7 @@ def worker() -> None:
     _logging()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker(Settings()))
+    _exit_without_teardown()
 
 
 @app.command()
