@@ -33,8 +33,8 @@ def _logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per plugin at every start
 
 
-def _exit_without_teardown() -> NoReturn:
-    """Leave a process that held a Temporal runtime once its shutdown is done and flushed.
+def _exit_without_teardown(code: int = 0) -> NoReturn:
+    """Leave a process that held a Temporal client once its work is done and flushed.
 
     The SDK's Rust threads can call into Python while the interpreter finalizes, which aborts the
     process ("PyGILState_Release: thread state must be current", temporalio/sdk-python#300): a
@@ -43,7 +43,7 @@ def _exit_without_teardown() -> NoReturn:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 @app.command()
@@ -87,8 +87,6 @@ def api(workers: int = typer.Option(1, help="uvicorn worker processes")) -> None
 @app.command()
 def dashboard() -> None:
     """Run the Streamlit dashboard for admins and auditors (replaces this process)."""
-    import os
-    import sys
     from pathlib import Path
 
     from twofa.devstack import DASHBOARD_LIMITS
@@ -324,8 +322,6 @@ def admin_create(
     role: str = typer.Option(..., help="admin or auditor"),
 ) -> None:
     """Create a dashboard operator; the password is prompted, or read from stdin when piped."""
-    import sys
-
     from twofa.errors import ServiceError
     from twofa.wiring import services
 
@@ -342,8 +338,9 @@ def admin_create(
         asyncio.run(create())
     except ServiceError as error:
         typer.echo(f"refused: {error.message}", err=True)
-        raise typer.Exit(1) from None
+        _exit_without_teardown(1)
     typer.echo(f"{role} {email} created")
+    _exit_without_teardown()
 
 
 @app.command()
@@ -373,3 +370,4 @@ def seed(accounts: int = typer.Option(200, min=1, help="how many demo accounts")
     tally = asyncio.run(go())
     typer.echo(", ".join(f"{state}: {n}" for state, n in tally.items()))
     typer.echo(f"every seeded account's password is {DEMO_PASSWORD!r}, its PIN {DEMO_PIN!r}")
+    _exit_without_teardown()
