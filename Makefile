@@ -62,11 +62,11 @@ lint: $(STAMP)
 bench: $(STAMP)  # the test extra pulls in the bench extra (psutil, py-spy)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Record the workflow histories of a release (run on the release's commit; see tests/record_histories.py).
+# Record the workflow histories of a release (run on the release's commit; see tests/workflows/record_histories.py).
 .PHONY: record-histories
 record-histories: $(STAMP)
 	@test -n "$(RELEASE)" || { echo "usage: make record-histories RELEASE=<name>"; exit 1; }
-	TWOFA_HISTORY_RELEASE=$(RELEASE) $(BIN)/pytest -q tests/record_histories.py
+	TWOFA_HISTORY_RELEASE=$(RELEASE) $(BIN)/pytest -q tests/workflows/record_histories.py
 
 clean:
 	rm -rf $(VENV) .data

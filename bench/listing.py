@@ -2,7 +2,7 @@
 over a million seeded accounts and their audit records, on SQLite and on PostgreSQL.
 
 Each backend gets a database of its own, migrated like the app's: a SQLite file in the run's
-data dir, and a throwaway PostgreSQL server from Debian's packages (tests/postgres.py), when
+data dir, and a throwaway PostgreSQL server from Debian's packages (tests/support/postgres.py), when
 installed. The rows are generated inside the database (bench/seeding.py); the queries run in
 the bench process, as in the dashboard's process.
 """
@@ -80,7 +80,7 @@ def _databases(ctx: Context) -> Iterator[list[tuple[str, str]]]:
     found = [("SQLite", f"sqlite:///{ctx.stack.data_dir / 'listing.db'}")] * ("sqlite" in chosen)
     with contextlib.ExitStack() as stack:
         if "postgresql" in chosen:
-            from tests.postgres import throwaway_server  # the tests' helper, same server flags
+            from tests.support.postgres import throwaway_server  # the tests' server flags
 
             try:
                 found.append(("PostgreSQL", stack.enter_context(throwaway_server("twofa-bench-"))))
@@ -219,7 +219,7 @@ async def listing_bench(ctx: Context) -> None:
                     "with the audit records of their pasts",
                     "databases": ", ".join(r.backend for r in measured)
                     + " (each its own, migrated to head; PostgreSQL a throwaway server with "
-                    "tests/postgres.py's flags, vacuumed after the load)",
+                    "tests/support/postgres.py's flags, vacuumed after the load)",
                     "seeding": "generated in the database in one transaction, triggers off, "
                     "indexes built after, tallies counted once; "
                     + ", ".join(f"{r.backend} {r.population.seconds:.1f} s" for r in measured),

@@ -26,7 +26,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from bench.floor import TASK_QUEUE as FLOOR_TASK_QUEUE
-from tests.processes import free_port, stop_process
+from tests.support.processes import free_port, stop_process
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import migrate

@@ -19,9 +19,9 @@ import uvicorn
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from tests import postgres
-from tests.journey import Api
-from tests.processes import free_port, serve_api
+from tests.support import postgres
+from tests.support.journey import Api
+from tests.support.processes import free_port, serve_api
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate

@@ -5,46 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as OrmSession
 
 from tests.conftest import PEPPER
-from tests.journey import Api, new_user
+from tests.support.journey import Api, new_user
+from tests.support.stores import (
+    Store,
+    chain_in,
+    clone_store,
+    drop_guards,
+    empty_store,
+    sql,
+)
 from twofa import audit
 from twofa.config import Settings
-from twofa.crypto import Keyring
 from twofa.store.db import Database, migrate, sync_url
 from twofa.store.models import AuditRecord
-
-TWOFA = str(Path(sys.executable).parent / "twofa")
-
-
-def verify(url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    """`twofa audit verify` as an operator runs it: the database, the data dir, the pepper."""
-    env = {
-        **os.environ,
-        "TWOFA_DATABASE_URL": url,
-        "TWOFA_DATA_DIR": str(data_dir),
-        "TWOFA_PEPPER": PEPPER,
-    }
-    return subprocess.run(
-        [TWOFA, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60
-    )
-
-
-def chain_in(data_dir: Path) -> audit.Chain:
-    return audit.Chain(Keyring(PEPPER.encode()).audit_key, data_dir / "audit-anchor")
 
 
 async def _events(database: Database, account_id: str) -> list[tuple[str, str]]:
@@ -93,64 +78,6 @@ async def test_refusals_are_audited(api: Api, database: Database) -> None:
     assert "wrong!!!" not in failed[0].details
 
 
-def _sql(url: str, *statements: str) -> list[tuple[object, ...]]:
-    """Runs SQL straight on the database, around the application: how a tamperer would."""
-    engine = create_engine(sync_url(url))
-    try:
-        with engine.begin() as connection:
-            rows: list[tuple[object, ...]] = []
-            for statement in statements:
-                result = connection.execute(text(statement))
-                rows = [tuple(r) for r in result] if result.returns_rows else []
-            return rows
-    finally:
-        engine.dispose()
-
-
-def _create_database(url: str, name: str, template: str | None = None) -> str:
-    engine = create_engine(sync_url(url), isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        clause = f' TEMPLATE "{template}"' if template else ""
-        connection.execute(text(f'CREATE DATABASE "{name}"{clause}'))
-    engine.dispose()
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-@dataclass(frozen=True)
-class Store:
-    """A database and the data dir beside it (the anchor, the pepper's stand-in for verify)."""
-
-    url: str
-    data_dir: Path
-
-    def verify(self) -> subprocess.CompletedProcess[str]:
-        return verify(self.url, self.data_dir)
-
-    @property
-    def chain(self) -> audit.Chain:
-        return chain_in(self.data_dir)
-
-
-def _empty(url: str, name: str, tmp_path: Path) -> Store:
-    """A new, migrated database beside the test session's, on the same backend."""
-    data_dir = tmp_path / f"{name}-data"
-    if url.startswith("sqlite"):
-        fresh = f"sqlite:///{data_dir / 'twofa.db'}"
-    else:
-        fresh = _create_database(url, name)
-    migrate(fresh)
-    return Store(fresh, data_dir)
-
-
-def _clone(store: Store, name: str, tmp_path: Path) -> Store:
-    """A copy of the database and its anchor, to tamper with."""
-    data_dir = tmp_path / f"{name}-data"
-    shutil.copytree(store.data_dir, data_dir)
-    if store.url.startswith("sqlite"):
-        return Store(f"sqlite:///{data_dir / 'twofa.db'}", data_dir)
-    return Store(_create_database(store.url, name, template=make_url(store.url).database), data_dir)
-
-
 WRITER = """
 import asyncio, sys
 from twofa import audit
@@ -181,7 +108,7 @@ def _write(store: Store, writers: int, each: int) -> None:
 @pytest.fixture(scope="module")
 def chain(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Store:
     """A database with 20 audit records, written by 4 processes at once."""
-    store = _empty(database_url, "audit_chain", tmp_path_factory.mktemp("audit"))
+    store = empty_store(database_url, "audit_chain", tmp_path_factory.mktemp("audit"))
     _write(store, writers=4, each=5)
     return store
 
@@ -193,18 +120,11 @@ def test_concurrent_writers_keep_one_intact_chain_and_move_the_anchor_forward(
     assert result.returncode == 0, result.stderr
     assert "intact: 20 records (20 keyed, 0 unkeyed" in result.stdout, result.stdout
     assert "anchored at record 20" in result.stdout, result.stdout
-    rows = _sql(chain.url, "SELECT seq, hash, version FROM audit_log ORDER BY seq")
+    rows = sql(chain.url, "SELECT seq, hash, version FROM audit_log ORDER BY seq")
     assert [seq for seq, _, _ in rows] == list(range(1, 21))
     assert {version for _, _, version in rows} == {audit.KEYED}
     assert chain.chain.read_anchor() == audit.Anchor(20, str(rows[-1][1]))
     assert stat.S_IMODE(chain.chain.anchor_path.stat().st_mode) == 0o600
-
-
-def _drop_guards(url: str) -> list[str]:
-    """What someone who owns the database does first: the append-only triggers go."""
-    if url.startswith("sqlite"):
-        return ["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"]
-    return ["DROP TRIGGER audit_log_append_only ON audit_log"]
 
 
 TAMPERING = {
@@ -229,8 +149,8 @@ TAMPERING = {
 def test_verify_names_the_first_tampered_record(
     chain: Store, tmp_path: Path, tampering: str
 ) -> None:
-    copy = _clone(chain, f"tampered_{tampering}", tmp_path)
-    _sql(copy.url, *_drop_guards(copy.url), *TAMPERING[tampering])
+    copy = clone_store(chain, f"tampered_{tampering}", tmp_path)
+    sql(copy.url, *drop_guards(copy.url), *TAMPERING[tampering])
     result = copy.verify()
     assert result.returncode == 1, result.stdout
     assert "BROKEN at record 7" in result.stderr, result.stderr
@@ -238,8 +158,8 @@ def test_verify_names_the_first_tampered_record(
 
 def test_verify_finds_the_newest_records_cut_off(chain: Store, tmp_path: Path) -> None:
     """The chain of what is left holds: only the anchor outside the database shows the cut."""
-    copy = _clone(chain, "truncated", tmp_path)
-    _sql(copy.url, *_drop_guards(copy.url), "DELETE FROM audit_log WHERE seq > 17")
+    copy = clone_store(chain, "truncated", tmp_path)
+    sql(copy.url, *drop_guards(copy.url), "DELETE FROM audit_log WHERE seq > 17")
     result = copy.verify()
     assert result.returncode == 1, result.stdout
     assert (
@@ -255,7 +175,7 @@ def _rebuild(url: str, *, edit: int, unkeyed_from: int | None) -> None:
     engine = create_engine(sync_url(url))
     try:
         with OrmSession(engine) as session, session.begin():
-            for statement in _drop_guards(url):
+            for statement in drop_guards(url):
                 session.execute(text(statement))
             prev = audit.GENESIS
             for record in session.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all():
@@ -288,7 +208,7 @@ def test_verify_finds_a_chain_rebuilt_without_the_key(
     chain: Store, tmp_path: Path, unkeyed_from: int | None, found: str
 ) -> None:
     """Today's attack on a public chain: edit record 7, recompute every hash after it."""
-    copy = _clone(chain, f"rebuilt_{unkeyed_from}", tmp_path)
+    copy = clone_store(chain, f"rebuilt_{unkeyed_from}", tmp_path)
     _rebuild(copy.url, edit=7, unkeyed_from=unkeyed_from)
     result = copy.verify()
     assert result.returncode == 1, result.stdout
@@ -296,7 +216,7 @@ def test_verify_finds_a_chain_rebuilt_without_the_key(
 
 
 def test_verify_distrusts_a_forged_or_missing_anchor(chain: Store, tmp_path: Path) -> None:
-    copy = _clone(chain, "forged_anchor", tmp_path)
+    copy = clone_store(chain, "forged_anchor", tmp_path)
     anchor = json.loads(copy.chain.anchor_path.read_text())
     copy.chain.anchor_path.write_text(json.dumps({**anchor, "seq": 17}))
     result = copy.verify()
@@ -323,8 +243,8 @@ def test_the_database_refuses_to_change_or_delete_audit_records(
     if statement.startswith("TRUNCATE") and chain.url.startswith("sqlite"):
         pytest.skip("SQLite has no TRUNCATE; its DELETE without WHERE is refused above")
     with pytest.raises(DBAPIError, match="audit_log is append-only"):
-        _sql(chain.url, statement)
-    assert _sql(chain.url, "SELECT count(*), min(actor) FROM audit_log") == [(20, "writer-0")]
+        sql(chain.url, statement)
+    assert sql(chain.url, "SELECT count(*), min(actor) FROM audit_log") == [(20, "writer-0")]
 
 
 _V1_COLUMNS = ("seq", "at", "account_id", "actor", "event", "details", "prev_hash", "hash")
@@ -334,7 +254,7 @@ def test_records_from_before_the_key_still_verify_as_a_prefix(
     database_url: str, tmp_path: Path
 ) -> None:
     """Version 1 records (public SHA-256, as 0006 wrote them), then keyed records after them."""
-    store = _empty(database_url, "audit_legacy", tmp_path)
+    store = empty_store(database_url, "audit_legacy", tmp_path)
     prev, rows = audit.GENESIS, []
     for seq in range(1, 4):
         record = AuditRecord(
@@ -368,7 +288,7 @@ def test_records_from_before_the_key_still_verify_as_a_prefix(
 async def test_append_in_a_failed_transaction_leaves_no_record_nor_anchor(
     database_url: str, tmp_path: Path
 ) -> None:
-    store = _empty(database_url, "audit_rollback", tmp_path)
+    store = empty_store(database_url, "audit_rollback", tmp_path)
     database = Database(store.url, audit=store.chain)
     try:
         with pytest.raises(RuntimeError):

@@ -1,7 +1,7 @@
 """S10 notification mails, and activation mails to a relay that refuses or is busy (issue 14).
 
 Every mail here crosses a real SMTP server on loopback: the session's sink, or a relay of the
-test's own (tests/test_mail_relay.py) served by a worker of its own on its own task queue.
+test's own (tests/test_mail.py) served by a worker of its own on its own task queue.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from sqlalchemy import select
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
-from tests.journey import Api, User, eventually, new_user
-from tests.test_mail_relay import RelayHandler, relay
-from tests.test_rules_security import untrusted
+from tests.support.journey import Api, User, eventually, new_user, untrusted
+from tests.test_mail import RelayHandler, relay
 from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.store.models import AuditRecord

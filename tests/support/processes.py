@@ -1,0 +1,131 @@
+"""The project's own processes (`twofa worker`, `twofa api`) started for a test, and stopped.
+
+The bench starts its stack with the same helpers (``free_port``, ``stop_process``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+
+from tests.support.journey import eventually
+from twofa.api import create_app
+from twofa.config import Settings
+
+#: The repository's top folder (the Makefile, README.md, bench/, docker-compose.yml).
+REPO = Path(__file__).resolve().parents[2]
+TWOFA = str(Path(sys.executable).parent / "twofa")
+
+
+#: What a child process shares with the test's system: where its parts are, and its secrets;
+#: its timers keep their defaults unless a test hands them over.
+SHARED = (
+    "data_dir",
+    "database_url",
+    "temporal_address",
+    "temporal_task_queue",
+    "smtp_port",
+    "service_token",
+    "pepper",
+    "api_port",
+)
+
+
+def environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """The TWOFA_* variables that make a child process see what ``settings`` describe."""
+    return settings.environment(SHARED, **extra)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM, time for a graceful shutdown, then SIGKILL; the exit code of that stop, or None
+    when the process had ended before it."""
+    if process.poll() is not None:
+        return None
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+@contextmanager
+def started(
+    command: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        code = stop_process(process)
+    # uvicorn ends by raising the SIGTERM it caught once its shutdown is done, hence -SIGTERM
+    clean = (0, -signal.SIGTERM, None)
+    assert code in clean, f"{command[1:]} stopped with {code}: {log.read_text()[-2000:]}"
+
+
+async def worker_polls(
+    client: Client, task_queue: str, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Waits until that process's worker polls ``task_queue`` (its identity is pid@host)."""
+
+    async def polling() -> bool:
+        assert process.poll() is None, f"worker exited: {log.read_text()[-3000:]}"
+        described = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+        return any(p.identity.startswith(f"{process.pid}@") for p in described.pollers)
+
+    await eventually(polling, "the worker polls", timeout=60)
+
+
+def wait_for_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+async def serve_api(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """A real uvicorn server of the API in this event loop, once it accepts connections; stop
+    it with ``server.should_exit = True`` and await the task."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=settings.api_port, log_level="info"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    return server, task

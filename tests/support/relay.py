@@ -1,0 +1,79 @@
+"""A real SMTP relay on loopback (aiosmtpd in its own thread) that records what it accepted,
+over what, and who logged in, and refuses on demand."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.support.processes import free_port
+
+USERNAME = "twofa-relay-user"
+PASSWORD = "relay-password-Zq81-never-in-clear"
+
+
+class RelayHandler:
+    """The relay's side: what it accepted, over what, and who logged in; refuses on demand."""
+
+    def __init__(self, refuse: dict[str, str] | None = None) -> None:
+        self.refuse = refuse or {}
+        self.logins: list[tuple[bytes, bool]] = []
+        self.accepted: list[tuple[EmailMessage, bool, bool]] = []  # (mail, over TLS, AUTHed)
+        self.mail_commands = 0
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            USERNAME.encode(),
+            PASSWORD.encode(),
+        )
+        self.logins.append((data.login if isinstance(data, LoginPassword) else b"", ok))
+        return AuthResult(success=ok, handled=False)  # the server answers 235 or 535
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.mail_commands += 1
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if "RCPT" in self.refuse:
+            return self.refuse["RCPT"]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if "DATA" in self.refuse:
+            return self.refuse["DATA"]
+        mail = message_from_bytes(envelope.original_content or b"", policy=policy.default)
+        over_tls = server.transport is not None and bool(
+            server.transport.get_extra_info("sslcontext")
+        )
+        self.accepted.append((mail, over_tls, bool(session.authenticated)))  # type: ignore[arg-type]
+        return "250 OK"
+
+
+@contextmanager
+def relay(handler: RelayHandler, **smtp_options: Any) -> Iterator[int]:
+    """A real SMTP server on loopback, in its own thread; yields its port."""
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # it would log what clients send
+    port = free_port()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, authenticator=handler.authenticate, **smtp_options
+    )
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()

@@ -1,0 +1,154 @@
+"""Several worker processes share the task queue; killing one loses nothing (issues 3 and 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import uuid
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from sqlalchemy import func, select
+from temporalio.client import Client
+
+from tests.conftest import ApiFactory
+from tests.support.journey import Api, count, eventually, new_user
+from tests.support.processes import (
+    REPO,
+    TWOFA,
+    environment,
+    free_port,
+    started,
+    wait_for_http,
+    worker_polls,
+)
+from twofa.config import Settings
+from twofa.store.db import Database
+from twofa.store.models import ActivationDraft, Device, SentMail
+
+
+async def _one_device_one_mail_per_code(
+    database: Database, api: Api, account_id: str, email: str
+) -> None:
+    async with database.read() as db:
+        devices = await db.scalar(
+            select(func.count())
+            .select_from(Device)
+            .where(Device.account_id == account_id, Device.revoked_at.is_(None))
+        )
+        codes = await db.scalar(
+            select(func.count()).select_from(SentMail).where(SentMail.account_id == account_id)
+        )
+    assert devices == 1
+    assert len(api.activation_mails_to(email)) == codes
+
+
+async def test_a_journey_survives_a_killed_worker(
+    start_api: ApiFactory,
+    base_settings: Settings,
+    database: Database,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    queue = f"workers-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    env = environment(base_settings, temporal_task_queue=queue)
+    with (
+        started([TWOFA, "worker"], env, tmp_path / "a.log") as first,
+        started([TWOFA, "worker"], env, tmp_path / "b.log") as second,
+    ):
+        await worker_polls(client, queue, first, tmp_path / "a.log")
+        await worker_polls(client, queue, second, tmp_path / "b.log")
+        user = new_user()
+        await api.enabled(user)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        code = await api.code_mail(user)
+        login = await api.login_ok(user)
+        r = await api.submit_code(login["login_id"], code)
+        assert r.status_code == 200, r.text
+        r = await api.activate(login["login_id"], user)
+        assert r.status_code == 200, r.text
+        r = await api.pin(login["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+        assert second.poll() is None
+    await _one_device_one_mail_per_code(database, api, user.account_id, user.email)
+
+
+async def test_workers_killed_at_each_step_lose_nothing(
+    start_api: ApiFactory,
+    base_settings: Settings,
+    database: Database,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the only worker after enable, after the code, and while activation runs."""
+    queue = f"crash-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    env = environment(base_settings, temporal_task_queue=queue)
+    logs = iter(tmp_path / f"worker-{n}.log" for n in range(10))
+
+    def restart() -> AbstractContextManager[subprocess.Popen[bytes]]:
+        return started([TWOFA, "worker"], env, next(logs))
+
+    user = new_user()
+    await api.registered_and_logged_in(user)
+    with restart() as worker:
+        await worker_polls(client, queue, worker, tmp_path / "worker-0.log")
+        await api.enable(user)
+        worker.send_signal(signal.SIGKILL)
+    with restart() as worker:
+        code = await api.code_mail(user)
+        login = await api.login_ok(user)
+        r = await api.submit_code(login["login_id"], code)
+        assert r.status_code == 200, r.text
+        worker.send_signal(signal.SIGKILL)
+    with restart() as worker:
+        activation = asyncio.create_task(api.activate(login["login_id"], user))
+
+        async def under_way() -> bool:
+            """Its draft is in the store (the update comes next), or it is over already."""
+            where = ActivationDraft.account_id == user.account_id
+            return activation.done() or await count(database, ActivationDraft, where) > 0
+
+        await eventually(under_way, "the activation under way", interval=0.01)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    with restart():
+        r = await activation  # the update was durable: the new worker finishes it
+        assert r.status_code == 200, r.text
+        r = await api.pin(login["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+    await _one_device_one_mail_per_code(database, api, user.account_id, user.email)
+
+
+async def test_the_api_runs_with_several_uvicorn_workers(
+    base_settings: Settings, worker: None, tmp_path: Path, data_dir: Path
+) -> None:
+    port = free_port()
+    env = environment(base_settings, api_port=str(port))
+    with started([TWOFA, "api", "--workers", "2"], env, tmp_path / "api.log"):
+        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/healthz")
+        api = Api(f"http://127.0.0.1:{port}", base_settings.resolved_service_token, data_dir)
+        try:
+            users = await asyncio.gather(*(api.activated(new_user()) for _ in range(4)))
+            for user in users:
+                await api.pin_login(user)
+        finally:
+            await api.close()
+
+
+async def test_python_worker_py_serves_the_queue_as_temporal_samples_do(
+    start_api: ApiFactory, base_settings: Settings, tmp_path: Path
+) -> None:
+    """The design card's entry point: ``python worker.py`` at the repository's top."""
+    queue = f"worker-py-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    env = environment(base_settings, temporal_task_queue=queue)
+    with started([sys.executable, str(REPO / "worker.py")], env, tmp_path / "w.log") as process:
+        user = new_user("worker-py")
+        await api.enabled(user)  # answered only once a worker ran the enable
+        await api.code_mail(user)
+        assert process.poll() is None

@@ -1,0 +1,55 @@
+"""Every recorded history of every release replays on the current workflow code.
+
+Accounts enabled under an older release keep their workflow for as long as their 2FA lives, so
+the current code must take over each of their histories exactly where it stopped. The
+histories come from ``tests/workflows/record_histories.py``, run on each release's own commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from twofa.workflows.two_factor import TwoFactorWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+RECORDED = sorted(HISTORIES.glob("*/*.json"))
+# Every state and timer of the workflow, as each release's set must cover them.
+SCENARIOS = {
+    "pending_code",
+    "pending_code_logged_out",
+    "pending_code_replaced",
+    "pending_code_burned",
+    "pending_activation",
+    "active",
+    "active_second_browser",
+    "locked",
+    "lock_ended",
+    "disabled",
+    "disabled_while_pending",
+    "continued_as_new",
+}
+
+pytestmark = pytest.mark.single_backend
+
+
+def test_the_first_release_is_recorded() -> None:
+    assert (HISTORIES / "be3d6ff").is_dir()
+
+
+@pytest.mark.parametrize("release", sorted(p.name for p in HISTORIES.iterdir() if p.is_dir()))
+def test_each_release_covers_every_state(release: str) -> None:
+    names = {p.name.split(".")[0] for p in (HISTORIES / release).glob("*.json")}
+    assert names >= SCENARIOS, SCENARIOS - names
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+async def test_recorded_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    result = await Replayer(workflows=[TwoFactorWorkflow]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert result.replay_failure is None, result.replay_failure
