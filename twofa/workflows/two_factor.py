@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
-    from twofa.activities.heartbeat import HEARTBEAT_TIMEOUT
+    from twofa.workflows.effect_calls import refusal, run_effect
     from twofa.workflows.messages import (
         STATE_SEARCH_ATTRIBUTE,
         Activation,
@@ -39,31 +37,21 @@ with workflow.unsafe.imports_passed_through():
         TwoFactorInput,
         TwoFactorState,
     )
+    from twofa.workflows.patches import (
+        PATCH_ACTIVATION_REFUSAL,
+        PATCH_DUE_LOCK_ENDS_FIRST,
+        PATCH_MAIL_REFUSAL,
+        PATCH_REPEATED_CODE,
+    )
 
-T = TypeVar("T")
 S = TwoFactorState
 STATE_KEY = SearchAttributeKey.for_keyword(STATE_SEARCH_ATTRIBUTE)
-#: Transient failures (the database away, a relay saying "try later") are retried until they
-#: pass; permanent ones are raised non-retryable by the activity and handled here.
-EFFECT_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
-)
-#: Generous for a slow database or relay: a dead worker is found by its missing heartbeats.
-EFFECT_TIMEOUT = timedelta(seconds=30)
 #: A start option (not a command): how long a workflow task held by a dead worker waits before
 #: another worker may take it. The database effects run inside workflow tasks (local
 #: activities), so this bounds a step's stall after a worker SIGKILL; the SDK heartbeats a task
 #: whose local activity runs longer, so a slow database does not hit it.
 TASK_TIMEOUT = timedelta(seconds=4)
 
-# Patches: every change that older histories cannot follow is taken only by runs that did not
-# pass this point under the old code (workflow.patched). The README's "Upgrading" section says
-# how to add one and when to deprecate it; tests/histories holds each release's histories.
-PATCH_ACTIVATION_REFUSAL = "activation-refusal-returns-to-pending-activation"
-PATCH_REPEATED_CODE = "repeated-code-of-a-login-is-accepted-again"
-PATCH_MAIL_REFUSAL = "refused-activation-mail-leaves-no-code"
-PATCH_LOCAL_EFFECTS = "database-effects-run-as-local-activities"
-PATCH_DUE_LOCK_ENDS_FIRST = "a-lock-whose-time-is-up-ends-before-a-pin-verdict"
 ENABLED = (S.PENDING_CODE, S.PENDING_ACTIVATION, S.ACTIVE, S.LOCKED)
 EXPECTING_CODE = (S.PENDING_CODE, S.ACTIVE)
 
@@ -106,7 +94,7 @@ class TwoFactorWorkflow:
             p.enrollment_id = str(workflow.uuid4())
             p.enabled_at = now
             p.auto_logout_at = now + timedelta(seconds=self.policy.auto_logout_seconds)
-            await self._effect(
+            await run_effect(
                 Effects.limit_sessions, SessionCut(self.account_id, p.auto_logout_at, now)
             )
             await self._issue_code()
@@ -191,14 +179,14 @@ class TwoFactorWorkflow:
                 effect = ActivationEffect(
                     self._next_projection(), activation.draft_id, activation.email
                 )
-                device_id: str = await self._effect(Effects.apply_activation, effect)
+                device_id: str = await run_effect(Effects.apply_activation, effect)
             except (ActivityError, ApplicationError) as failure:  # remote, local
                 if not workflow.patched(PATCH_ACTIVATION_REFUSAL):
                     raise
                 # refused for good (the email taken meanwhile, the draft gone): nothing was
                 # applied, so the user is still where they were and can activate again (S9)
                 p.state = S.PENDING_ACTIVATION
-                raise _refusal(failure) from None
+                raise refusal(failure) from None
             self._publish_state()
             return ActivationResult(device_id=device_id)
 
@@ -264,7 +252,7 @@ class TwoFactorWorkflow:
         async with self._lock:
             self._require(*ENABLED, reason="not_enabled")
             self.progress = Progress(state=S.DISABLED, version=self.progress.version)
-            revoked: int = await self._effect(
+            revoked: int = await run_effect(
                 Effects.apply_disable, DisableEffect(self._next_projection(actor=request.actor))
             )
             self._publish_state()
@@ -306,7 +294,7 @@ class TwoFactorWorkflow:
         now = workflow.now()
         if p.auto_logout_at and not p.auto_logout_done and now >= p.auto_logout_at:
             assert p.enabled_at is not None
-            await self._effect(
+            await run_effect(
                 Effects.end_sessions, SessionCut(self.account_id, p.auto_logout_at, p.enabled_at)
             )
             p.auto_logout_done = True
@@ -358,7 +346,7 @@ class TwoFactorWorkflow:
         p.code_expires_at = workflow.now() + timedelta(seconds=self.policy.code_ttl_seconds)
         mail = CodeMail(self.account_id, p.enrollment_id, p.code_number, p.code_expires_at)
         try:
-            p.code_digest = await self._effect(Effects.send_activation_code, mail)
+            p.code_digest = await run_effect(Effects.send_activation_code, mail)
         except ActivityError:
             if not workflow.patched(PATCH_MAIL_REFUSAL):
                 raise
@@ -394,38 +382,7 @@ class TwoFactorWorkflow:
         )
 
     async def _project(self, actor: str = "user") -> None:
-        await self._effect(Effects.save_projection, self._next_projection(actor))
+        await run_effect(Effects.save_projection, self._next_projection(actor))
 
     def _publish_state(self) -> None:
         workflow.upsert_search_attributes([STATE_KEY.value_set(self.progress.state.value)])
-
-    async def _effect(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
-        """Database writes run as local activities: no trip through the server per effect.
-
-        Timeouts and retries are not part of a history's commands: changing them is safe; the
-        kind of activity is, hence the patch (memoized per run: a run that began with remote
-        effects keeps them). The mail stays a remote activity: a relay that says "try later"
-        may take minutes, retried with backoff, and a worker may die meanwhile.
-        """
-        if activity is not Effects.send_activation_code and workflow.patched(PATCH_LOCAL_EFFECTS):
-            return await workflow.execute_local_activity_method(
-                activity, arg, start_to_close_timeout=EFFECT_TIMEOUT, retry_policy=EFFECT_RETRY
-            )
-        return await workflow.execute_activity_method(
-            activity,
-            arg,
-            start_to_close_timeout=EFFECT_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=EFFECT_RETRY,
-        )
-
-
-def _refusal(failure: ActivityError | ApplicationError) -> ApplicationError:
-    """An activity's permanent refusal, as the update's refusal of the same kind.
-
-    A remote activity's failure comes wrapped in an ``ActivityError``; a local one's comes as
-    the activity raised it.
-    """
-    cause = failure.cause if isinstance(failure, ActivityError) else failure
-    kind = cause.type if isinstance(cause, ApplicationError) else None
-    return ApplicationError(str(cause), type=kind or "effect_failed", non_retryable=True)

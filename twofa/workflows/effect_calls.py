@@ -1,0 +1,58 @@
+"""How the workflow runs its effects: which kind of activity, with what timeouts and retries, and
+how an effect's permanent refusal becomes the update's refusal."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from twofa.activities.effects import Effects
+    from twofa.activities.heartbeat import HEARTBEAT_TIMEOUT
+    from twofa.workflows.patches import PATCH_LOCAL_EFFECTS
+
+T = TypeVar("T")
+#: Transient failures (the database away, a relay saying "try later") are retried until they
+#: pass; permanent ones are raised non-retryable by the activity and handled here.
+EFFECT_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+#: Generous for a slow database or relay: a dead worker is found by its missing heartbeats.
+EFFECT_TIMEOUT = timedelta(seconds=30)
+
+
+async def run_effect(activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
+    """Database writes run as local activities: no trip through the server per effect.
+
+    Timeouts and retries are not part of a history's commands: changing them is safe; the
+    kind of activity is, hence the patch (memoized per run: a run that began with remote
+    effects keeps them). The mail stays a remote activity: a relay that says "try later"
+    may take minutes, retried with backoff, and a worker may die meanwhile.
+    """
+    if activity is not Effects.send_activation_code and workflow.patched(PATCH_LOCAL_EFFECTS):
+        return await workflow.execute_local_activity_method(
+            activity, arg, start_to_close_timeout=EFFECT_TIMEOUT, retry_policy=EFFECT_RETRY
+        )
+    return await workflow.execute_activity_method(
+        activity,
+        arg,
+        start_to_close_timeout=EFFECT_TIMEOUT,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry_policy=EFFECT_RETRY,
+    )
+
+
+def refusal(failure: ActivityError | ApplicationError) -> ApplicationError:
+    """An activity's permanent refusal, as the update's refusal of the same kind.
+
+    A remote activity's failure comes wrapped in an ``ActivityError``; a local one's comes as
+    the activity raised it.
+    """
+    cause = failure.cause if isinstance(failure, ActivityError) else failure
+    kind = cause.type if isinstance(cause, ApplicationError) else None
+    return ApplicationError(str(cause), type=kind or "effect_failed", non_retryable=True)
