@@ -32,7 +32,7 @@ from twofa.views import (
     TwoFactorView,
 )
 from twofa.web import router as pages
-from twofa.web.pages import service_of
+from twofa.web.core import service_of
 from twofa.wiring import services
 
 log = logging.getLogger(__name__)
