@@ -20,7 +20,13 @@ from twofa import audit, errors
 from twofa.crypto import new_token
 from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
 from twofa.service import TwoFactorService, state_of, utcnow
-from twofa.store import admin_queries, queries
+from twofa.store import (
+    account_queries,
+    admin_queries,
+    device_queries,
+    session_queries,
+    throttle_queries,
+)
 from twofa.store.admin_queries import SortKey
 from twofa.store.models import Account, Operator, OperatorSession
 from twofa.views import (
@@ -125,7 +131,7 @@ class AdminService:
         if self.keyring.stale(operator.pepper_id):  # hashed under a previous pepper: anew
             new_hash = await self.users.kdf(self.keyring.hash_secret, password)
         async with self.db.write() as db:
-            await queries.clear_password_failures(db, passed)
+            await throttle_queries.clear_password_failures(db, passed)
             if new_hash is not None:
                 await db.execute(
                     update(Operator)
@@ -240,10 +246,10 @@ class AdminService:
     async def account(self, account_id: str) -> AccountDetail:
         now = utcnow()
         async with self.db.read() as db:
-            account = await queries.account_by_id(db, account_id)
+            account = await account_queries.account_by_id(db, account_id)
             if account is None:
                 raise errors.ACCOUNT_NOT_FOUND()
-            sessions = await queries.open_sessions(db, account_id, now)
+            sessions = await session_queries.open_sessions(db, account_id, now)
         pending = account.two_factor_state in (S.PENDING_CODE, S.PENDING_ACTIVATION)
         return AccountDetail(
             account=_row(account, now),
@@ -310,7 +316,7 @@ class AdminService:
         if not operator.can_act:
             raise errors.READ_ONLY()
         async with self.db.write() as db:
-            revoked = await queries.revoke_devices(
+            revoked = await device_queries.revoke_devices(
                 db, account_id, utcnow(), actor=operator.actor, reason="admin", device_id=device_id
             )
         if not revoked:
@@ -327,7 +333,7 @@ class AdminService:
         if not operator.can_act:
             raise errors.READ_ONLY()
         async with self.db.read() as db:
-            account = await queries.account_by_id(db, account_id)
+            account = await account_queries.account_by_id(db, account_id)
         if account is None:
             raise errors.ACCOUNT_NOT_FOUND()
         return await self.users.disable(account, confirm=True, actor=operator.actor)
