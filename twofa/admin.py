@@ -12,7 +12,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.json_format import MessageToDict
-from sqlalchemy import select, update
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
@@ -20,9 +19,16 @@ from twofa import audit, errors
 from twofa.crypto import new_token
 from twofa.policy import RuleViolation, check_email_shape, check_password, normalize_email
 from twofa.service import TwoFactorService, state_of, utcnow
-from twofa.store import admin_queries, queries
+from twofa.store import (
+    account_queries,
+    admin_queries,
+    device_queries,
+    operator_queries,
+    session_queries,
+    throttle_queries,
+)
 from twofa.store.admin_queries import SortKey
-from twofa.store.models import Account, Operator, OperatorSession
+from twofa.store.models import Account
 from twofa.views import (
     AccountDetail,
     AccountPage,
@@ -91,26 +97,27 @@ class AdminService:
         if role not in tuple(Role):
             raise errors.INVALID_ROLE()
         role = Role(role)
-        operator = Operator(
-            id=str(uuid.uuid4()),
-            email=email,
-            password_hash=await self.users.kdf(self.keyring.hash_secret, password),
-            pepper_id=self.keyring.id,
-            role=role,
-            created_at=utcnow(),
-        )
+        password_hash = await self.users.kdf(self.keyring.hash_secret, password)
+        created_at = utcnow()
         async with self.db.write() as db:
-            if await db.scalar(select(Operator.id).where(Operator.email == email)):
+            if await operator_queries.operator_email_taken(db, email):
                 raise errors.OPERATOR_EMAIL_TAKEN()
-            db.add(operator)
+            operator_id = await operator_queries.add_operator(
+                db,
+                email=email,
+                role=role,
+                password_hash=password_hash,
+                pepper_id=self.keyring.id,
+                created_at=created_at,
+            )
             await audit.append(db, "operator_created", actor="cli", operator=email, role=role)
-        return OperatorView(id=operator.id, email=email, role=role)
+        return OperatorView(id=operator_id, email=email, role=role)
 
     async def sign_in(self, email: str, password: str) -> tuple[str, OperatorView]:
         """Throttled like users' logins (S2); returns a session token and who signed in."""
         email = normalize_email(email)
         async with self.db.read() as db:
-            operator = await db.scalar(select(Operator).where(Operator.email == email))
+            operator = await operator_queries.operator_by_email(db, email)
         passed = await self.users.password_gate(
             "operator_login",
             email,
@@ -125,22 +132,18 @@ class AdminService:
         if self.keyring.stale(operator.pepper_id):  # hashed under a previous pepper: anew
             new_hash = await self.users.kdf(self.keyring.hash_secret, password)
         async with self.db.write() as db:
-            await queries.clear_password_failures(db, passed)
+            await throttle_queries.clear_password_failures(db, passed)
             if new_hash is not None:
-                await db.execute(
-                    update(Operator)
-                    .where(Operator.id == operator.id)
-                    .where(Operator.password_hash == operator.password_hash)
-                    .values(password_hash=new_hash, pepper_id=self.keyring.id)
+                await operator_queries.rehash_operator(
+                    db, operator.id, operator.password_hash, new_hash, self.keyring.id
                 )
-            db.add(
-                OperatorSession(
-                    token_digest=self.keyring.digest("operator-session", token),
-                    pepper_id=self.keyring.id,
-                    operator_id=operator.id,
-                    created_at=now,
-                    expires_at=now + OPERATOR_SESSION_TTL,
-                )
+            await operator_queries.open_operator_session(
+                db,
+                token_digest=self.keyring.digest("operator-session", token),
+                pepper_id=self.keyring.id,
+                operator_id=operator.id,
+                created_at=now,
+                expires_at=now + OPERATOR_SESSION_TTL,
             )
             await audit.append(db, "operator_signed_in", actor=f"{operator.role}:{email}")
         return token, OperatorView(id=operator.id, email=operator.email, role=operator.role)
@@ -150,34 +153,17 @@ class AdminService:
         if not token:
             raise errors.SIGNED_OUT()
         async with self.db.read() as db:
-            row = (
-                await db.execute(
-                    select(Operator)
-                    .join(OperatorSession, OperatorSession.operator_id == Operator.id)
-                    .where(
-                        OperatorSession.token_digest.in_(
-                            self.keyring.digests("operator-session", token)
-                        ),
-                        OperatorSession.ended_at.is_(None),
-                        OperatorSession.expires_at > utcnow(),
-                    )
-                )
-            ).scalar_one_or_none()
+            row = await operator_queries.operator_of_session(
+                db, self.keyring.digests("operator-session", token), utcnow()
+            )
         if row is None:
             raise errors.DASHBOARD_SESSION_ENDED()
         return OperatorView(id=row.id, email=row.email, role=row.role)
 
     async def sign_out(self, token: str) -> None:
         async with self.db.write() as db:
-            await db.execute(
-                update(OperatorSession)
-                .where(
-                    OperatorSession.token_digest.in_(
-                        self.keyring.digests("operator-session", token)
-                    ),
-                    OperatorSession.ended_at.is_(None),
-                )
-                .values(ended_at=utcnow())
+            await operator_queries.end_operator_session(
+                db, self.keyring.digests("operator-session", token), utcnow()
             )
 
     # -- reading (admins and auditors)
@@ -240,10 +226,10 @@ class AdminService:
     async def account(self, account_id: str) -> AccountDetail:
         now = utcnow()
         async with self.db.read() as db:
-            account = await queries.account_by_id(db, account_id)
+            account = await account_queries.account_by_id(db, account_id)
             if account is None:
                 raise errors.ACCOUNT_NOT_FOUND()
-            sessions = await queries.open_sessions(db, account_id, now)
+            sessions = await session_queries.open_sessions(db, account_id, now)
         pending = account.two_factor_state in (S.PENDING_CODE, S.PENDING_ACTIVATION)
         return AccountDetail(
             account=_row(account, now),
@@ -310,7 +296,7 @@ class AdminService:
         if not operator.can_act:
             raise errors.READ_ONLY()
         async with self.db.write() as db:
-            revoked = await queries.revoke_devices(
+            revoked = await device_queries.revoke_devices(
                 db, account_id, utcnow(), actor=operator.actor, reason="admin", device_id=device_id
             )
         if not revoked:
@@ -327,7 +313,7 @@ class AdminService:
         if not operator.can_act:
             raise errors.READ_ONLY()
         async with self.db.read() as db:
-            account = await queries.account_by_id(db, account_id)
+            account = await account_queries.account_by_id(db, account_id)
         if account is None:
             raise errors.ACCOUNT_NOT_FOUND()
         return await self.users.disable(account, confirm=True, actor=operator.actor)

@@ -1,7 +1,7 @@
 """The worker's notifier: sends the S10 mails queued in the store's outbox.
 
-A step writes its notification in its own transaction (``queries.notify``), so a mail is
-never lost with a crash and never holds up a login. The notifier claims due mails, sends
+A step writes its notification in its own transaction (``notification_queries.notify``), so a
+mail is never lost with a crash and never holds up a login. The notifier claims due mails, sends
 each, and records the outcome: sent; due again later after a transient refusal (the relay
 busy or down, with a growing delay); or failed for good after a permanent one, which is
 audited. A crash between sending and recording sends that mail again, with the same
@@ -27,7 +27,7 @@ from twofa.mail import (
     two_factor_locked,
 )
 from twofa.observability import REQUEST_ID
-from twofa.store import queries
+from twofa.store import notification_queries
 from twofa.store.db import Database
 from twofa.store.models import Notification
 
@@ -74,7 +74,7 @@ async def send_due(settings: Settings, db: Database) -> int:
     """One round: every due mail claimed, sent and recorded; returns how many were tried."""
     now = datetime.now(UTC)
     async with db.write() as session:
-        claimed = await queries.claim_notifications(session, now, now + CLAIM, BATCH)
+        claimed = await notification_queries.claim_notifications(session, now, now + CLAIM, BATCH)
     for notification in claimed:
         await _send(settings, db, notification)
     return len(claimed)
@@ -100,7 +100,7 @@ async def _deliver_and_record(settings: Settings, db: Database, notification: No
     now = datetime.now(UTC)
     retry_at = now + retry_delay(notification.attempts) if error and not error.permanent else None
     async with db.write() as session:
-        await queries.notification_done(
+        await notification_queries.notification_done(
             session,
             notification.id,
             now,

@@ -9,9 +9,9 @@ from sqlalchemy import select, text
 
 from tests.conftest import BACKEND
 from tests.support.journey import Api, User, account_row, new_user
+from twofa.store.account_queries import email_matches
 from twofa.store.db import Database
 from twofa.store.models import Account
-from twofa.store.queries import email_matches
 
 #: Each lowercases into allowed characters or renames itself: U+212A KELVIN SIGN into "k",
 #: U+0130 LATIN CAPITAL LETTER I WITH DOT ABOVE into "i" and U+0307 COMBINING DOT ABOVE.

@@ -21,7 +21,14 @@ from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.mail import MailRefused, activation_mail, deliver
 from twofa.notifications import BROWSER_ENROLLED, TWO_FACTOR_DISABLED, TWO_FACTOR_LOCKED
-from twofa.store import queries
+from twofa.store import (
+    account_queries,
+    activation_queries,
+    device_queries,
+    login_queries,
+    notification_queries,
+    session_queries,
+)
 from twofa.store.db import Database
 from twofa.store.models import Account, Device, SentMail
 from twofa.workflows.messages import (
@@ -58,8 +65,8 @@ class Effects:
         code = self.keyring.activation_code(mail.enrollment_id, mail.number)
         key = f"{mail.enrollment_id}:{mail.number}"
         async with self.db.read() as db:
-            account = await queries.account_by_id(db, mail.account_id)
-            already_sent = await queries.mail_sent(db, key)
+            account = await account_queries.account_by_id(db, mail.account_id)
+            already_sent = await activation_queries.mail_sent(db, key)
         if account is None:
             raise permanent("account_gone", f"account {mail.account_id} does not exist")
         if not already_sent:
@@ -86,7 +93,7 @@ class Effects:
                     )
                 raise permanent("mail_refused", str(refused)) from None
             async with self.db.write() as db:
-                if not await queries.mail_sent(db, key):
+                if not await activation_queries.mail_sent(db, key):
                     db.add(
                         SentMail(
                             key=key,
@@ -114,12 +121,12 @@ class Effects:
     async def limit_sessions(self, cut: SessionCut) -> None:
         """Sessions end at ``cut.at`` exactly, even if the timer that follows fires late (R3)."""
         async with self.db.write() as db:
-            await queries.limit_sessions(db, cut.account_id, cut.at, cut.opened_before)
+            await session_queries.limit_sessions(db, cut.account_id, cut.at, cut.opened_before)
 
     @activity.defn
     async def end_sessions(self, cut: SessionCut) -> None:
         async with self.db.write() as db:
-            ended = await queries.end_sessions(
+            ended = await session_queries.end_sessions(
                 db, cut.account_id, _now(), "auto_logout", created_before=cut.opened_before
             )
             if ended:
@@ -151,11 +158,13 @@ class Effects:
     async def _activate_in_store(self, db: AsyncSession, effect: ActivationEffect) -> None:
         """Permanent refusals are non-retryable: the workflow then lets the user go on."""
         account_id = effect.projection.account_id
-        draft = await queries.take_draft(db, effect.draft_id)
+        draft = await activation_queries.take_draft(db, effect.draft_id)
         account = await db.get(Account, account_id)
         if draft is None or account is None:
             raise permanent("activation_draft_gone", f"activation draft {effect.draft_id} is gone")
-        if effect.email and await queries.email_taken(db, effect.email, except_account=account_id):
+        if effect.email and await account_queries.email_taken(
+            db, effect.email, except_account=account_id
+        ):
             raise permanent("email_taken", "the new email was taken meanwhile")
         account.pin_hash = draft.pin_hash
         account.seal_ciphertext = draft.seal_ciphertext
@@ -183,7 +192,7 @@ class Effects:
         )
         if effect.email:
             await audit.append(db, "email_changed", account_id=account_id, actor="user")
-        await queries.notify(
+        await notification_queries.notify(
             db, account_id, BROWSER_ENROLLED, account.email, _now(), device_name=draft.device_name
         )
         await _project(db, effect.projection)
@@ -212,17 +221,17 @@ async def disable_in_store(db: AsyncSession, projection: Projection) -> int:
     admin can always disable (S9).
     """
     account_id, now = projection.account_id, _now()
-    revoked = await queries.revoke_devices(
+    revoked = await device_queries.revoke_devices(
         db, account_id, now, actor=projection.actor, reason="disable"
     )
     account = await db.get(Account, account_id)
     if account is not None:
         account.pin_hash = None
         account.seal_ciphertext = None
-    await queries.finish_challenges(db, account_id, now)
+    await login_queries.finish_challenges(db, account_id, now)
     if await _project(db, projection) and account is not None:
         by_admin = projection.actor.startswith("admin:")
-        await queries.notify(
+        await notification_queries.notify(
             db, account_id, TWO_FACTOR_DISABLED, account.email, now, by_admin=by_admin
         )
     log.info("2FA disabled for account %s, %d device(s) revoked", account_id, len(revoked))
@@ -232,14 +241,17 @@ async def disable_in_store(db: AsyncSession, projection: Projection) -> int:
 async def _project(db: AsyncSession, projection: Projection) -> bool:
     """Saves a projection; a state change is audited, and a lock ends every login in progress
     and tells the user (S10). True when the state changed (not on a late retry)."""
-    account = await queries.account_by_id(db, projection.account_id)
+    account = await account_queries.account_by_id(db, projection.account_id)
     before = account.two_factor_state if account else None
-    if not await queries.save_projection(db, projection, _now()) or before == projection.state:
+    if (
+        not await account_queries.save_projection(db, projection, _now())
+        or before == projection.state
+    ):
         return False
     assert account is not None
     if projection.state is TwoFactorState.LOCKED:
-        await queries.finish_challenges(db, projection.account_id, _now())
-        await queries.notify(
+        await login_queries.finish_challenges(db, projection.account_id, _now())
+        await notification_queries.notify(
             db,
             projection.account_id,
             TWO_FACTOR_LOCKED,

@@ -14,7 +14,7 @@ from twofa.activities.effects import disable_in_store
 from twofa.errors import ServiceError
 from twofa.policy import RuleViolation, check_two_factor_email
 from twofa.service.core import CurrentSession, ServiceCore, state_of, utcnow
-from twofa.store import queries
+from twofa.store import account_queries, device_queries, pepper_queries, session_queries
 from twofa.store.models import Account, Session
 from twofa.views import DeviceView, DisabledView, EnabledView, SessionView, TwoFactorView
 from twofa.vocabulary import TwoFactorState as S
@@ -32,13 +32,15 @@ class AccountSettings(ServiceCore):
             raise errors.SESSION_ENDED()
         digests = self.keyring.digests("session", session_token)
         async with self.db.read() as db:
-            session = await queries.open_session(db, digests, utcnow())
-            account = await queries.account_by_id(db, session.account_id) if session else None
+            session = await session_queries.open_session(db, digests, utcnow())
+            account = (
+                await account_queries.account_by_id(db, session.account_id) if session else None
+            )
         if session is None or account is None:
             raise errors.SESSION_ENDED()
         if session.token_digest != digests[0]:  # made under a previous pepper: digested anew
             async with self.db.write() as db:
-                await queries.redigest(db, Session, session.id, digests[0], self.keyring.id)
+                await pepper_queries.redigest(db, Session, session.id, digests[0], self.keyring.id)
         return CurrentSession(session=session, account=account)
 
     async def session_for_enable(self, session_token: str | None) -> CurrentSession:
@@ -55,7 +57,7 @@ class AccountSettings(ServiceCore):
             if not session_token:
                 raise
             async with self.db.read() as db:
-                cut = await queries.session_cut_by_enable(
+                cut = await session_queries.session_cut_by_enable(
                     db, self.keyring.digests("session", session_token)
                 )
             if cut is None:
@@ -168,7 +170,7 @@ class AccountSettings(ServiceCore):
         terminated by an operator): the same writes as the workflow's, or none if a repeat
         finds them done."""
         async with self.db.write() as db:
-            current = await queries.account_by_id(db, account.id)
+            current = await account_queries.account_by_id(db, account.id)
             if current is None or current.two_factor_state == S.DISABLED:
                 return 0
             projection = Projection(
@@ -196,7 +198,7 @@ class AccountSettings(ServiceCore):
 
     async def devices(self, account_id: str) -> list[DeviceView]:
         async with self.db.read() as db:
-            devices = await queries.active_devices(db, account_id)
+            devices = await device_queries.active_devices(db, account_id)
         return [
             DeviceView(id=d.id, name=d.name, enrolled_at=d.enrolled_at, last_used_at=d.last_used_at)
             for d in devices
@@ -205,7 +207,7 @@ class AccountSettings(ServiceCore):
     async def delete_device(self, current: CurrentSession, device_id: str) -> None:
         """R11: one browser goes; the others keep working."""
         async with self.db.write() as db:
-            revoked = await queries.revoke_devices(
+            revoked = await device_queries.revoke_devices(
                 db, current.account.id, utcnow(), actor="user", reason="user", device_id=device_id
             )
         if not revoked:

@@ -23,7 +23,7 @@ from twofa.policy import (
     password_block_seconds,
 )
 from twofa.service.core import ServiceCore, state_of, utcnow
-from twofa.store import queries
+from twofa.store import account_queries, pepper_queries, session_queries, throttle_queries
 from twofa.store.models import Account, Device, LoginChallenge
 from twofa.views import AccountView, LoginView
 from twofa.vocabulary import Outcome, Step
@@ -66,7 +66,9 @@ class Accounts(ServiceCore):
         )
         try:
             async with self.db.write() as db:
-                if await queries.email_taken(db, email):  # in any case: Bob@ and bob@ are one
+                if await account_queries.email_taken(
+                    db, email
+                ):  # in any case: Bob@ and bob@ are one
                     raise errors.EMAIL_TAKEN()
                 db.add(account)
                 await audit.append(db, "account_registered", account_id=account.id, actor="user")
@@ -88,10 +90,12 @@ class Accounts(ServiceCore):
         now = utcnow()
         throttle_keys = self.keyring.digests("login-throttle", email)
         async with self.db.write() as db:
-            account, device = await queries.login_lookup(db, typed, device_digests)
+            account, device = await account_queries.login_lookup(db, typed, device_digests)
             if device is not None and device_digests and device.token_digest != device_digests[0]:
                 # made under a previous pepper: the browser's token, digested anew
-                await queries.redigest(db, Device, device.id, device_digests[0], self.keyring.id)
+                await pepper_queries.redigest(
+                    db, Device, device.id, device_digests[0], self.keyring.id
+                )
             attempt = await self._count_attempt(db, throttle_keys[0], now, throttle_keys[1:])
         passed = await self._judge_password(
             attempt, "login", email, password, account.password_hash if account else None,
@@ -107,7 +111,7 @@ class Accounts(ServiceCore):
         """A password hashed under a previous pepper, hashed anew under the current one."""
         new_hash = await self.kdf(self.keyring.hash_secret, password)
         async with self.db.write() as db:
-            await queries.replace_secret(
+            await pepper_queries.replace_secret(
                 db, Account.password_hash, Account.password_pepper, account.id,
                 account.password_hash, new_hash, self.keyring.id,
             )  # fmt: skip
@@ -147,13 +151,15 @@ class Accounts(ServiceCore):
         carry over to the current key, so a rotation gives no one fresh tries.
         """
         if previous_keys:
-            await queries.adopt_throttles(db, throttle_key, previous_keys)
-        failures, blocked_until = await queries.count_password_attempt(db, throttle_key, now)
+            await throttle_queries.adopt_throttles(db, throttle_key, previous_keys)
+        failures, blocked_until = await throttle_queries.count_password_attempt(
+            db, throttle_key, now
+        )
         if blocked_until is not None and blocked_until > now:
             return Attempt(throttle_key, now, failures, 0, blocked_until)
         block = password_block_seconds(failures)
         if block:
-            await queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
+            await throttle_queries.block_logins(db, throttle_key, now + timedelta(seconds=block))
         return Attempt(throttle_key, now, failures, block, None)
 
     async def _judge_password(
@@ -201,7 +207,7 @@ class Accounts(ServiceCore):
         if state is S.DISABLED:
             token, session = self._new_session(account.id, None, now)
             async with self._login_write(passed) as db:
-                cap = await queries.session_cap(db, account.id)
+                cap = await session_queries.session_cap(db, account.id)
                 if cap is not None:  # an enable began since the state was read (R3)
                     session.expires_at = min(session.expires_at, cap)
                 db.add(session)
@@ -248,7 +254,7 @@ class Accounts(ServiceCore):
     async def _login_write(self, passed: str) -> AsyncIterator[AsyncSession]:
         """The login's next write, which also clears the password failures it counted."""
         async with self.db.write() as db:
-            await queries.clear_password_failures(db, passed)
+            await throttle_queries.clear_password_failures(db, passed)
             yield db
 
     async def _begin_login(

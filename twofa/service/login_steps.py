@@ -23,7 +23,14 @@ from twofa.policy import (
     check_two_factor_email,
 )
 from twofa.service.core import ServiceCore, state_of, utcnow
-from twofa.store import queries
+from twofa.store import (
+    account_queries,
+    activation_queries,
+    device_queries,
+    login_queries,
+    notification_queries,
+    pepper_queries,
+)
 from twofa.store.models import Account, Device, LoginChallenge
 from twofa.views import LoginView
 from twofa.vocabulary import Outcome, Step
@@ -128,10 +135,11 @@ class LoginSteps(ServiceCore):
         )
         pin_hash = await self.kdf(self.keyring.hash_secret, pin)
         async with self.db.write() as db:
-            if email and await queries.email_taken(db, email, except_account=account.id):
+            if email and await account_queries.email_taken(db, email, except_account=account.id):
                 raise errors.NEW_EMAIL_TAKEN()
             if await db.get(Device, draft_id) is None:  # not applied by an earlier try
-                await queries.save_draft(  # a repeat may bring other values: the last counts
+                # a repeat may bring other values: the last counts
+                await activation_queries.save_draft(
                     db,
                     id=draft_id,
                     account_id=account.id,
@@ -157,7 +165,7 @@ class LoginSteps(ServiceCore):
             async with self.db.write() as db:
                 applied = await db.get(Device, draft_id) is not None
                 if not applied:
-                    await queries.take_draft(db, draft_id)
+                    await activation_queries.take_draft(db, draft_id)
             if not applied:
                 raise
         await self._advance(challenge, Step.PIN, device_id=draft_id)
@@ -166,7 +174,7 @@ class LoginSteps(ServiceCore):
     async def _activated(self, account_id: str, device_id: str, device_token: str) -> LoginView:
         """The activation's answer, as the first try gave it or a repeat finds it."""
         async with self.db.read() as db:
-            account = await queries.account_by_id(db, account_id)
+            account = await account_queries.account_by_id(db, account_id)
         assert account is not None
         return LoginView(
             outcome=Outcome.PIN_REQUIRED,
@@ -221,14 +229,14 @@ class LoginSteps(ServiceCore):
                 check_pin_shape(pin)
             except RuleViolation as error:
                 raise errors.rule_refused(error) from None
-            claimed = await queries.claim_pin_check(db, account.id, now, lease)
+            claimed = await account_queries.claim_pin_check(db, account.id, now, lease)
         if not claimed:
             raise errors.PIN_CHECK_IN_PROGRESS(retry_after=1)
         try:
             return await self._check_pin(challenge, account, pin, now)
         except BaseException:  # a right PIN releases the slot in the session's transaction
             async with self.db.write() as db:
-                await queries.release_pin_check(db, account.id)
+                await account_queries.release_pin_check(db, account.id)
             raise
 
     async def _check_pin(
@@ -261,13 +269,13 @@ class LoginSteps(ServiceCore):
             )
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
-            current = await queries.release_pin_check(db, account.id)  # the account, locked
+            current = await account_queries.release_pin_check(db, account.id)  # the account, locked
             state = state_of(current, now) if current else S.DISABLED
             if current is not None and state is S.LOCKED:  # locked while the PIN was checked
                 raise errors.locked(current.locked_until)
             if state is not S.ACTIVE:
                 raise errors.LOGIN_NOT_FOUND()
-            if not await queries.advance_challenge(
+            if not await login_queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, None, finished_at=now
             ):
                 raise errors.LOGIN_NOT_FOUND()
@@ -296,7 +304,7 @@ class LoginSteps(ServiceCore):
                     name=challenge.device_name,
                     at_activation=False,
                 )
-                await queries.notify(
+                await notification_queries.notify(
                     db,
                     account.id,
                     BROWSER_ENROLLED,
@@ -304,7 +312,7 @@ class LoginSteps(ServiceCore):
                     now,
                     device_name=challenge.device_name,
                 )
-            elif not await queries.touch_device(db, device_id, now):
+            elif not await device_queries.touch_device(db, device_id, now):
                 raise errors.LOGIN_NOT_FOUND()  # the browser was revoked meanwhile
             token, session = self._new_session(account.id, device_id, now)
             db.add(session)
@@ -333,7 +341,7 @@ class LoginSteps(ServiceCore):
         self, db: AsyncSession, login_id: str, now: datetime, *steps: Step
     ) -> tuple[LoginChallenge, Account]:
         """``_challenge`` in the caller's transaction: the login and its account, one query."""
-        found = await queries.live_challenge_and_account(
+        found = await login_queries.live_challenge_and_account(
             db, self.keyring.digests("login", login_id), now
         )
         if found is None:
@@ -345,14 +353,14 @@ class LoginSteps(ServiceCore):
     async def _still_live(self, challenge: LoginChallenge) -> None:
         """The login was not ended since it was read: by a lock, a disable or a revocation."""
         async with self.db.read() as db:
-            live = await queries.live_challenge(db, challenge.id_digest, utcnow())
+            live = await login_queries.live_challenge(db, challenge.id_digest, utcnow())
         if live is None:
             raise errors.LOGIN_NOT_FOUND()
 
     async def _advance(self, challenge: LoginChallenge, step: Step, **values: Any) -> None:
         """Compare-and-set; an identical request racing this one may have moved it first (S9)."""
         async with self.db.write() as db:
-            moved = await queries.advance_challenge(
+            moved = await login_queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, step, **values
             )
             if moved:
@@ -365,7 +373,7 @@ class LoginSteps(ServiceCore):
                     next_step=step,
                 )
                 return
-            now = await queries.live_challenge(db, challenge.id_digest, utcnow())
+            now = await login_queries.live_challenge(db, challenge.id_digest, utcnow())
         if now is None or now.step != step or any(getattr(now, k) != v for k, v in values.items()):
             raise errors.LOGIN_NOT_FOUND()
 
@@ -376,12 +384,12 @@ class LoginSteps(ServiceCore):
         seal encrypted anew under the current pepper, if a previous one made them; in the
         caller's transaction, each only if unchanged since it was read."""
         if new_pin_hash is not None and checked is not None:
-            await queries.replace_secret(
+            await pepper_queries.replace_secret(
                 db, Account.pin_hash, Account.pin_pepper, account.id,
                 checked, new_pin_hash, self.keyring.id,
             )  # fmt: skip
         if account.seal_ciphertext is not None and self.keyring.stale(account.seal_pepper):
-            await queries.replace_secret(
+            await pepper_queries.replace_secret(
                 db, Account.seal_ciphertext, Account.seal_pepper, account.id,
                 account.seal_ciphertext, self.keyring.reseal(account.seal_ciphertext),
                 self.keyring.id,
@@ -393,5 +401,5 @@ class LoginSteps(ServiceCore):
             return self.keyring.code_digest(code)
         since = utcnow() - timedelta(seconds=self.settings.code_ttl_seconds)
         async with self.db.read() as db:
-            mails = await queries.mails_since(db, account_id, since)
+            mails = await activation_queries.mails_since(db, account_id, since)
         return self.keyring.submitted_code_digest(code, mails)

@@ -1,1 +1,2 @@
-"""The SQL store: typed models, the engine, migrations and every query, in one package."""
+"""The SQL store: typed models, the engine, migrations and every query (one <what>_queries.py
+per concern), in one package."""

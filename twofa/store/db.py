@@ -13,7 +13,7 @@ from typing import Any
 import aiosqlite
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.dialects import registry
+from sqlalchemy.dialects import postgresql, registry, sqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -238,6 +238,11 @@ class Database:
 #: the system's library; should that wheel ever carry an old one, a rollback journal again.
 WAL_IS_SAFE = sqlite3.sqlite_version_info >= (3, 51, 3)
 JOURNAL_MODE = "WAL" if WAL_IS_SAFE else "TRUNCATE"
+
+
+def insert_for(db: AsyncSession) -> Any:
+    """The dialect's INSERT, which has the upsert (ON CONFLICT DO UPDATE) both databases run."""
+    return postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

@@ -1,0 +1,77 @@
+"""Trusted browsers: listed, marked used, and revoked with the sessions and logins they opened."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from twofa import audit
+from twofa.store.models import Device, LoginChallenge, Session
+
+
+async def active_devices(db: AsyncSession, account_id: str) -> Sequence[Device]:
+    result = await db.scalars(
+        select(Device)
+        .where(Device.account_id == account_id, Device.revoked_at.is_(None))
+        .order_by(Device.enrolled_at)
+    )
+    return result.all()
+
+
+async def touch_device(db: AsyncSession, device_id: str | None, now: datetime) -> bool:
+    """Marks a trusted browser used; False if it was revoked (or never was)."""
+    result = await db.execute(
+        update(Device)
+        .where(Device.id == device_id, Device.revoked_at.is_(None))
+        .values(last_used_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def revoke_devices(
+    db: AsyncSession,
+    account_id: str,
+    now: datetime,
+    *,
+    actor: str,
+    reason: str,
+    device_id: str | None = None,
+) -> list[str]:
+    """Revoke one device or all, end the sessions they opened, and audit each; returns the ids."""
+    query = (
+        update(Device)
+        .where(Device.account_id == account_id, Device.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_by=actor)
+        .returning(Device.id, Device.name)
+    )
+    if device_id is not None:
+        query = query.where(Device.id == device_id)
+    revoked = (await db.execute(query)).all()
+    for device in revoked:
+        await audit.append(
+            db,
+            "device_removed",
+            account_id=account_id,
+            actor=actor,
+            at=now,
+            device_id=device.id,
+            name=device.name,
+            reason=reason,
+        )
+    ids = [device.id for device in revoked]
+    if ids:
+        await db.execute(
+            update(Session)
+            .where(Session.device_id.in_(ids), Session.ended_at.is_(None))
+            .values(ended_at=now, end_reason="device_revoked")
+        )
+        # a PIN login begun on a revoked browser ends too: no more verdicts on it
+        await db.execute(
+            update(LoginChallenge)
+            .where(LoginChallenge.device_id.in_(ids), LoginChallenge.finished_at.is_(None))
+            .values(finished_at=now)
+        )
+    return ids

@@ -1,0 +1,106 @@
+"""Users' sessions: the one a token opens, and the cuts an enable, a disable or a lock makes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from twofa.store.models import Account, Session
+from twofa.store.pepper_queries import digest_is
+from twofa.workflows.messages import TwoFactorState
+
+
+async def open_session(
+    db: AsyncSession, token_digest: str | Sequence[str], now: datetime
+) -> Session | None:
+    """A session counts until ``expires_at`` exactly, whatever a timer's lateness (R3)."""
+    return await db.scalar(
+        select(Session).where(
+            digest_is(Session.token_digest, token_digest),
+            Session.ended_at.is_(None),
+            Session.expires_at > now,
+        )
+    )
+
+
+async def session_cut_by_enable(
+    db: AsyncSession, token_digest: str | Sequence[str]
+) -> tuple[Session, Account] | None:
+    """A session the account's current enrollment ended at its auto-logout, with its account.
+
+    Its expiry was capped to exactly this enrollment's ``auto_logout_at`` (``limit_sessions``),
+    and nothing but the auto-logout ended it.
+    """
+    row = (
+        await db.execute(
+            select(Session, Account)
+            .join(Account, Account.id == Session.account_id)
+            .where(
+                digest_is(Session.token_digest, token_digest),
+                Account.two_factor_state != TwoFactorState.DISABLED,
+                Session.expires_at == Account.auto_logout_at,
+                or_(Session.ended_at.is_(None), Session.end_reason == "auto_logout"),
+            )
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def _before_two_factor(account_id: str, opened_before: datetime) -> Any:
+    """Sessions the 2FA steps did not open: older than the enable, or without a trusted browser.
+
+    The second half catches a password-only login that raced the enable and wrote its session
+    after the enable's first cut (R3 holds by state, not by a time window).
+    """
+    return and_(
+        Session.account_id == account_id,
+        Session.ended_at.is_(None),
+        or_(Session.created_at < opened_before, Session.device_id.is_(None)),
+    )
+
+
+async def limit_sessions(
+    db: AsyncSession, account_id: str, at: datetime, opened_before: datetime
+) -> None:
+    """Every session 2FA did not open ends at ``at``; password-only logins from now on too.
+
+    The account row is written first: on PostgreSQL its lock orders this cut against a racing
+    login's ``session_cap``, which then sees ``at`` (SQLite writers are serial anyway).
+    """
+    await db.execute(update(Account).where(Account.id == account_id).values(auto_logout_at=at))
+    await db.execute(
+        update(Session)
+        .where(_before_two_factor(account_id, opened_before), Session.expires_at > at)
+        .values(expires_at=at)
+    )
+
+
+async def session_cap(db: AsyncSession, account_id: str) -> datetime | None:
+    """When a password-only session opened now must end: the auto-logout of a racing enable."""
+    return await db.scalar(
+        select(Account.auto_logout_at).where(Account.id == account_id).with_for_update()
+    )
+
+
+async def end_sessions(
+    db: AsyncSession, account_id: str, now: datetime, reason: str, *, created_before: datetime
+) -> int:
+    result = await db.execute(
+        update(Session)
+        .where(_before_two_factor(account_id, created_before))
+        .values(ended_at=now, end_reason=reason)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def open_sessions(db: AsyncSession, account_id: str, now: datetime) -> Sequence[Session]:
+    result = await db.scalars(
+        select(Session).where(
+            Session.account_id == account_id, Session.ended_at.is_(None), Session.expires_at > now
+        )
+    )
+    return result.all()
