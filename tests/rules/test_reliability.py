@@ -27,6 +27,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from tests.conftest import ApiFactory
+from tests.support.history import update_refusals
 from tests.support.journey import (
     Api,
     User,
@@ -286,17 +287,6 @@ async def test_browser_enrollment_repeated_after_a_503_mails_one_code(
 
 
 # -- (2) an effect refused for good returns the user to a step they can go on from (S9)
-
-
-def update_refusals(events: Any) -> list[str]:
-    """The failure types of the workflow's completed updates, oldest first."""
-    refusals = []
-    for event in events:
-        if event.HasField("workflow_execution_update_completed_event_attributes"):
-            outcome = event.workflow_execution_update_completed_event_attributes.outcome
-            if outcome.HasField("failure"):
-                refusals.append(outcome.failure.application_failure_info.type)
-    return refusals
 
 
 async def finish_after_refusal(
