@@ -33,7 +33,7 @@ from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.policy import Policy
 from twofa.service import TwoFactorService
-from twofa.store import queries
+from twofa.store import activation_queries
 from twofa.store.db import Database
 from twofa.store.models import ActivationDraft, AuditRecord, Device, Session
 from twofa.temporal import build_worker
@@ -150,7 +150,7 @@ class Flow:
         keyring = self.direct.keyring
         pin_hash = await asyncio.to_thread(keyring.hash_secret, "27182818")
         async with self.direct.database.write() as db:
-            await queries.save_draft(
+            await activation_queries.save_draft(
                 db,
                 id=draft_id,
                 account_id=self.account_id,
