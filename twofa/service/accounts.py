@@ -23,7 +23,7 @@ from twofa.policy import (
     password_block_seconds,
 )
 from twofa.service.core import ServiceCore, state_of, utcnow
-from twofa.store import queries
+from twofa.store import login_path, queries
 from twofa.store.models import Account, Device, LoginChallenge
 from twofa.views import AccountView, LoginView
 from twofa.vocabulary import Outcome, Step
@@ -88,7 +88,7 @@ class Accounts(ServiceCore):
         now = utcnow()
         throttle_keys = self.keyring.digests("login-throttle", email)
         async with self.db.write() as db:
-            account, device = await queries.login_lookup(db, typed, device_digests)
+            account, device = await login_path.login_lookup(db, typed, device_digests)
             if device is not None and device_digests and device.token_digest != device_digests[0]:
                 # made under a previous pepper: the browser's token, digested anew
                 await queries.redigest(db, Device, device.id, device_digests[0], self.keyring.id)
@@ -148,7 +148,7 @@ class Accounts(ServiceCore):
         """
         if previous_keys:
             await queries.adopt_throttles(db, throttle_key, previous_keys)
-        failures, blocked_until = await queries.count_password_attempt(db, throttle_key, now)
+        failures, blocked_until = await login_path.count_password_attempt(db, throttle_key, now)
         if blocked_until is not None and blocked_until > now:
             return Attempt(throttle_key, now, failures, 0, blocked_until)
         block = password_block_seconds(failures)
@@ -248,7 +248,7 @@ class Accounts(ServiceCore):
     async def _login_write(self, passed: str) -> AsyncIterator[AsyncSession]:
         """The login's next write, which also clears the password failures it counted."""
         async with self.db.write() as db:
-            await queries.clear_password_failures(db, passed)
+            await login_path.clear_password_failures(db, passed)
             yield db
 
     async def _begin_login(
@@ -262,7 +262,8 @@ class Accounts(ServiceCore):
         """A login in progress after the right password; audited with the step it waits for."""
         login_id = new_token()
         async with self._login_write(passed) as db:
-            db.add(
+            await login_path.add_challenge(
+                db,
                 LoginChallenge(
                     id_digest=self.keyring.digest("login", login_id),
                     account_id=account_id,
@@ -270,7 +271,7 @@ class Accounts(ServiceCore):
                     device_id=device_id,
                     created_at=now,
                     expires_at=now + timedelta(seconds=self.settings.login_ttl_seconds),
-                )
+                ),
             )
             await audit.append(
                 db, "login_password_accepted", account_id=account_id, actor="user", next_step=step

@@ -23,7 +23,7 @@ from twofa.policy import (
     check_two_factor_email,
 )
 from twofa.service.core import ServiceCore, state_of, utcnow
-from twofa.store import queries
+from twofa.store import login_path, queries
 from twofa.store.models import Account, Device, LoginChallenge
 from twofa.views import LoginView
 from twofa.vocabulary import Outcome, Step
@@ -221,14 +221,14 @@ class LoginSteps(ServiceCore):
                 check_pin_shape(pin)
             except RuleViolation as error:
                 raise errors.rule_refused(error) from None
-            claimed = await queries.claim_pin_check(db, account.id, now, lease)
+            claimed = await login_path.claim_pin_check(db, account.id, now, lease)
         if not claimed:
             raise errors.PIN_CHECK_IN_PROGRESS(retry_after=1)
         try:
             return await self._check_pin(challenge, account, pin, now)
         except BaseException:  # a right PIN releases the slot in the session's transaction
             async with self.db.write() as db:
-                await queries.release_pin_check(db, account.id)
+                await login_path.release_pin_check(db, account.id)
             raise
 
     async def _check_pin(
@@ -261,15 +261,13 @@ class LoginSteps(ServiceCore):
             )
         device_id, device_token = challenge.device_id, None
         async with self.db.write() as db:  # one transaction: a double-click opens one session
-            current = await queries.release_pin_check(db, account.id)  # the account, locked
+            current = await login_path.release_pin_check(db, account.id)  # the account, locked
             state = state_of(current, now) if current else S.DISABLED
             if current is not None and state is S.LOCKED:  # locked while the PIN was checked
                 raise errors.locked(current.locked_until)
             if state is not S.ACTIVE:
                 raise errors.LOGIN_NOT_FOUND()
-            if not await queries.advance_challenge(
-                db, challenge.id_digest, challenge.step, None, finished_at=now
-            ):
+            if not await login_path.finish_challenge(db, challenge.id_digest, challenge.step, now):
                 raise errors.LOGIN_NOT_FOUND()
             if current is not None:
                 await self._repepper(db, current, account.pin_hash, new_pin_hash)
@@ -304,10 +302,10 @@ class LoginSteps(ServiceCore):
                     now,
                     device_name=challenge.device_name,
                 )
-            elif not await queries.touch_device(db, device_id, now):
+            elif not await login_path.touch_device(db, device_id, now):
                 raise errors.LOGIN_NOT_FOUND()  # the browser was revoked meanwhile
             token, session = self._new_session(account.id, device_id, now)
-            db.add(session)
+            await login_path.add_session(db, session)
             await audit.append(
                 db,
                 "login_succeeded",
@@ -333,7 +331,7 @@ class LoginSteps(ServiceCore):
         self, db: AsyncSession, login_id: str, now: datetime, *steps: Step
     ) -> tuple[LoginChallenge, Account]:
         """``_challenge`` in the caller's transaction: the login and its account, one query."""
-        found = await queries.live_challenge_and_account(
+        found = await login_path.live_challenge_and_account(
             db, self.keyring.digests("login", login_id), now
         )
         if found is None:
