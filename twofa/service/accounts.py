@@ -23,7 +23,13 @@ from twofa.policy import (
     password_block_seconds,
 )
 from twofa.service.core import ServiceCore, state_of, utcnow
-from twofa.store import account_queries, pepper_queries, session_queries, throttle_queries
+from twofa.store import (
+    account_queries,
+    login_queries,
+    pepper_queries,
+    session_queries,
+    throttle_queries,
+)
 from twofa.store.models import Account, Device, LoginChallenge
 from twofa.views import AccountView, LoginView
 from twofa.vocabulary import Outcome, Step
@@ -268,7 +274,8 @@ class Accounts(ServiceCore):
         """A login in progress after the right password; audited with the step it waits for."""
         login_id = new_token()
         async with self._login_write(passed) as db:
-            db.add(
+            await login_queries.add_challenge(
+                db,
                 LoginChallenge(
                     id_digest=self.keyring.digest("login", login_id),
                     account_id=account_id,
@@ -276,7 +283,7 @@ class Accounts(ServiceCore):
                     device_id=device_id,
                     created_at=now,
                     expires_at=now + timedelta(seconds=self.settings.login_ttl_seconds),
-                )
+                ),
             )
             await audit.append(
                 db, "login_password_accepted", account_id=account_id, actor="user", next_step=step

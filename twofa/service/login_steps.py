@@ -30,6 +30,7 @@ from twofa.store import (
     login_queries,
     notification_queries,
     pepper_queries,
+    session_queries,
 )
 from twofa.store.models import Account, Device, LoginChallenge
 from twofa.views import LoginView
@@ -315,7 +316,7 @@ class LoginSteps(ServiceCore):
             elif not await device_queries.touch_device(db, device_id, now):
                 raise errors.LOGIN_NOT_FOUND()  # the browser was revoked meanwhile
             token, session = self._new_session(account.id, device_id, now)
-            db.add(session)
+            await session_queries.add_session(db, session)
             await audit.append(
                 db,
                 "login_succeeded",

@@ -6,12 +6,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, Device
-from twofa.store.pepper_queries import digest_is
+from twofa.store.statements import as_model, table_of
 from twofa.workflows.messages import Projection
+
+_accounts, _devices = table_of(Account), table_of(Device)
+#: The account of an email, as the unique index on lower(email) judges it (login path: built once)
+_ACCOUNT_BY_EMAIL = select(_accounts).where(
+    func.lower(_accounts.c.email) == func.lower(bindparam("email"))
+)
+#: ... and its live browser of a token, under any of the keyring's digests, in the same trip.
+_ACCOUNT_AND_DEVICE = (
+    select(_accounts, *[c.label(f"device_{c.name}") for c in _devices.c])
+    .select_from(
+        _accounts.outerjoin(
+            _devices,
+            and_(
+                _devices.c.account_id == _accounts.c.id,
+                _devices.c.token_digest.in_(bindparam("digests", expanding=True)),
+                _devices.c.revoked_at.is_(None),
+            ),
+        )
+    )
+    .where(func.lower(_accounts.c.email) == func.lower(bindparam("email")))
+)
+_CLAIM_PIN_CHECK = (
+    update(_accounts)
+    .where(
+        _accounts.c.id == bindparam("account"),
+        or_(_accounts.c.pin_check_until.is_(None), _accounts.c.pin_check_until <= bindparam("now")),
+    )
+    .values(pin_check_until=bindparam("until"))
+)
+_RELEASE_PIN_CHECK = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("account"))
+    .values(pin_check_until=None)
+    .returning(*_accounts.c)
+)
 
 
 async def account_by_id(db: AsyncSession, account_id: str) -> Account | None:
@@ -28,26 +63,19 @@ async def account_by_email(db: AsyncSession, email: str) -> Account | None:
 
 
 async def login_lookup(
-    db: AsyncSession, email: str, device_digest: str | Sequence[str] | None
+    db: AsyncSession, email: str, device_digests: Sequence[str] | None
 ) -> tuple[Account | None, Device | None]:
-    """The account of ``email`` and its trusted browser of that token, in one round trip."""
-    if device_digest is None:
-        return await account_by_email(db, email), None
-    row = (
-        await db.execute(
-            select(Account, Device)
-            .outerjoin(
-                Device,
-                and_(
-                    Device.account_id == Account.id,
-                    digest_is(Device.token_digest, device_digest),
-                    Device.revoked_at.is_(None),
-                ),
-            )
-            .where(email_matches(email))
-        )
-    ).first()
-    return (row[0], row[1]) if row else (None, None)
+    """The account of ``email`` and its trusted browser of that token, in one round trip; both
+    transient (see store.statements)."""
+    if device_digests is None:
+        row = (await db.execute(_ACCOUNT_BY_EMAIL, {"email": email})).first()
+        return (as_model(Account, row), None) if row else (None, None)
+    found = await db.execute(_ACCOUNT_AND_DEVICE, {"email": email, "digests": list(device_digests)})
+    row = found.first()
+    if row is None:
+        return None, None
+    device = as_model(Device, row, "device_") if row.device_id is not None else None
+    return as_model(Account, row), device
 
 
 async def email_taken(db: AsyncSession, email: str, *, except_account: str | None = None) -> bool:
@@ -82,21 +110,12 @@ async def claim_pin_check(
     db: AsyncSession, account_id: str, now: datetime, until: datetime
 ) -> bool:
     """Takes the account's one PIN-check slot until ``until``, unless another check holds it."""
-    result = await db.execute(
-        update(Account)
-        .where(Account.id == account_id)
-        .where((Account.pin_check_until.is_(None)) | (Account.pin_check_until <= now))
-        .values(pin_check_until=until)
-    )
+    result = await db.execute(_CLAIM_PIN_CHECK, {"account": account_id, "now": now, "until": until})
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def release_pin_check(db: AsyncSession, account_id: str) -> Account | None:
-    """Frees the PIN-check slot; returns the account as it stands, read under the row's lock."""
-    return await db.scalar(
-        update(Account)
-        .where(Account.id == account_id)
-        .values(pin_check_until=None)
-        .returning(Account)
-        .execution_options(synchronize_session=False)
-    )
+    """Frees the PIN-check slot; returns the account as it stands, read under the row's lock
+    (transient, see store.statements)."""
+    row = (await db.execute(_RELEASE_PIN_CHECK, {"account": account_id})).first()
+    return as_model(Account, row) if row else None

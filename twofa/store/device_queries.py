@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa import audit
 from twofa.store.models import Device, LoginChallenge, Session
+from twofa.store.statements import table_of
+
+_devices = table_of(Device)
+#: Built once: it runs at every PIN login (see store.statements).
+_TOUCH_DEVICE = (
+    update(_devices)
+    .where(_devices.c.id == bindparam("device"), _devices.c.revoked_at.is_(None))
+    .values(last_used_at=bindparam("now"))
+)
 
 
 async def active_devices(db: AsyncSession, account_id: str) -> Sequence[Device]:
@@ -23,11 +32,7 @@ async def active_devices(db: AsyncSession, account_id: str) -> Sequence[Device]:
 
 async def touch_device(db: AsyncSession, device_id: str | None, now: datetime) -> bool:
     """Marks a trusted browser used; False if it was revoked (or never was)."""
-    result = await db.execute(
-        update(Device)
-        .where(Device.id == device_id, Device.revoked_at.is_(None))
-        .values(last_used_at=now)
-    )
+    result = await db.execute(_TOUCH_DEVICE, {"device": device_id, "now": now})
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

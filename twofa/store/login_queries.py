@@ -7,29 +7,38 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, LoginChallenge
-from twofa.store.pepper_queries import digest_is
+from twofa.store.statements import as_model, column_values, table_of
+
+_accounts, _challenges = table_of(Account), table_of(LoginChallenge)
+#: The login path's statements, built once (see store.statements).
+_NEW_CHALLENGE = insert(_challenges)
+_LIVE_CHALLENGE_AND_ACCOUNT = (
+    select(_accounts, *[c.label(f"login_{c.name}") for c in _challenges.c])
+    .select_from(_challenges.join(_accounts, _accounts.c.id == _challenges.c.account_id))
+    .where(
+        _challenges.c.id_digest.in_(bindparam("digests", expanding=True)),
+        _challenges.c.finished_at.is_(None),
+        _challenges.c.expires_at > bindparam("now"),
+    )
+)
+
+
+async def add_challenge(db: AsyncSession, challenge: LoginChallenge) -> None:
+    await db.execute(_NEW_CHALLENGE, column_values(challenge))
 
 
 async def live_challenge_and_account(
-    db: AsyncSession, id_digest: str | Sequence[str], now: datetime
+    db: AsyncSession, id_digests: Sequence[str], now: datetime
 ) -> tuple[LoginChallenge, Account] | None:
-    """A live login and its account, in one round trip."""
+    """A live login and its account, in one round trip; both transient (see store.statements)."""
     row = (
-        await db.execute(
-            select(LoginChallenge, Account)
-            .join(Account, Account.id == LoginChallenge.account_id)
-            .where(
-                digest_is(LoginChallenge.id_digest, id_digest),
-                LoginChallenge.finished_at.is_(None),
-                LoginChallenge.expires_at > now,
-            )
-        )
+        await db.execute(_LIVE_CHALLENGE_AND_ACCOUNT, {"digests": list(id_digests), "now": now})
     ).first()
-    return (row[0], row[1]) if row else None
+    return (as_model(LoginChallenge, row, "login_"), as_model(Account, row)) if row else None
 
 
 async def live_challenge(db: AsyncSession, id_digest: str, now: datetime) -> LoginChallenge | None:

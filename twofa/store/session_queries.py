@@ -6,12 +6,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, Session
 from twofa.store.pepper_queries import digest_is
+from twofa.store.statements import column_values, table_of
 from twofa.workflows.messages import TwoFactorState
+
+#: Built once: every login ends in a new session (see store.statements).
+_NEW_SESSION = insert(table_of(Session))
+
+
+async def add_session(db: AsyncSession, session: Session) -> None:
+    await db.execute(_NEW_SESSION, column_values(session))
 
 
 async def open_session(

@@ -4,12 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import case, delete, func, update
+from sqlalchemy import bindparam, case, delete, func, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.db import insert_for
 from twofa.store.models import LoginThrottle
+from twofa.store.statements import table_of
+
+_throttles = table_of(LoginThrottle)
+
+
+def _count_attempt(dialect: Any) -> Any:
+    """The attempt's upsert in ``dialect`` (login path: built once per dialect)."""
+    statement = dialect.insert(_throttles).values(key_digest=bindparam("key"), failures=1)
+    return statement.on_conflict_do_update(
+        index_elements=[_throttles.c.key_digest],
+        set_={
+            "failures": case(
+                (_throttles.c.blocked_until > bindparam("now"), _throttles.c.failures),
+                else_=_throttles.c.failures + 1,
+            )
+        },
+    ).returning(_throttles.c.failures, _throttles.c.blocked_until)
+
+
+_COUNT_ATTEMPT = {"postgresql": _count_attempt(postgresql), "sqlite": _count_attempt(sqlite)}
+_CLEAR_FAILURES = delete(_throttles).where(_throttles.c.key_digest == bindparam("key"))
 
 
 async def count_password_attempt(
@@ -17,18 +40,8 @@ async def count_password_attempt(
 ) -> tuple[int, datetime | None]:
     """Counts an attempt unless the email is blocked at ``now``: one atomic upsert, so
     concurrent guesses are all counted. Returns the failures in a row and the block's end."""
-    insert = insert_for(db)
-    statement = insert(LoginThrottle).values(key_digest=key_digest, failures=1)
-    statement = statement.on_conflict_do_update(
-        index_elements=[LoginThrottle.key_digest],
-        set_={
-            "failures": case(
-                (LoginThrottle.blocked_until > now, LoginThrottle.failures),
-                else_=LoginThrottle.failures + 1,
-            )
-        },
-    ).returning(LoginThrottle.failures, LoginThrottle.blocked_until)
-    row = (await db.execute(statement)).one()
+    statement = _COUNT_ATTEMPT[db.get_bind().dialect.name]
+    row = (await db.execute(statement, {"key": key_digest, "now": now})).one()
     return int(row.failures), row.blocked_until
 
 
@@ -41,7 +54,7 @@ async def block_logins(db: AsyncSession, key_digest: str, until: datetime) -> No
 
 
 async def clear_password_failures(db: AsyncSession, key_digest: str) -> None:
-    await db.execute(delete(LoginThrottle).where(LoginThrottle.key_digest == key_digest))
+    await db.execute(_CLEAR_FAILURES, {"key": key_digest})
 
 
 async def adopt_throttles(db: AsyncSession, key_digest: str, previous: Sequence[str]) -> None:
