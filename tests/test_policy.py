@@ -19,8 +19,11 @@ from twofa.config import Settings
 from twofa.crypto import CODE_ALPHABET, CODE_LENGTH, Keyring, normalize_code
 from twofa.policy import (
     MAX_EMAIL_LENGTH,
+    ActivationFields,
+    ActivationRefused,
     Policy,
     RuleViolation,
+    check_activation,
     check_pin,
     check_pin_confirmation,
     check_pin_shape,
@@ -226,6 +229,16 @@ def test_s2_a_lock_whose_time_has_passed_reads_active(stored: str, until: int | 
     state = effective_state(stored, locked_until, now)
     over = stored == TwoFactorState.LOCKED and until is not None and until <= 0
     assert state is (TwoFactorState.ACTIVE if over else TwoFactorState(stored))
+
+
+def test_r6_an_activation_names_every_wrong_field_at_once_in_field_order() -> None:
+    with pytest.raises(ActivationRefused) as refused:
+        check_activation("12a4", "9999", "   ", None, "bad address")
+    fields = [(v.field, v.code) for v in refused.value.violations]
+    assert [field for field, _ in fields] == ["pin", "pin_confirmation", "seal", "email"]
+    assert ("seal", "seal_required") in fields
+    one = check_activation("2468", "2468", "  my seal  ", "laptop", "  ")
+    assert one == ActivationFields(seal="my seal", device_name="laptop", email=None)
 
 
 def test_r6_unicode_digits_are_refused() -> None:

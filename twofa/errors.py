@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from twofa.policy import RuleViolation
+from twofa.policy import ActivationRefused, RuleViolation
 
 
 class ServiceError(Exception):
@@ -145,6 +145,17 @@ def rule_refused(error: RuleViolation) -> ServiceError:
     """A refused rule (policy.py) as the contract's 422, naming the field (and the character,
     for R2): the rules word their own refusals."""
     return ServiceError(422, error.code, error.message, field=error.field, **error.details)
+
+
+def activation_refused(refusal: ActivationRefused) -> ServiceError:
+    """R6's 422: the first wrong field as usual (``field``, ``error``, ``message``), and each
+    wrong field in ``fields``."""
+    first = rule_refused(refusal.violations[0])
+    first.details["fields"] = [
+        {"field": v.field, "error": v.code, "message": v.message, **v.details}
+        for v in refusal.violations
+    ]
+    return first
 
 
 def wrong_step(expected: str) -> ServiceError:

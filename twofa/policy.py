@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -139,6 +140,47 @@ def check_device_name(name: str | None) -> str | None:
             f"The device name has at most {MAX_DEVICE_NAME_LENGTH} printable characters.",
         )
     return name
+
+
+@dataclass(frozen=True)
+class ActivationFields:
+    """An activation's fields as the rules keep them (the PIN is hashed by the caller)."""
+
+    seal: str
+    device_name: str | None
+    email: str | None
+
+
+class ActivationRefused(ValueError):
+    """Every rule an activation broke, in the order of its fields."""
+
+    def __init__(self, violations: list[RuleViolation]) -> None:
+        super().__init__(violations[0].message)
+        self.violations = violations
+
+
+def check_activation(
+    pin: str, pin_confirmation: str, seal: str, device_name: str | None, email: str | None
+) -> ActivationFields:
+    """R6: every activation field checked, and every wrong one reported at once, so a form can
+    show all its errors at the first try."""
+    violations: list[RuleViolation] = []
+    values: dict[str, str | None] = {}
+    checks: list[tuple[str, Callable[[], str | None]]] = [
+        ("pin", lambda: check_pin(pin, pin)),
+        ("pin_confirmation", lambda: check_pin_confirmation(pin, pin_confirmation)),
+        ("seal", lambda: check_seal(seal)),
+        ("device_name", lambda: check_device_name(device_name)),
+        ("email", lambda: check_two_factor_email(email) if email and email.strip() else None),
+    ]
+    for name, check in checks:
+        try:
+            values[name] = check()
+        except RuleViolation as error:
+            violations.append(error)
+    if violations:
+        raise ActivationRefused(violations)
+    return ActivationFields(str(values["seal"]), values["device_name"], values["email"])
 
 
 def password_block_seconds(failures_in_a_row: int) -> int:

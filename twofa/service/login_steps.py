@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,13 +13,11 @@ from twofa.crypto import new_token
 from twofa.errors import ServiceError
 from twofa.notifications import BROWSER_ENROLLED
 from twofa.policy import (
+    ActivationRefused,
     RuleViolation,
+    check_activation,
     check_device_name,
-    check_pin,
-    check_pin_confirmation,
     check_pin_shape,
-    check_seal,
-    check_two_factor_email,
 )
 from twofa.service.core import ServiceCore, state_of, utcnow
 from twofa.store import (
@@ -38,38 +35,6 @@ from twofa.vocabulary import Outcome, Step
 from twofa.vocabulary import TwoFactorState as S
 from twofa.workflows.messages import Activation, CodeSubmission, CodeVerdict, NewCodeRequest
 from twofa.workflows.two_factor import TwoFactorWorkflow
-
-
-def checked_activation(
-    pin: str, pin_confirmation: str, seal: str, device_name: str | None, email: str | None
-) -> tuple[str, str | None, str | None]:
-    """R6: every activation field checked, and every wrong one reported at once.
-
-    The 422 names the first wrong field as usual (``field``, ``error``, ``message``) and lists
-    each wrong field in ``fields``, so a form can show all its errors at the first try.
-    """
-    violations: list[RuleViolation] = []
-    values: dict[str, str | None] = {}
-    checks: list[tuple[str, Callable[[], str | None]]] = [
-        ("pin", lambda: check_pin(pin, pin)),
-        ("pin_confirmation", lambda: check_pin_confirmation(pin, pin_confirmation)),
-        ("seal", lambda: check_seal(seal)),
-        ("device_name", lambda: check_device_name(device_name)),
-        ("email", lambda: check_two_factor_email(email) if email and email.strip() else None),
-    ]
-    for name, check in checks:
-        try:
-            values[name] = check()
-        except RuleViolation as error:
-            violations.append(error)
-    if violations:
-        first = errors.rule_refused(violations[0])
-        first.details["fields"] = [
-            {"field": v.field, "error": v.code, "message": v.message, **v.details}
-            for v in violations
-        ]
-        raise first
-    return str(values["seal"]), values["device_name"], values["email"]
 
 
 class LoginSteps(ServiceCore):
@@ -131,9 +96,11 @@ class LoginSteps(ServiceCore):
             if challenge.device_id != draft_id:
                 raise errors.wrong_step(challenge.step)
             return await self._activated(account.id, draft_id, device_token)
-        seal, device_name, email = checked_activation(
-            pin, pin_confirmation, seal, device_name, email
-        )
+        try:
+            fields = check_activation(pin, pin_confirmation, seal, device_name, email)
+        except ActivationRefused as refusal:
+            raise errors.activation_refused(refusal) from None
+        seal, device_name, email = fields.seal, fields.device_name, fields.email
         pin_hash = await self.kdf(self.keyring.hash_secret, pin)
         async with self.db.write() as db:
             if email and await account_queries.email_taken(db, email, except_account=account.id):
