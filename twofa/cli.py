@@ -204,8 +204,8 @@ async def _pepper_report(settings: Settings) -> pepper.Report:
 async def _pepper_write(settings: Settings, event: str | None, **details: Any) -> None:
     """Tags the rows made before pepper ids, and audits ``event``, under the current keyring."""
     from twofa import audit
-    from twofa import pepper as peppers
     from twofa.crypto import Keyring
+    from twofa.store import pepper_queries
     from twofa.store.db import Database
 
     keyring = Keyring.of(settings)
@@ -213,7 +213,7 @@ async def _pepper_write(settings: Settings, event: str | None, **details: Any) -
     try:
         async with db.write() as session:
             if not keyring.previous:  # then they can only have been made under this pepper
-                await peppers.tag_untagged(session, keyring.id)
+                await pepper_queries.tag_untagged(session, keyring.id)
             if event is not None:
                 await audit.append(session, event, actor="cli", **details)
     finally:

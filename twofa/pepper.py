@@ -15,9 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa import audit
@@ -29,42 +27,12 @@ from twofa.config import (
     private_dir,
 )
 from twofa.crypto import Keyring, new_pepper
-from twofa.store.models import (
-    Account,
-    ActivationDraft,
-    AuditRecord,
-    Device,
-    Operator,
-    OperatorSession,
-    Session,
-)
+from twofa.store import pepper_queries
 
 UNTAGGED = "untagged"
 RETIRED = "retired"  # the audit keys kept of dropped peppers
 NO_KEY = "unknown"  # audit records that verify under no key the keyring has
 AUDIT_RECORDS = "audit records"
-#: What the report counts, each as (name, its pepper column, the rows that count).
-_COUNTED: list[tuple[str, Any, list[Any]]] = [
-    ("password hashes", Account.password_pepper, []),
-    ("PIN hashes", Account.pin_pepper, [Account.pin_hash.is_not(None)]),
-    ("seals", Account.seal_pepper, [Account.seal_ciphertext.is_not(None)]),
-    ("activation drafts", ActivationDraft.pepper_id, []),
-    ("trusted browsers", Device.pepper_id, [Device.revoked_at.is_(None)]),
-    ("open sessions", Session.pepper_id, [Session.ended_at.is_(None)]),
-    ("operator passwords", Operator.pepper_id, []),
-    ("operator sessions", OperatorSession.pepper_id, [OperatorSession.ended_at.is_(None)]),
-]
-#: Untagged rows, made before pepper ids, which a rotation tags with the pepper of their day.
-_TAGGED: list[tuple[Any, Any, Any]] = [
-    (Account, Account.password_pepper, Account.password_hash),
-    (Account, Account.pin_pepper, Account.pin_hash),
-    (Account, Account.seal_pepper, Account.seal_ciphertext),
-    (ActivationDraft, ActivationDraft.pepper_id, ActivationDraft.pin_hash),
-    (Device, Device.pepper_id, Device.token_digest),
-    (Session, Session.pepper_id, Session.token_digest),
-    (Operator, Operator.pepper_id, Operator.password_hash),
-    (OperatorSession, OperatorSession.pepper_id, OperatorSession.token_digest),
-]
 
 
 @dataclass
@@ -126,19 +94,9 @@ class Report:
 async def report(db: AsyncSession, keyring: Keyring, chain: audit.Chain) -> Report:
     """What is made under each pepper, counted in the store; audit records by their key."""
     result = Report(keyring.ids)
-    now = datetime.now(UTC)
-    for what, column, where in _COUNTED:
-        query = select(column, func.count()).where(*where).group_by(column)
-        if column is Session.pepper_id:
-            query = query.where(Session.expires_at > now)
-        if column is OperatorSession.pepper_id:
-            query = query.where(OperatorSession.expires_at > now)
-        for pepper, n in (await db.execute(query)).all():
-            result.add(pepper or UNTAGGED, what, int(n))
-    records = await db.stream_scalars(
-        select(AuditRecord).where(AuditRecord.version != audit.UNKEYED).order_by(AuditRecord.seq)
-    )
-    async for record in records:
+    for what, pepper, n in await pepper_queries.made_under_each_pepper(db, datetime.now(UTC)):
+        result.add(pepper or UNTAGGED, what, n)
+    async for record in pepper_queries.keyed_audit_records(db):
         index = chain.key_index(record)
         if index is None:
             result.add(NO_KEY, AUDIT_RECORDS, 1)
@@ -147,14 +105,6 @@ async def report(db: AsyncSession, keyring: Keyring, chain: audit.Chain) -> Repo
                 keyring.ids[index] if index < len(keyring.ids) else RETIRED, AUDIT_RECORDS, 1
             )
     return result
-
-
-async def tag_untagged(db: AsyncSession, pepper: str) -> None:
-    """Rows made before pepper ids get the id of the pepper they were made under."""
-    for model, column, secret in _TAGGED:
-        await db.execute(
-            update(model).where(column.is_(None), secret.is_not(None)).values({column: pepper})
-        )
 
 
 def rotate_files(settings: Settings) -> tuple[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import text
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
@@ -217,8 +216,7 @@ class AccountSettings(ServiceCore):
     async def health(self) -> dict[str, bool]:
         checks = {"database": False, "temporal": False}
         try:
-            async with self.db.read() as db:
-                await db.execute(text("SELECT 1"))
+            await self.db.answers()
             checks["database"] = True
         except Exception:
             log.exception("health: database does not answer")

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiosqlite
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, registry, sqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
@@ -223,6 +223,11 @@ class Database:
             head = session.info.pop(HEAD_INFO, None)
         if head is not None and self.audit is not None:
             self.audit.advance_soon(head)
+
+    async def answers(self) -> None:
+        """A round trip to the database (the health check); raises when it does not answer."""
+        async with self._sessions() as session:
+            await session.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         if self.audit is not None:
