@@ -72,9 +72,8 @@ class Accounts(ServiceCore):
         )
         try:
             async with self.db.write() as db:
-                if await account_queries.email_taken(
-                    db, email
-                ):  # in any case: Bob@ and bob@ are one
+                # in any case: Bob@ and bob@ are one
+                if await account_queries.email_taken(db, email):
                     raise errors.EMAIL_TAKEN()
                 db.add(account)
                 await audit.append(db, "account_registered", account_id=account.id, actor="user")
@@ -216,7 +215,7 @@ class Accounts(ServiceCore):
                 cap = await session_queries.session_cap(db, account.id)
                 if cap is not None:  # an enable began since the state was read (R3)
                     session.expires_at = min(session.expires_at, cap)
-                db.add(session)
+                await session_queries.add_session(db, session)
                 await audit.append(
                     db, "login_succeeded", account_id=account.id, actor="user", second_factor=False
                 )
