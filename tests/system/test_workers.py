@@ -130,7 +130,7 @@ async def test_the_api_runs_with_several_uvicorn_workers(
     port = free_port()
     env = environment(base_settings, api_port=str(port))
     with started([TWOFA, "api", "--workers", "2"], env, tmp_path / "api.log"):
-        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/healthz")
+        await wait_for_http(f"http://127.0.0.1:{port}/healthz")
         api = Api(f"http://127.0.0.1:{port}", base_settings.resolved_service_token, data_dir)
         try:
             users = await asyncio.gather(*(api.activated(new_user()) for _ in range(4)))
