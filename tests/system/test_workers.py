@@ -99,12 +99,14 @@ async def test_workers_killed_at_each_step_lose_nothing(
         await worker_polls(client, queue, worker, tmp_path / "worker-0.log")
         await api.enable(user)
         worker.send_signal(signal.SIGKILL)
+        worker.wait()  # dead before started() stops it: no SIGTERM to judge
     with restart() as worker:
         code = await api.code_mail(user)
         login = await api.login_ok(user)
         r = await api.submit_code(login["login_id"], code)
         assert r.status_code == 200, r.text
         worker.send_signal(signal.SIGKILL)
+        worker.wait()  # dead before started() stops it: no SIGTERM to judge
     with restart() as worker:
         activation = asyncio.create_task(api.activate(login["login_id"], user))
 
