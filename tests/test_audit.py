@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -17,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as OrmSession
 
 from tests.conftest import PEPPER
-from tests.support.journey import Api, new_user
+from tests.support.journey import Api, audit_trail, eventually, new_user
 from tests.support.stores import (
     Store,
     chain_in,
@@ -33,16 +32,16 @@ from twofa.store.models import AuditRecord
 
 
 async def _events(database: Database, account_id: str) -> list[tuple[str, str]]:
-    async with database.read() as db:
-        return [(r.event, r.actor) for r in await audit.history(db, account_id)]
+    return [(r.event, r.actor) for r in await audit_trail(database, account_id)]
 
 
 async def test_journey_is_audited_step_by_step(api: Api, database: Database) -> None:
     user = await api.activated(new_user())
-    for _ in range(100):  # the auto-logout timer fires 1.5 s after enabling
-        if ("sessions_ended", "system") in await _events(database, user.account_id):
-            break
-        await asyncio.sleep(0.1)
+
+    async def logged_out() -> bool:  # the auto-logout timer fires 1.5 s after enabling
+        return ("sessions_ended", "system") in await _events(database, user.account_id)
+
+    await eventually(logged_out, "the auto-logout's sessions_ended record", timeout=10)
     r = await api.call(
         "PUT", "/v1/account/two-factor", user, json={"enabled": False, "confirm": True}
     )

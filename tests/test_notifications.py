@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
 
-from sqlalchemy import select
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
-from tests.support.journey import Api, User, eventually, new_user, untrusted
-from tests.test_mail import RelayHandler, relay
+from tests.support.journey import Api, User, audit_trail, eventually, new_user, untrusted
+from tests.support.relay import RelayHandler, relay
 from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.store.models import AuditRecord
@@ -28,10 +27,15 @@ from twofa.workflows.messages import workflow_id
 async def mails_until(
     api: Api, user: User, done: Callable[[list[EmailMessage]], bool], timeout: float = 20
 ) -> list[EmailMessage]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not done(messages := api.messages_to(user.email)):
-        assert asyncio.get_running_loop().time() < deadline, [m["Subject"] for m in messages]
-        await asyncio.sleep(0.05)
+    messages: list[EmailMessage] = []
+
+    def arrived() -> bool:
+        messages[:] = api.messages_to(user.email)
+        return done(messages)
+
+    await eventually(
+        arrived, lambda: f"the mails; so far {[m['Subject'] for m in messages]}", timeout, 0.05
+    )
     return messages
 
 
@@ -40,13 +44,7 @@ def about(subject_word: str) -> Callable[[EmailMessage], bool]:
 
 
 async def audited(database: Database, account_id: str, event: str) -> list[AuditRecord]:
-    async with database.read() as db:
-        rows = await db.scalars(
-            select(AuditRecord).where(
-                AuditRecord.account_id == account_id, AuditRecord.event == event
-            )
-        )
-        return list(rows.all())
+    return [r for r in await audit_trail(database, account_id) if r.event == event]
 
 
 async def test_s10_enrolled_browsers_lock_and_disable_are_mailed_without_secrets(
@@ -143,8 +141,9 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
             enabling = asyncio.create_task(
                 api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
             )
-            while handler.mail_commands < 2:  # refused at least twice, retried each time
-                await asyncio.sleep(0.05)
+            await eventually(  # refused at least twice, retried each time
+                lambda: handler.mail_commands >= 2, "two tries at the busy relay", interval=0.05
+            )
             assert not enabling.done()
             handler.refuse = {}
             r = await enabling

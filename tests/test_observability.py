@@ -3,9 +3,7 @@ metrics, and JSON log lines that carry each request's id and never a secret."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SERVICE_TOKEN
-from tests.support.journey import Api, User, new_user
+from tests.support.journey import Api, User, eventually, new_user
 from tests.support.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.api import create_app
 from twofa.api import router as api_routes
@@ -114,17 +112,19 @@ async def test_worker_serves_temporal_metrics_and_logs_json(
         log_format="json",
     )
     log = tmp_path / "worker.log"
+    text = ""
     with started([TWOFA, "worker"], env, log):
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except httpx.HTTPError:
-                text = ""
-            if "temporal_" in text:
-                break
-            assert time.monotonic() < deadline, f"no Temporal metrics:\n{text[:2000]}"
-            await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(timeout=2) as http:
+
+            async def served() -> bool:
+                nonlocal text
+                try:
+                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                except httpx.HTTPError:
+                    text = ""
+                return "temporal_" in text
+
+            await eventually(served, lambda: f"Temporal metrics:\n{text[:2000]}", 60, 0.2)
     names = {family.name for family in text_string_to_metric_families(text)}
     assert any(name.startswith("temporal_") for name in names), names
     lines = log.read_text().splitlines()
@@ -156,7 +156,7 @@ async def test_json_logs_carry_the_request_id_and_no_secret(
     log = tmp_path / "api.log"
     url = f"http://127.0.0.1:{port}"
     with started([TWOFA, "api"], env, log):
-        await asyncio.to_thread(wait_for_http, f"{url}/healthz")
+        await wait_for_http(f"{url}/healthz")
         api = Api(url, SERVICE_TOKEN, data_dir)
         ids: list[str] = []
         login_ids: set[str] = set()
@@ -185,10 +185,12 @@ async def test_json_logs_carry_the_request_id_and_no_secret(
         finally:
             await api.close()
         # The access line of the last request is written as its answer goes out.
-        deadline = time.monotonic() + 10
-        while refused.headers["x-request-id"] not in log.read_text():
-            assert time.monotonic() < deadline, "the last access line never came"
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: refused.headers["x-request-id"] in log.read_text(),
+            "the last access line",
+            10,
+            0.05,
+        )
     found = records(log)
     access = [r for r in found if r["logger"] == "uvicorn.access"]
     assert all(r["request_id"] for r in access), "an access line without a request id"

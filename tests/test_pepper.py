@@ -15,9 +15,9 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import SERVICE_TOKEN, free_port
+from tests.conftest import SERVICE_TOKEN
 from tests.support.journey import Api, User, account_row, new_user
-from tests.support.processes import TWOFA, environment, serve_api
+from tests.support.processes import TWOFA, environment, free_port, serve_api
 from twofa import audit
 from twofa.admin import AdminService
 from twofa.config import Settings

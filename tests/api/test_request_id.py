@@ -7,7 +7,6 @@ the mail the request queued. History holds it only as a header; work that no req
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -31,9 +30,9 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.converter import default as default_converter
 from temporalio.worker import Replayer
 
-from tests.conftest import PEPPER, SERVICE_TOKEN, free_port
-from tests.support.journey import Api, User, eventually, new_user
-from tests.support.processes import TWOFA, environment, started, wait_for_http
+from tests.conftest import PEPPER, SERVICE_TOKEN
+from tests.support.journey import Api, User, audit_trail, eventually, new_user
+from tests.support.processes import TWOFA, environment, free_port, started, wait_for_http
 from tests.support.stores import clone_store, drop_guards, empty_store, sql
 from twofa import audit
 from twofa.admin import AdminService
@@ -85,7 +84,7 @@ async def stack(
     with ExitStack() as processes:
         processes.enter_context(started([TWOFA, "worker"], env, logs / "worker.log"))
         processes.enter_context(started([TWOFA, "api"], env, logs / "api.log"))
-        await asyncio.to_thread(wait_for_http, f"{url}/healthz")
+        await wait_for_http(f"{url}/healthz")
         api = Api(url, SERVICE_TOKEN, data_dir)
         try:
             yield Stack(api, logs / "api.log", logs / "worker.log", client, database, base_settings)
@@ -113,8 +112,7 @@ async def logged(path: Path, message: str) -> dict[str, Any]:
 
 async def events_of(database: Database, account_id: str) -> list[tuple[str, str | None]]:
     """The account's audit records as (event, request id), in order."""
-    async with database.read() as db:
-        return [(r.event, r.request_id) for r in await audit.history(db, account_id)]
+    return [(r.event, r.request_id) for r in await audit_trail(database, account_id)]
 
 
 async def audited(database: Database, account_id: str, event: str) -> str | None:

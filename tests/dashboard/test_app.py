@@ -33,8 +33,8 @@ from streamlit.testing.v1 import AppTest
 from temporalio.client import Client
 
 from tests.support.browser import launch
-from tests.support.journey import Api, User, at_rest, new_user
-from tests.support.processes import environment, free_port
+from tests.support.journey import Api, User, at_rest, eventually, new_user
+from tests.support.processes import environment, free_port, stop_process
 from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.dashboard import history_story, runtime, session_cookie, ui
@@ -655,24 +655,18 @@ async def served_dashboard(
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient() as http:
-            for _ in range(240):
+
+            async def healthy() -> bool:
                 assert process.poll() is None, log.read_text()
                 try:
-                    if (await http.get(f"{url}/_stcore/health")).text == "ok":
-                        break
+                    return (await http.get(f"{url}/_stcore/health")).text == "ok"
                 except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.25)
-            else:
-                raise AssertionError(f"streamlit did not answer:\n{log.read_text()}")
+                    return False
+
+            await eventually(healthy, lambda: f"streamlit to answer:\n{log.read_text()}", 60, 0.25)
         yield url
     finally:
-        process.terminate()
-        try:
-            await asyncio.to_thread(process.wait, 20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        await asyncio.to_thread(stop_process, process)
 
 
 async def test_browser_admin_revokes_a_device_and_the_api_refuses_it(

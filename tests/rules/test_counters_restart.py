@@ -8,23 +8,20 @@ SIGKILL and started again. The counts must carry on from where they were, not st
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
-from tests.support.journey import Api, User, account_row, new_user
+from tests.support.journey import Api, User, account_row, new_user, progress
 from tests.support.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.config import Settings
 from twofa.store.db import Database
-from twofa.workflows.messages import workflow_id
 
 WRONG_PIN = "90817263"
 WRONG_CODE = "ZZZZZZZZ"
@@ -35,13 +32,6 @@ WRONG_CODE = "ZZZZZZZZ"
 
 def wrong_code(code: str) -> str:
     return WRONG_CODE if code != WRONG_CODE else "YYYYYYYY"
-
-
-async def progress(client: Client, account_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = await client.get_workflow_handle(workflow_id(account_id)).query(
-        "progress_now"
-    )
-    return result
 
 
 async def wrong_pins(api: Api, login_id: str, attempts_left: list[int]) -> None:
@@ -239,7 +229,7 @@ async def test_pin_code_and_password_counters_survive_a_killed_api_process(
             yield process, f"http://127.0.0.1:{port}"
 
     async def ready(url: str) -> Api:
-        await asyncio.to_thread(wait_for_http, f"{url}/healthz")
+        await wait_for_http(f"{url}/healthz")
         return Api(url, base_settings.resolved_service_token, base_settings.data_dir)
 
     with api_process(1) as (process, url):

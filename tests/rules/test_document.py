@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -20,11 +19,22 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from tests.conftest import ApiFactory
-from tests.support.journey import CODE_LINE, Api, User, account_row, new_user, settled, sleep_until
+from tests.support.journey import (
+    CODE_LINE,
+    Api,
+    User,
+    account_row,
+    device_rows,
+    eventually,
+    new_user,
+    parse_time,
+    settled,
+    sleep_until,
+)
 from twofa.config import Settings
 from twofa.devstack import read_mails
 from twofa.store.db import Database
-from twofa.store.models import ActivationDraft, Device, Session
+from twofa.store.models import ActivationDraft, Session
 from twofa.workflows.messages import workflow_id
 
 # -- helpers
@@ -32,18 +42,6 @@ from twofa.workflows.messages import workflow_id
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def ts(value: str) -> datetime:
-    """An ISO 8601 timestamp of the API, as an aware datetime."""
-    parsed = datetime.fromisoformat(value)
-    assert parsed.tzinfo is not None, f"timestamp without time zone: {value}"
-    return parsed
-
-
-async def device_rows(database: Database, account_id: str) -> list[Device]:
-    async with database.read() as db:
-        return list((await db.scalars(select(Device).where(Device.account_id == account_id))).all())
 
 
 async def draft_rows(database: Database, account_id: str) -> list[ActivationDraft]:
@@ -71,10 +69,13 @@ async def workflow_status(client: Client, account_id: str) -> WorkflowExecutionS
 async def wait_for_status(
     client: Client, account_id: str, status: WorkflowExecutionStatus, timeout: float = 20
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while (current := await workflow_status(client, account_id)) != status:
-        assert time.monotonic() < deadline, f"workflow is {current}, expected {status}"
-        await asyncio.sleep(0.05)
+    current: list[WorkflowExecutionStatus | None] = []
+
+    async def reached() -> bool:
+        current[:] = [await workflow_status(client, account_id)]
+        return current[0] == status
+
+    await eventually(reached, lambda: f"workflow {status}, is {current}", timeout, 0.05)
 
 
 async def two_factor(api: Api, user: User) -> dict[str, Any]:
@@ -140,8 +141,8 @@ async def test_r1_enable_mails_one_code_and_starts_the_workflow(
     before = now()
     enabled = await api.enable(user)
     assert enabled["state"] == "pending_code", enabled
-    code_expires_at = ts(enabled["code_expires_at"])
-    assert ts(enabled["auto_logout_at"]) > before
+    code_expires_at = parse_time(enabled["code_expires_at"])
+    assert parse_time(enabled["auto_logout_at"]) > before
 
     # The mail went out before the API answered: exactly one, to the account's address.
     mails = api.activation_mails_to(user.email)
@@ -158,8 +159,8 @@ async def test_r1_enable_mails_one_code_and_starts_the_workflow(
 
     status = await two_factor(api, user)
     assert status["state"] == "pending_code", status
-    assert ts(status["code_expires_at"]) == code_expires_at
-    assert ts(status["auto_logout_at"]) == ts(enabled["auto_logout_at"])
+    assert parse_time(status["code_expires_at"]) == code_expires_at
+    assert parse_time(status["auto_logout_at"]) == parse_time(enabled["auto_logout_at"])
     assert status["devices"] == []
 
     # The mailed code is the one the account expects.
@@ -328,40 +329,41 @@ async def test_r3_sessions_end_exactly_at_auto_logout(
 
     before = now()
     enabled = await api.enable(user)
-    auto_logout_at = ts(enabled["auto_logout_at"])
+    auto_logout_at = parse_time(enabled["auto_logout_at"])
     # The test settings shorten the 10 s to 1.5 s.
     assert timedelta(seconds=1.4) <= auto_logout_at - before <= timedelta(seconds=3)
 
     seen_ok = 0
     ended_at: datetime | None = None
-    deadline = auto_logout_at + timedelta(seconds=10)
-    while ended_at is None:
-        assert now() < deadline, "the session never ended"
+
+    async def session_ended() -> bool:
+        nonlocal seen_ok, ended_at
         sent = now()
         r = await api.call("GET", "/v1/session", user)
         received = now()
         if r.status_code == 200:
             assert sent < auto_logout_at, f"session still open at {sent} >= {auto_logout_at}"
             seen_ok += 1
-        else:
-            assert_error(r, 401, "session_ended")
-            assert received >= auto_logout_at, f"session ended early, at {received}"
-            ended_at = received
-        await asyncio.sleep(0.02)
+            return False
+        assert_error(r, 401, "session_ended")
+        assert received >= auto_logout_at, f"session ended early, at {received}"
+        ended_at = received
+        return True
+
+    await eventually(session_ended, "the session's end", 10, 0.02, due=auto_logout_at)
+    assert ended_at is not None
     assert seen_ok >= 1, "the session never worked before auto_logout_at"
     assert ended_at - auto_logout_at < timedelta(seconds=1), (ended_at, auto_logout_at)
 
     # All sessions ended, and stay ended once the workflow's timer has run.
-    timer_deadline = time.monotonic() + 10
-    while True:
+    async def sessions_ended() -> bool:
         async with database.read() as db:
             query = select(Session).where(Session.account_id == user.account_id)
             sessions = list((await db.scalars(query)).all())
         assert len(sessions) == 2, sessions
-        if all(s.ended_at is not None for s in sessions):
-            break
-        assert time.monotonic() < timer_deadline, "the auto-logout timer never ended the sessions"
-        await asyncio.sleep(0.05)
+        return all(s.ended_at is not None for s in sessions)
+
+    await eventually(sessions_ended, "the auto-logout timer to end the sessions", 10, 0.05)
     for who in (user, other):
         for path in ("/v1/session", "/v1/account/two-factor", "/v1/account/devices"):
             assert_error(await api.call("GET", path, who), 401, "session_ended")
@@ -373,7 +375,7 @@ async def test_r3_sessions_end_exactly_at_auto_logout(
 async def test_r3_auto_logout_button_ends_the_session_at_once(api: Api) -> None:
     user = await api.registered_and_logged_in(new_user("r3button"))
     enabled = await api.enable(user)
-    auto_logout_at = ts(enabled["auto_logout_at"])
+    auto_logout_at = parse_time(enabled["auto_logout_at"])
     r = await api.call("GET", "/v1/session", user)
     assert r.status_code == 200, r.text
     r = await api.call("DELETE", "/v1/session", user)
@@ -393,7 +395,7 @@ async def test_r4_code_valid_fifteen_minutes_by_default(api: Api) -> None:
     before = now()
     enabled = await api.enable(user)
     after = now()
-    code_expires_at = ts(enabled["code_expires_at"])
+    code_expires_at = parse_time(enabled["code_expires_at"])
     assert before + timedelta(seconds=899) <= code_expires_at <= after + timedelta(seconds=901)
 
 
@@ -412,38 +414,42 @@ async def login_mailing_only_past(
     if before >= expires_at:
         assert body["code_sent"] is True, body
     if body["code_sent"]:
-        assert ts(body["code_expires_at"]) > expires_at, body
+        assert parse_time(body["code_expires_at"]) > expires_at, body
         await api.code_mail(user, count=mails_before + 1)
     else:
-        assert ts(body["code_expires_at"]) == expires_at, body
+        assert parse_time(body["code_expires_at"]) == expires_at, body
     assert len(api.activation_mails_to(user.email)) == mails_before + body["code_sent"]
     return body
 
 
 async def test_r4_expired_code_is_refused_and_a_new_login_mails_a_new_one(
-    start_api: ApiFactory,
+    start_api: ApiFactory, client: Client
 ) -> None:
     api = await start_api(code_ttl_seconds=2)
     user = new_user("r4")
     enabled = await api.enabled(user)
     first_code = await api.code_mail(user)
-    early = await login_mailing_only_past(api, user, ts(enabled["code_expires_at"]), 1)
+    early = await login_mailing_only_past(api, user, parse_time(enabled["code_expires_at"]), 1)
     mails = len(api.activation_mails_to(user.email))
-    code, expires_at = await api.code_mail(user, count=mails), ts(early["code_expires_at"])
+    code, expires_at = await api.code_mail(user, count=mails), parse_time(early["code_expires_at"])
 
+    # the code's expiry is on the clock: from that instant on, the code is refused
     await sleep_until(expires_at)
     r = await api.submit_code(early["login_id"], code)
     assert_error(r, 410, "code_expired")
+    await settled(client, user.account_id)  # a mail the expiry sent, if any, is in the sink now
     assert len(api.activation_mails_to(user.email)) == mails, "a mail was sent without a login"
 
     login = await login_mailing_only_past(api, user, expires_at, mails)  # past: a new code
     assert login["code_sent"] is True, login
-    again = await login_mailing_only_past(api, user, ts(login["code_expires_at"]), mails + 1)
+    again = await login_mailing_only_past(
+        api, user, parse_time(login["code_expires_at"]), mails + 1
+    )
     new_code = await api.code_mail(user, count=len(api.activation_mails_to(user.email)))
     assert new_code not in (first_code, code)
 
     # The old codes no longer work, on any login; the code in force does while it lasts.
-    expires_at = ts(again["code_expires_at"])
+    expires_at = parse_time(again["code_expires_at"])
     before = now()
     verdicts = [
         await api.submit_code(login_id, old)
@@ -467,7 +473,8 @@ async def test_r4_each_new_code_comes_in_a_distinct_well_formed_mail(
     user = new_user("r4mid")
     enabled = await api.enabled(user)
     await api.code_mail(user)
-    await sleep_until(ts(enabled["code_expires_at"]))
+    # past the code's expiry on the clock, a login mails a new one
+    await sleep_until(parse_time(enabled["code_expires_at"]))
     login = await api.login_ok(user)
     assert login["code_sent"] is True, login
     await api.code_mail(user, count=2)
@@ -661,7 +668,7 @@ async def test_r9_untrusted_browser_is_enrolled_with_a_code_then_the_pin(
     r = await api.enroll(login["login_id"], device_name="Phone")
     assert r.status_code == 202, r.text
     assert r.json()["outcome"] == "activation_code_required", r.json()
-    assert ts(r.json()["code_expires_at"]) > now()
+    assert parse_time(r.json()["code_expires_at"]) > now()
     code = await api.code_mail(user, count=2)
     assert_error(await api.pin(login["login_id"], user.pin), 409, "wrong_step")
 

@@ -26,7 +26,6 @@ from tests.support.journey import (
     at_activation_step,
     count,
     eventually,
-    loop_time,
     new_user,
     progress,
     settled,
@@ -271,11 +270,11 @@ class MailBox:
                 self.codes.setdefault(str(message["To"]), []).append(match.group(1))
 
     async def code_for(self, email: str, timeout: float = 120) -> str:
-        deadline = loop_time() + timeout
-        while email not in self.codes:
-            assert loop_time() < deadline, f"no activation mail for {email}"
-            await asyncio.sleep(0.2)
+        def arrived() -> bool:
             self.refresh()
+            return email in self.codes
+
+        await eventually(arrived, f"an activation mail for {email}", timeout, 0.2)
         return self.codes[email][-1]
 
 

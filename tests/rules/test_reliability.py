@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -34,11 +33,14 @@ from tests.support.journey import (
     account_row,
     at_activation_step,
     count,
+    device_rows,
     eventually,
     new_user,
+    parse_time,
     progress,
     settled,
     sleep_until,
+    state_in_store,
     trusted_devices,
     untrusted,
 )
@@ -46,7 +48,7 @@ from tests.support.processes import free_port
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
 from twofa.store.db import Database
-from twofa.store.models import ActivationDraft, Device, SentMail, Session
+from twofa.store.models import ActivationDraft, SentMail, Session
 from twofa.temporal import build_worker
 from twofa.wiring import Services
 from twofa.workflows.messages import workflow_id
@@ -95,10 +97,6 @@ def unavailable(r: httpx.Response) -> None:
     assert int(r.headers["Retry-After"]) >= 1, r.headers  # when to repeat it
 
 
-def instant(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
 async def no_activity_retrying(client: Client, account_id: str) -> None:
     """S9: no effect of the account's workflow has failed and waits for another try."""
     description = await client.get_workflow_handle(workflow_id(account_id)).describe()
@@ -108,11 +106,6 @@ async def no_activity_retrying(client: Client, account_id: str) -> None:
         if a.attempt > 1 or a.HasField("last_failure")
     ]
     assert not retrying, retrying
-
-
-async def devices_of(database: Database, account_id: str) -> list[Device]:
-    async with database.read() as db:
-        return list((await db.scalars(select(Device).where(Device.account_id == account_id))).all())
 
 
 async def drafts_of(database: Database, account_id: str) -> int:
@@ -142,8 +135,8 @@ async def test_enable_repeated_after_a_503_answers_that_enable(
         assert at_once.json() == later.json()
         state = await progress(client, user.account_id)
         assert state["state"] == "pending_code" and state["code_number"] == 1, state
-        assert instant(later.json()["auto_logout_at"]) == instant(state["auto_logout_at"])
-        assert instant(later.json()["code_expires_at"]) == instant(state["code_expires_at"])
+        assert parse_time(later.json()["auto_logout_at"]) == parse_time(state["auto_logout_at"])
+        assert parse_time(later.json()["code_expires_at"]) == parse_time(state["code_expires_at"])
         assert len(api.activation_mails_to(user.email)) == 1
         assert await count(database, SentMail, SentMail.account_id == user.account_id) == 1
 
@@ -162,7 +155,8 @@ async def test_enable_repeated_after_its_auto_logout_answers_that_enable_and_not
     first = await enable()
     assert first.status_code == 202, first.text
     cut_token = user.session_token
-    await sleep_until(instant(first.json()["auto_logout_at"]))
+    # the cut is the session's own expiry, on the clock
+    await sleep_until(parse_time(first.json()["auto_logout_at"]))
     assert (await api.call("GET", "/v1/account/two-factor", user)).status_code == 401
 
     again = await enable()
@@ -238,7 +232,7 @@ async def test_activation_repeated_after_a_503_hands_the_same_working_browser(
         body = answers[0].json()
         assert answers[1].json() == body
         assert body["outcome"] == "pin_required" and body["seal"] == user.seal, body
-        assert [d.id for d in await devices_of(database, user.account_id)] == [body["device_id"]]
+        assert [d.id for d in await device_rows(database, user.account_id)] == [body["device_id"]]
         assert await drafts_of(database, user.account_id) == 0
         assert (await progress(client, user.account_id))["state"] == "active"
 
@@ -417,12 +411,10 @@ async def test_password_logins_racing_the_enable_end_at_the_auto_logout(
         finally:
             stop.set()
             await asyncio.gather(*loops, return_exceptions=True)
-        auto_logout_at = instant(r.json()["auto_logout_at"])
+        auto_logout_at = parse_time(r.json()["auto_logout_at"])
 
-        async def past() -> bool:
-            return datetime.now(UTC) > auto_logout_at
-
-        await eventually(past, "auto_logout_at")
+        # every session must be over by the clock, whether or not the timer has run yet
+        await sleep_until(auto_logout_at)
         for number, token in enumerate(tokens):
             r = await api.call("GET", "/v1/session", headers={"X-Session-Token": token})
             when = "after" if token in late else "before"
@@ -507,10 +499,7 @@ async def test_disable_works_after_the_workflow_was_terminated(
     await api.code_mail(user, count=2)
     assert (await progress(client, user.account_id))["state"] == "pending_code"
 
-    async def projected() -> bool:
-        return (await account_row(database, user.account_id)).two_factor_state == "pending_code"
-
-    await eventually(projected, "the new run's state in the store")
+    await state_in_store(database, user.account_id, "pending_code")  # the new run's projection
 
 
 async def test_right_pin_at_the_end_of_a_lock_is_locked_or_opens_a_session(
@@ -526,17 +515,21 @@ async def test_right_pin_at_the_end_of_a_lock_is_locked_or_opens_a_session(
     for _ in range(5):
         r = await api.pin(login["login_id"], "90817263")
     assert r.status_code == 423, r.text
-    locked_until = instant(r.json()["locked_until"])
-    await sleep_until(locked_until, margin=-0.3)
-    answers = []
-    while not answers or answers[-1] != 200:
+    locked_until = parse_time(r.json()["locked_until"])
+    await sleep_until(locked_until, margin=-0.3)  # the PINs must cross the lock's end
+    answers: list[int] = []
+
+    async def opened() -> bool:
         login = await api.login_ok(user)
         if login["outcome"] == "locked":
-            continue
+            return False
         assert login["outcome"] == "pin_required", login
         r = await api.pin(login["login_id"], user.pin)
         answers.append(r.status_code)
         assert r.status_code in (200, 423), (answers, r.text)
+        return r.status_code == 200
+
+    await eventually(opened, lambda: f"a session once the lock ended: {answers}", interval=0)
     await settled(client, user.account_id)
     assert (await progress(client, user.account_id))["state"] == "active"
     assert (await account_row(database, user.account_id)).two_factor_state == "active"

@@ -30,6 +30,7 @@ from tests.support.journey import (
     new_user,
     parse_time,
     sleep_until,
+    state_in_store,
     untrusted,
 )
 from twofa.config import Settings
@@ -44,15 +45,6 @@ CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 # -- helpers
-
-
-async def wait_for_state(database: Database, account_id: str, state: str) -> None:
-    """Waits until the workflow's projection of the account shows ``state``."""
-
-    async def reached() -> bool:
-        return (await account_row(database, account_id)).two_factor_state == state
-
-    await eventually(reached, f"account {account_id} in state {state}")
 
 
 def wrong_code(code: str) -> str:
@@ -89,8 +81,8 @@ async def lock_by_wrong_pins(api: Api, user: User) -> dict[str, Any]:
 async def wait_out_lock(database: Database, user: User, body: dict[str, Any]) -> None:
     """Waits until the lock of ``body`` is over and the workflow has made 2FA active again."""
     assert body["locked_until"] is not None, body
-    await sleep_until(parse_time(body["locked_until"]))
-    await wait_for_state(database, user.account_id, "active")
+    due = parse_time(body["locked_until"])
+    await state_in_store(database, user.account_id, "active", due=due)
 
 
 # -- S1: activation codes
@@ -287,7 +279,7 @@ async def test_s2_pin_lock_ends_logins_and_expires(
     assert parse_time(login["locked_until"]) == locked_until
     r = await api.call("GET", "/v1/account/two-factor", user)
     assert r.status_code == 200 and r.json()["state"] == "locked", r.text
-    await sleep_until(locked_until)
+    await sleep_until(locked_until)  # the lock ends on the clock, for logins from then on
     # Logins ended by the lock stay ended after it.
     r = await api.pin(bystander["login_id"], user.pin)
     assert r.status_code == 404, r.text
@@ -326,7 +318,7 @@ async def test_s2_third_lock_in_a_row_waits_for_an_admin(
     assert login.get("locked_until") is None
     handle = client.get_workflow_handle(workflow_id(user.account_id))
     await handle.execute_update("unlock", ActorRequest(actor="admin:test"))
-    await wait_for_state(database, user.account_id, "active")
+    await state_in_store(database, user.account_id, "active")
     await api.pin_login(user)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,9 +17,10 @@ import httpx
 from sqlalchemy import func, select
 from temporalio.client import Client
 
+from twofa import audit
 from twofa.devstack import read_mails
 from twofa.store.db import Database
-from twofa.store.models import Account, Device, Notification
+from twofa.store.models import Account, AuditRecord, Device, Notification
 from twofa.workflows.messages import workflow_id
 
 CODE_LINE = re.compile(r"^Activation code: (\S+)\r?$", re.MULTILINE)
@@ -51,32 +53,75 @@ async def account_row(database: Database, account_id: str) -> Account:
     return account
 
 
+async def state_in_store(
+    database: Database, account_id: str, state: str, due: datetime | None = None
+) -> None:
+    """Waits until the workflow's projection of the account shows ``state`` (from ``due`` on,
+    when a timer brings it)."""
+
+    async def reached() -> bool:
+        return (await account_row(database, account_id)).two_factor_state == state
+
+    await eventually(reached, f"account {account_id} in state {state}", due=due)
+
+
+async def device_rows(database: Database, account_id: str) -> list[Device]:
+    """Every browser the account ever trusted, revoked or not."""
+    async with database.read() as db:
+        return list((await db.scalars(select(Device).where(Device.account_id == account_id))).all())
+
+
+async def audit_trail(database: Database, account_id: str) -> list[AuditRecord]:
+    """The account's audit records, oldest first."""
+    async with database.read() as db:
+        return await audit.history(db, account_id)
+
+
 def new_user(prefix: str = "user") -> User:
     return User(email=f"{prefix}.{uuid.uuid4().hex[:12]}@example.com")
 
 
 def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    """An ISO 8601 timestamp of the API or of the workflow, as an aware datetime."""
+    parsed = datetime.fromisoformat(value)
+    assert parsed.tzinfo is not None, f"timestamp without time zone: {value}"
+    return parsed
+
+
+def seconds_until(moment: datetime) -> float:
+    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 async def sleep_until(moment: datetime, margin: float = 0.1) -> None:
-    """Waits until the clock has passed ``moment`` (a deadline the system announced)."""
+    """Waits until the clock has passed ``moment`` (a deadline the system announced), for a
+    check that is about the clock itself: a rule that holds from that instant on, or nothing
+    happening before it. Anything a timer produces is waited for with ``eventually``."""
     delay = (moment - datetime.now(UTC)).total_seconds() + margin
     if delay > 0:
         await asyncio.sleep(delay)
 
 
-def loop_time() -> float:
-    return asyncio.get_running_loop().time()
-
-
 async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30, interval: float = 0.1
+    check: Callable[[], Awaitable[bool] | bool],
+    what: str | Callable[[], str],
+    timeout: float = 30,
+    interval: float = 0.1,
+    due: datetime | None = None,
 ) -> None:
-    """Polls ``check`` until it holds; fails naming ``what`` after ``timeout`` seconds."""
-    deadline = loop_time() + timeout
-    while not await check():
-        assert loop_time() < deadline, f"timed out waiting for: {what}"
+    """Polls ``check`` (a coroutine function or a plain one) until it holds; fails naming
+    ``what`` (or what it returns then) after ``timeout`` seconds. With ``due``, the moment a
+    timer makes the condition true, the timeout counts from that moment."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout + (seconds_until(due) if due is not None else 0)
+    while True:
+        held = check()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert loop.time() < deadline, (
+            f"timed out waiting for: {what if isinstance(what, str) else what()}"
+        )
         await asyncio.sleep(interval)
 
 
@@ -114,9 +159,14 @@ async def at_rest(database: Database, client: Client, account_id: str) -> None:
     """Everything the account's past steps will write has been written: its auto-logout has
     happened, its workflow is settled and the notifier has sent (or given up on) every mail.
     A check that reads the audit trail twice, a page and the store, compares like with like."""
-    account = await account_row(database, account_id)
-    if account.auto_logout_at is not None:
-        await sleep_until(account.auto_logout_at)
+    known = await progress(client, account_id)
+    if known["auto_logout_at"] and not known["auto_logout_done"]:
+
+        async def logged_out() -> bool:
+            return bool((await progress(client, account_id))["auto_logout_done"])
+
+        due = parse_time(known["auto_logout_at"])
+        await eventually(logged_out, f"the auto-logout of {account_id}", due=due)
     await settled(client, account_id)
 
     async def mails_out() -> bool:
@@ -129,6 +179,39 @@ async def at_rest(database: Database, client: Client, account_id: str) -> None:
         )
 
     await eventually(mails_out, f"the notifications of {account_id} to go out")
+
+
+def messages_to(mail_dir: Path, email: str) -> list[EmailMessage]:
+    """The sink's messages to ``email``, comparing parsed addresses (quoting aside)."""
+    return [
+        m
+        for m in read_mails(mail_dir)
+        if any(f"{a.username}@{a.domain}" == email for a in getattr(m["To"], "addresses", ()))
+    ]
+
+
+def activation_mails_to(mail_dir: Path, email: str) -> list[str]:
+    """The bodies of the activation mails only: S10's notifications come to the same box."""
+    bodies = [
+        m.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        for m in messages_to(mail_dir, email)
+    ]
+    return [body for body in bodies if CODE_LINE.search(body)]
+
+
+async def code_mail(mail_dir: Path, user: User, count: int = 1, timeout: float = 20) -> str:
+    """Waits until ``count`` activation mails reached the user; returns the newest code."""
+
+    def arrived() -> bool:
+        return len(activation_mails_to(mail_dir, user.email)) >= count
+
+    await eventually(arrived, f"mail #{count} for {user.email}", timeout=timeout, interval=0.05)
+    match = CODE_LINE.search(activation_mails_to(mail_dir, user.email)[-1])
+    assert match, "no activation code in the newest mail"
+    code = match.group(1)
+    if code not in user.codes:
+        user.codes.append(code)
+    return code
 
 
 class Api:
@@ -203,37 +286,13 @@ class Api:
         return await self.call("POST", "/v1/login/pin", json={"login_id": login_id, "pin": pin})
 
     def messages_to(self, email: str) -> list[EmailMessage]:
-        """The sink's messages to ``email``, comparing parsed addresses (quoting aside)."""
-        return [
-            m
-            for m in read_mails(self.mail_dir)
-            if any(f"{a.username}@{a.domain}" == email for a in getattr(m["To"], "addresses", ()))
-        ]
+        return messages_to(self.mail_dir, email)
 
     def activation_mails_to(self, email: str) -> list[str]:
-        """The bodies of the activation mails only: S10's notifications come to the same box."""
-        bodies = [
-            m.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-            for m in self.messages_to(email)
-        ]
-        return [body for body in bodies if CODE_LINE.search(body)]
+        return activation_mails_to(self.mail_dir, email)
 
     async def code_mail(self, user: User, count: int = 1, timeout: float = 20) -> str:
-        """Waits until ``count`` activation mails reached the user; returns the newest code."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            mails = self.activation_mails_to(user.email)
-            if len(mails) >= count:
-                match = CODE_LINE.search(mails[-1])
-                assert match, mails[-1]
-                code = match.group(1)
-                if code not in user.codes:
-                    user.codes.append(code)
-                return code
-            assert asyncio.get_running_loop().time() < deadline, (
-                f"no mail #{count} for {user.email}"
-            )
-            await asyncio.sleep(0.05)
+        return await code_mail(self.mail_dir, user, count, timeout)
 
     # -- whole stretches of the journey
 

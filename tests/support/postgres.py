@@ -5,12 +5,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.support.processes import free_port
 
 
 def _bin(name: str) -> str:
@@ -36,9 +37,7 @@ def postgres_server(directory: Path) -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")
         shutil.chown(sockets, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     subprocess.run(
         _as_postgres(
             [_bin("initdb"), "-D", str(data), "-U", "twofa", "--auth=trust", "-E", "UTF8"]

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +53,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Something accepts connections on that loopback port."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> int | None:
@@ -103,16 +108,17 @@ async def worker_polls(
     await eventually(polling, "the worker polls", timeout=60)
 
 
-def wait_for_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
+async def wait_for_http(url: str, timeout: float = 60) -> None:
+    """Waits until ``url`` answers 200 (a part's health endpoint once it serves)."""
+    async with httpx.AsyncClient(timeout=2) as http:
+
+        async def answers() -> bool:
+            try:
+                return (await http.get(url)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(answers, f"{url} to answer 200", timeout=timeout, interval=0.2)
 
 
 async def serve_api(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]]:
@@ -124,8 +130,11 @@ async def serve_api(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[No
         )
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def accepting() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
+            task.result()  # its startup failed: say why
+        return server.started
+
+    await eventually(accepting, f"the API on port {settings.api_port} to start", interval=0.02)
     return server, task

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from tests.support.journey import Api, User, new_user, parse_time, sleep_until
-from tests.support.processes import REPO, TWOFA, free_port, started, wait_for_http
+from tests.support.journey import (
+    Api,
+    User,
+    audit_trail,
+    eventually,
+    new_user,
+    parse_time,
+    sleep_until,
+)
+from tests.support.processes import REPO, TWOFA, free_port, listening, started, wait_for_http
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import Database
-from twofa.store.models import Account, AuditRecord
+from twofa.store.models import Account
 
 #: Independent of the database backend: run once, in the SQLite pass of `make test`.
 pytestmark = pytest.mark.single_backend
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _wait_ports_free(ports: list[int], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(_port_free(p) for p in ports):
-        assert time.monotonic() < deadline, f"ports still bound: {ports}"
-        time.sleep(0.2)
 
 
 def _stack_env(data_dir: Path, **settings: str) -> dict[str, str]:
@@ -51,11 +43,7 @@ def _stack_env(data_dir: Path, **settings: str) -> dict[str, str]:
 async def _events(data_dir: Path, account_id: str) -> list[str]:
     db = Database(f"sqlite:///{data_dir / 'twofa.db'}")
     try:
-        async with db.read() as session:
-            rows = await session.scalars(
-                select(AuditRecord.event).where(AuditRecord.account_id == account_id)
-            )
-            return list(rows)
+        return [record.event for record in await audit_trail(db, account_id)]
     finally:
         await db.dispose()
 
@@ -98,22 +86,27 @@ async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: P
     base = f"http://127.0.0.1:{ports['api']}"
     user = new_user()
     with _make_run(env, tmp_path / "first.log") as first:
-        await asyncio.to_thread(wait_for_http, f"{base}/healthz", 120)
+        await wait_for_http(f"{base}/healthz", 120)
         api = Api(base, (data / "service-token").read_text().strip(), data)
         await api.registered_and_logged_in(user)
         old_session = user.session_token
-        auto_logout_at = datetime.fromisoformat((await api.enable(user))["auto_logout_at"])
+        auto_logout_at = parse_time((await api.enable(user))["auto_logout_at"])
         await api.code_mail(user)
         os.killpg(first.pid, signal.SIGKILL)  # the whole group, no chance to clean up
         first.wait()
         await api.close()
-    await asyncio.to_thread(_wait_ports_free, list(ports.values()))
+    await eventually(
+        lambda: not any(listening(p) for p in ports.values()),
+        f"ports {list(ports.values())} released",
+        interval=0.2,
+    )
     with _make_run(env, tmp_path / "second.log"):
-        await asyncio.to_thread(wait_for_http, f"{base}/healthz", 120)
+        await wait_for_http(f"{base}/healthz", 120)
         api = Api(base, (data / "service-token").read_text().strip(), data)
         try:
             user.session_token = old_session
-            await asyncio.sleep(max((auto_logout_at - datetime.now(UTC)).total_seconds(), 0))
+            # the session's own expiry (the store's, on the clock) is what must hold here
+            await sleep_until(auto_logout_at, margin=0)
             r = await api.call("GET", "/v1/session", user)
             assert r.status_code == 401  # the auto-logout held across the crash
             await _finish_journey(api, user)
@@ -148,7 +141,7 @@ async def test_dev_server_restarted_mid_enrollment_still_fires_its_timers(
         started(server, env, tmp_path / "temporal-1.log") as temporal,
         started([TWOFA, "up"], env, tmp_path / "up.log"),
     ):
-        await asyncio.to_thread(wait_for_http, f"{base}/healthz", 120)
+        await wait_for_http(f"{base}/healthz", 120)
         api = Api(base, (data / "service-token").read_text().strip(), data)
         try:
             await api.registered_and_logged_in(user)
@@ -156,18 +149,18 @@ async def test_dev_server_restarted_mid_enrollment_still_fires_its_timers(
             first_code = await api.code_mail(user)
             temporal.send_signal(signal.SIGTERM)
             temporal.wait(timeout=30)
-            # both timers fall due while the server is down
+            # both timers fall due while the server is down: the clock itself must pass them
             due = [parse_time(enabled[k]) for k in ("auto_logout_at", "code_expires_at")]
             await sleep_until(max(due), margin=1)
             with started(server, env, tmp_path / "temporal-2.log"):
-                await asyncio.to_thread(wait_for_http, f"{base}/healthz", 120)
-                for _ in range(300):  # the timers fire once the server is back
-                    events = await _events(data, user.account_id)
-                    if "sessions_ended" in events and not await _code_usable(data, user):
-                        break
-                    await asyncio.sleep(0.1)
-                else:
-                    raise AssertionError(f"timers did not fire after the restart: {events}")
+                await wait_for_http(f"{base}/healthz", 120)
+                events: list[str] = []
+
+                async def fired() -> bool:  # the timers fire once the server is back
+                    events[:] = await _events(data, user.account_id)
+                    return "sessions_ended" in events and not await _code_usable(data, user)
+
+                await eventually(fired, lambda: f"the timers to fire after the restart: {events}")
                 login = await api.login_ok(user)
                 assert login["code_sent"] is True  # R4: a new mail with a new code
                 r = await api.submit_code(login["login_id"], first_code)

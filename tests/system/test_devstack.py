@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +18,12 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.journey import Api, new_user
-from tests.support.processes import TWOFA, free_port, wait_for_http
+from tests.support.journey import Api, eventually, new_user
+from tests.support.processes import TWOFA, free_port, listening, wait_for_http
 from twofa.devstack import STARTSECS
 
 #: Independent of the database backend: run once, in the SQLite pass of `make test`.
 pytestmark = pytest.mark.single_backend
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def _running(process: psutil.Process) -> bool:
@@ -39,13 +32,6 @@ def _running(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 @dataclass
@@ -77,7 +63,9 @@ class Stack:
                 continue
         return None
 
-    def restarted(self, name: str, old: psutil.Process, timeout: float = 120) -> psutil.Process:
+    async def restarted(
+        self, name: str, old: psutil.Process, timeout: float = 120
+    ) -> psutil.Process:
         """The part's new process, once the supervisor started one in place of ``old``."""
         found: list[psutil.Process] = []
 
@@ -87,8 +75,13 @@ class Stack:
                 found.append(part)
             return bool(found)
 
-        _wait_until(new_one, timeout, f"{name} not restarted:\n{self.output()}")
+        await eventually(new_one, lambda: f"{name} restarted:\n{self.output()}", timeout)
         return found[0]
+
+    async def printed(self, line: str, timeout: float) -> None:
+        await eventually(
+            lambda: line in self.output(), lambda: f"{line!r}:\n{self.output()}", timeout
+        )
 
 
 @contextmanager
@@ -112,15 +105,17 @@ def _twofa_up(tmp_path: Path) -> Iterator[Stack]:
             process.wait(timeout=60)
 
 
-def _wait_healthy(stack: Stack) -> None:
-    def healthy() -> bool:
-        assert stack.process.poll() is None, stack.output()
-        try:
-            return httpx.get(f"{stack.api_url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+async def _wait_healthy(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=2) as http:
 
-    _wait_until(healthy, 120, f"the API never answered:\n{stack.output()}")
+        async def healthy() -> bool:
+            assert stack.process.poll() is None, stack.output()
+            try:
+                return (await http.get(f"{stack.api_url}/healthz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(healthy, lambda: f"the API to answer:\n{stack.output()}", 120)
 
 
 def _listening(ports: dict[str, int]) -> set[tuple[int, int | None]]:
@@ -132,14 +127,16 @@ def _listening(ports: dict[str, int]) -> set[tuple[int, int | None]]:
     }
 
 
-def _assert_all_gone(stack: Stack, children: list[psutil.Process]) -> None:
+async def _assert_all_gone(stack: Stack, children: list[psutil.Process]) -> None:
     """Every child ended and every port released (a killed process with several threads shows
     as a zombie before its last thread has closed its sockets, so both are waited for)."""
-    _wait_until(
+    await eventually(
         lambda: not any(_running(c) for c in children) and not _listening(stack.ports),
+        lambda: (
+            f"every child gone; left: {[c for c in children if _running(c)]}, (port, pid) "
+            f"still listening: {_listening(stack.ports)}\n{stack.output()}"
+        ),
         30,
-        f"left: {[c for c in children if _running(c)]}, (port, pid) still listening: "
-        f"{_listening(stack.ports)}\n{stack.output()}",
     )
 
 
@@ -166,21 +163,22 @@ def _healthz_throughout(url: str) -> Iterator[list[int]]:
         thread.join()
 
 
-def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> None:
+async def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> None:
     with _twofa_up(tmp_path) as stack:
-        _wait_healthy(stack)
+        await _wait_healthy(stack)
         r = httpx.get(f"{stack.api_url}/healthz", timeout=2)
         assert r.json() == {"status": "ok", "database": True, "temporal": True}
         dashboard = f"http://127.0.0.1:{stack.ports['DASHBOARD']}"
 
-        def dashboard_serves() -> bool:  # streamlit's own health endpoint
+        async def dashboard_serves() -> bool:  # streamlit's own health endpoint
             assert stack.process.poll() is None, stack.output()
             try:
-                return httpx.get(f"{dashboard}/_stcore/health", timeout=2).text == "ok"
+                async with httpx.AsyncClient(timeout=2) as http:
+                    return (await http.get(f"{dashboard}/_stcore/health")).text == "ok"
             except httpx.HTTPError:
                 return False
 
-        _wait_until(dashboard_serves, 120, stack.output())
+        await eventually(dashboard_serves, lambda: f"the dashboard:\n{stack.output()}", 120)
         printed = stack.output()
         token = (stack.data / "service-token").read_text().strip()
         assert f"Service token        {token}" in printed
@@ -194,10 +192,8 @@ def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> N
         )
         assert r.status_code == 201, r.text
         data = stack.data  # readable by their owner only, the audit anchor too
-        deadline = time.monotonic() + 30
-        while not (data / "audit-anchor").exists():  # moved just after the record commits
-            assert time.monotonic() < deadline, stack.output()
-            time.sleep(0.05)
+        anchor = data / "audit-anchor"  # moved just after the record commits
+        await eventually(anchor.exists, lambda: f"the anchor:\n{stack.output()}", 30, 0.05)
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         for name in ("twofa.db", "temporal.db", "pepper", "service-token", "audit-anchor"):
             assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
@@ -206,14 +202,14 @@ def test_up_starts_everything_and_sigterm_stops_every_child(tmp_path: Path) -> N
         assert len(supervised) == 6, supervised  # five parts and the output relay
         stack.process.send_signal(signal.SIGTERM)
         assert stack.process.wait(timeout=60) == 0, stack.output()
-        _assert_all_gone(stack, children)
+        await _assert_all_gone(stack, children)
 
 
 async def test_killed_parts_come_back_and_the_journey_goes_on(tmp_path: Path) -> None:
     """SIGKILL of the SMTP sink, the worker, then the API: each is restarted, said in the log,
     and the next step of a journey succeeds; Ctrl-C then stops everything, exit 0."""
     with _twofa_up(tmp_path) as stack:
-        await asyncio.to_thread(_wait_healthy, stack)
+        await _wait_healthy(stack)
         api = Api(stack.api_url, (stack.data / "service-token").read_text().strip(), stack.data)
         try:
             user = await api.registered_and_logged_in(new_user())
@@ -221,12 +217,11 @@ async def test_killed_parts_come_back_and_the_journey_goes_on(tmp_path: Path) ->
             sink = stack.part("smtp-sink")
             assert sink is not None, stack.output()
             sink.kill()
-            await asyncio.to_thread(stack.restarted, "smtp-sink", sink)
-            await asyncio.to_thread(
-                _wait_until,
-                lambda: not _port_is_free(stack.ports["SMTP"]),
+            await stack.restarted("smtp-sink", sink)
+            await eventually(
+                lambda: listening(stack.ports["SMTP"]),
+                lambda: f"the SMTP sink to listen again:\n{stack.output()}",
                 60,
-                f"the SMTP sink never listened again:\n{stack.output()}",
             )
             await api.enable(user)
             code = await api.code_mail(user, timeout=60)
@@ -235,12 +230,11 @@ async def test_killed_parts_come_back_and_the_journey_goes_on(tmp_path: Path) ->
             assert worker is not None, stack.output()
             with _healthz_throughout(stack.api_url) as statuses:
                 worker.kill()
-                await asyncio.to_thread(stack.restarted, "worker", worker)
-                await asyncio.to_thread(
-                    _wait_until,
+                await stack.restarted("worker", worker)
+                await eventually(
                     lambda: stack.output().count("worker polling") == 2,
+                    lambda: f"the new worker to poll:\n{stack.output()}",
                     120,
-                    f"the new worker never polled:\n{stack.output()}",
                 )
                 login = await api.login_ok(user)
                 assert login["outcome"] == "activation_code_required", login
@@ -253,8 +247,8 @@ async def test_killed_parts_come_back_and_the_journey_goes_on(tmp_path: Path) ->
             server = stack.part("api")
             assert server is not None, stack.output()
             server.kill()
-            await asyncio.to_thread(stack.restarted, "api", server)
-            await asyncio.to_thread(wait_for_http, f"{stack.api_url}/healthz", 120)
+            await stack.restarted("api", server)
+            await wait_for_http(f"{stack.api_url}/healthz", 120)
             r = await api.pin(login["login_id"], user.pin)
             assert r.status_code == 200, r.text
         finally:
@@ -268,7 +262,7 @@ async def test_killed_parts_come_back_and_the_journey_goes_on(tmp_path: Path) ->
         children = stack.children()
         stack.process.send_signal(signal.SIGINT)
         assert stack.process.wait(timeout=60) == 0, stack.output()
-        _assert_all_gone(stack, children)
+        await _assert_all_gone(stack, children)
 
 
 async def test_a_part_that_keeps_dying_backs_off_and_sigkill_of_up_takes_every_child(
@@ -278,28 +272,22 @@ async def test_a_part_that_keeps_dying_backs_off_and_sigkill_of_up_takes_every_c
     while the rest serves, and the sink works once left alone. Then a SIGKILL of `twofa up`
     alone (no chance to clean up) still ends every child: only the parent-death signal acts."""
     with _twofa_up(tmp_path) as stack:
-        await asyncio.to_thread(_wait_healthy, stack)
+        await _wait_healthy(stack)
         sink = stack.part("smtp-sink")
         assert sink is not None, stack.output()
         sink.kill()  # maybe past STARTSECS already: restarted at once
-        sink = await asyncio.to_thread(stack.restarted, "smtp-sink", sink)
+        sink = await stack.restarted("smtp-sink", sink)
         for tries in (1, 2, 3):
             sink.kill()  # within STARTSECS of its start
             killed_at = time.monotonic()
-            sink = await asyncio.to_thread(stack.restarted, "smtp-sink", sink)
+            sink = await stack.restarted("smtp-sink", sink)
             assert time.monotonic() - killed_at >= tries  # supervisord waited before restarting
             said = f"died within {STARTSECS} s of its start ({tries} in a row), next try in {tries}"
-            await asyncio.to_thread(
-                _wait_until,
-                lambda said=said: said in stack.output(),
-                60,
-                f"{said!r}:\n{stack.output()}",
-            )
-        await asyncio.to_thread(
-            _wait_until,
-            lambda: not _port_is_free(stack.ports["SMTP"]),
+            await stack.printed(said, 60)
+        await eventually(
+            lambda: listening(stack.ports["SMTP"]),
+            lambda: f"the SMTP sink to listen:\n{stack.output()}",
             120,
-            f"the SMTP sink never listened:\n{stack.output()}",
         )
         api = Api(stack.api_url, (stack.data / "service-token").read_text().strip(), stack.data)
         try:
@@ -313,4 +301,4 @@ async def test_a_part_that_keeps_dying_backs_off_and_sigkill_of_up_takes_every_c
         assert len(children) >= 6, children
         stack.process.kill()
         stack.process.wait()
-        await asyncio.to_thread(_assert_all_gone, stack, children)
+        await _assert_all_gone(stack, children)

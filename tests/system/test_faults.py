@@ -17,9 +17,7 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,15 @@ from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from tests.support.journey import CODE_LINE, Api, User, new_user
-from tests.support.processes import TWOFA, environment, free_port, stop_process, wait_for_http
+from tests.support.journey import CODE_LINE, Api, User, eventually, new_user
+from tests.support.processes import (
+    TWOFA,
+    environment,
+    free_port,
+    listening,
+    stop_process,
+    wait_for_http,
+)
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import Database
@@ -78,18 +83,6 @@ class Part:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-async def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"{what} after {timeout} s"
-        await asyncio.sleep(0.1)
 
 
 @dataclass
@@ -147,7 +140,9 @@ class Journey:
     async def code_mail(self, count: int = 1) -> str:
         """The newest code, once ``count`` activation mails arrived (mailed before the step's
         answer, so this waits only for the sink's file)."""
-        await _until(lambda: len(self.codes_mailed()) >= count, self.failure(f"mail #{count}"))
+        await eventually(
+            lambda: len(self.codes_mailed()) >= count, lambda: self.failure(f"mail #{count}"), 60
+        )
         return self.codes_mailed()[-1][1]
 
     def failure(self, what: str, r: httpx.Response | None = None) -> str:
@@ -320,9 +315,9 @@ async def _chaos(
         await asyncio.sleep(down_for)
         parts[name].start()
         if name == "api":
-            await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{api_port}/healthz")
+            await wait_for_http(f"http://127.0.0.1:{api_port}/healthz")
         elif name == "temporal":
-            await _until(lambda: _port_open(temporal_port), "the dev server's port")
+            await eventually(lambda: listening(temporal_port), "the dev server's port", 60)
 
 
 async def _workflow_checks(client: Client, journeys: list[Journey]) -> None:
@@ -413,7 +408,7 @@ async def test_journeys_survive_processes_killed_at_random(
     try:
         for part in parts.values():
             part.start()
-        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{ports['api']}/healthz", 120)
+        await wait_for_http(f"http://127.0.0.1:{ports['api']}/healthz", 120)
         done = asyncio.Event()
         chaos = asyncio.create_task(
             _chaos(rng, parts, ports["api"], ports["temporal"], done, schedule)

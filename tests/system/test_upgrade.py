@@ -12,7 +12,6 @@ release whose pinned libraries the previous one cannot run on would need a venv 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tarfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import BACKEND, SERVICE_TOKEN
 from tests.support import postgres
-from tests.support.journey import CODE_LINE, Api, User, account_row, eventually, new_user
+from tests.support.journey import (
+    Api,
+    User,
+    account_row,
+    code_mail,
+    eventually,
+    new_user,
+    parse_time,
+    sleep_until,
+    state_in_store,
+)
 from tests.support.processes import (
     REPO,
     TWOFA,
@@ -43,7 +52,7 @@ from tests.support.processes import (
     worker_polls,
 )
 from twofa.config import Settings
-from twofa.devstack import read_mails, start_smtp_sink, temporal_binary
+from twofa.devstack import start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate
 from twofa.workflows.messages import workflow_id
 from twofa.workflows.two_factor import STATE_KEY
@@ -188,22 +197,7 @@ class OldApi:
 
     async def code(self, user: User, count: int) -> str:
         """The newest code once ``count`` activation mails reached the user."""
-
-        async def mailed() -> bool:
-            return len(self._bodies(user.email)) >= count
-
-        await eventually(mailed, f"mail #{count} to {user.email}")
-        match = CODE_LINE.search(self._bodies(user.email)[-1])
-        assert match, "no activation code in the newest mail"
-        user.codes.append(match.group(1))
-        return match.group(1)
-
-    def _bodies(self, email: str) -> list[str]:
-        return [
-            m.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-            for m in read_mails(self.mail_dir)
-            if email in str(m["To"])
-        ]
+        return await code_mail(self.mail_dir, user, count, timeout=30)
 
     async def enabled(self, user: User) -> None:
         """Registered, logged in, 2FA enabled: the code is in the mailbox."""
@@ -249,7 +243,7 @@ class OldApi:
         for _ in range(4):
             await self.step(login["login_id"], "pin", 400, pin="0000")
         refused = await self.step(login["login_id"], "pin", 423, pin="0000")
-        return datetime.fromisoformat(refused["locked_until"])
+        return parse_time(refused["locked_until"])
 
 
 @dataclass
@@ -317,7 +311,7 @@ async def test_every_account_goes_on_after_the_upgrade(stack: Stack, release_tre
         )
         await stack.worker_polls(old_worker, logs / "old-worker.log")
         old = OldApi(_url(old_env), SERVICE_TOKEN, stack.settings.mail_dir)
-        await asyncio.to_thread(wait_for_http, _url(old_env, "/healthz"))
+        await wait_for_http(_url(old_env, "/healthz"))
         try:
             accounts = await _leave_accounts_in_every_state(old)
             migrate(stack.settings.resolved_database_url)
@@ -337,7 +331,7 @@ async def test_every_account_goes_on_after_the_upgrade(stack: Stack, release_tre
             await old.close()
 
         processes.enter_context(started([TWOFA, "api"], new_env, logs / "new-api.log"))
-        await asyncio.to_thread(wait_for_http, _url(new_env, "/healthz"))
+        await wait_for_http(_url(new_env, "/healthz"))
         old_api.terminate()
         old_api.wait(timeout=30)
         api = Api(_url(new_env), SERVICE_TOKEN, stack.settings.data_dir)
@@ -359,7 +353,7 @@ def _url(env: dict[str, str], path: str = "") -> str:
 async def _every_account_goes_on(api: Api, database: Database, a: Accounts) -> None:
     login = await api.login_ok(a.locked)
     assert login["outcome"] == "locked", login  # the lock outlasted the switch
-    assert datetime.fromisoformat(login["locked_until"]) == a.locked_until
+    assert parse_time(login["locked_until"]) == a.locked_until
 
     # the code mailed before the upgrade is accepted, and no second one was sent
     user = a.pending_code
@@ -411,14 +405,10 @@ async def _every_account_goes_on(api: Api, database: Database, a: Accounts) -> N
 
     # the lock ends on time for the user, and its timer, started by the old worker, fires
     # under the new one
-    await asyncio.sleep(max((a.locked_until - datetime.now(UTC)).total_seconds(), 0))
+    await sleep_until(a.locked_until, margin=0)  # on the clock: the login sees no lock from then
     login = await api.login_ok(a.locked)
     assert login["outcome"] == "pin_required", login
-
-    async def unlocked() -> bool:
-        return (await account_row(database, a.locked.account_id)).two_factor_state == "active"
-
-    await eventually(unlocked, "the lock's end in the store")
+    await state_in_store(database, a.locked.account_id, "active")  # the timer's projection
     ended = (await account_row(database, a.locked.account_id)).updated_at
     assert a.locked_until <= ended <= a.locked_until + LOCK_END_SLACK, (ended, a.locked_until)
     r = await api.pin(login["login_id"], a.locked.pin)

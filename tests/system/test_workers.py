@@ -99,12 +99,14 @@ async def test_workers_killed_at_each_step_lose_nothing(
         await worker_polls(client, queue, worker, tmp_path / "worker-0.log")
         await api.enable(user)
         worker.send_signal(signal.SIGKILL)
+        worker.wait()  # dead before started() stops it: no SIGTERM to judge
     with restart() as worker:
         code = await api.code_mail(user)
         login = await api.login_ok(user)
         r = await api.submit_code(login["login_id"], code)
         assert r.status_code == 200, r.text
         worker.send_signal(signal.SIGKILL)
+        worker.wait()  # dead before started() stops it: no SIGTERM to judge
     with restart() as worker:
         activation = asyncio.create_task(api.activate(login["login_id"], user))
 
@@ -130,7 +132,7 @@ async def test_the_api_runs_with_several_uvicorn_workers(
     port = free_port()
     env = environment(base_settings, api_port=str(port))
     with started([TWOFA, "api", "--workers", "2"], env, tmp_path / "api.log"):
-        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/healthz")
+        await wait_for_http(f"http://127.0.0.1:{port}/healthz")
         api = Api(f"http://127.0.0.1:{port}", base_settings.resolved_service_token, data_dir)
         try:
             users = await asyncio.gather(*(api.activated(new_user()) for _ in range(4)))

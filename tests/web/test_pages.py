@@ -8,7 +8,6 @@ document, with the codes read from the SMTP sink and a screenshot per step.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from html.parser import HTMLParser
@@ -19,7 +18,7 @@ import pytest
 
 from tests.conftest import ApiFactory
 from tests.support.browser import launch
-from tests.support.journey import Api, User, new_user, parse_time, sleep_until
+from tests.support.journey import Api, User, eventually, new_user, parse_time, sleep_until
 
 #: The product's own 10 seconds: the pages say it, and no test waits for it to pass.
 AUTO_LOGOUT = 10
@@ -379,6 +378,7 @@ async def test_expired_code_means_logging_in_again(start_api: ApiFactory) -> Non
         credentials = {"email": user.email, "password": user.password}
         r = await visitor.post("/login", credentials)
         at(r, "/login/code", "valid during 2 seconds")
+        # the code's expiry is on the clock: the page must refuse it from that instant on
         await sleep_until(parse_time(enabled["code_expires_at"]))
         r = await visitor.post("/login/code", {"code": code})
         at(r, "/login", "Log in to Cockpit again to receive another email with a new activation")
@@ -794,12 +794,16 @@ async def test_third_lock_in_a_row_says_an_admin_unlocks(start_api: ApiFactory) 
     try:
         await visitor.get("/login")
         for lock in (1, 2, 3):
-            while True:  # until the last lock is over, the login answers with the lock page
+
+            async def lock_over(lock: int = lock) -> bool:
+                """Until the last lock is over, the login answers with the lock page."""
                 r = await visitor.post("/login", {"email": user.email, "password": user.password})
                 if r.request.url.path == "/login/pin":
-                    break
+                    return True
                 assert r.status_code == 423 and lock > 1, r.text
-                await asyncio.sleep(0.2)
+                return False
+
+            await eventually(lock_over, f"the end of lock #{lock - 1}", interval=0.2)
             for _ in range(4):
                 r = await visitor.post("/login/pin", {"pin": "90817263"})
                 assert r.status_code == 400, r.text
