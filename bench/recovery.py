@@ -21,7 +21,6 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,16 @@ from rich.table import Table
 from temporalio.api.enums.v1 import (
     PendingActivityState,
     PendingWorkflowTaskState,
-    TaskQueueType,
 )
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 
 from bench.client import BenchUser, epoch, new_user
 from bench.context import Context
 from bench.report import Check, num, settings_table
 from bench.stats import Summary
+from tests.support.journey import eventually
+from tests.support.processes import worker_polls
 from twofa.workflows.messages import workflow_id
 
 TARGET_SECONDS = 10.0
@@ -105,14 +103,6 @@ async def _answer(ctx: Context, request: Request) -> tuple[httpx.Response, int]:
         await asyncio.sleep(0.2)
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(POLL)
-
-
 async def _described(handle: WorkflowHandle[Any, Any]) -> Any:
     try:
         return (await handle.describe()).raw_description
@@ -129,21 +119,7 @@ async def _quiet(handle: WorkflowHandle[Any, Any]) -> None:
             d is not None and not d.pending_activities and not d.HasField("pending_workflow_task")
         )
 
-    await _until(quiet, "the workflow to settle")
-
-
-async def _first_poll(client: Client, task_queue: str, pid: int) -> None:
-    request = DescribeTaskQueueRequest(
-        namespace=client.namespace,
-        task_queue=TaskQueue(name=task_queue),
-        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-    )
-
-    async def polled() -> bool:
-        pollers = (await client.workflow_service.describe_task_queue(request)).pollers
-        return any(p.identity.startswith(f"{pid}@") for p in pollers)
-
-    await _until(polled, f"worker {pid} to poll")
+    await eventually(quiet, "the workflow to settle", timeout=60, interval=POLL)
 
 
 async def _killed_mid_step(
@@ -173,10 +149,14 @@ async def _killed_mid_step(
         )
 
     try:
-        await _until(update_arrived, f"{step}: the update to reach the workflow")
+        await eventually(
+            update_arrived, f"{step}: the update to reach the workflow", timeout=60, interval=POLL
+        )
         async with WriteLock(db_path):
             worker.send_signal(signal.SIGCONT)
-            await _until(activity_running, f"{step}: the activity to start")
+            await eventually(
+                activity_running, f"{step}: the activity to start", timeout=60, interval=POLL
+            )
             worker.send_signal(signal.SIGKILL)
             killed = time.perf_counter()
             await asyncio.to_thread(worker.wait)
@@ -187,7 +167,10 @@ async def _killed_mid_step(
     spawned = time.perf_counter()
     # the stack's own spawn, so the new worker is measured, stopped and reaped like the old one
     stack._spawn("worker", stack.parts["worker"].command, stack.settings.environment())
-    await _first_poll(client, stack.settings.temporal_task_queue, stack.parts["worker"].process.pid)
+    worker = stack.parts["worker"]
+    await worker_polls(
+        client, stack.settings.temporal_task_queue, worker.process, worker.log, interval=POLL
+    )
     polled = time.perf_counter()
     r, repeats = await answer
     answered = time.perf_counter()

@@ -19,14 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from bench.floor import TASK_QUEUE as FLOOR_TASK_QUEUE
-from tests.support.processes import free_port, stop_process
+from tests.support.processes import free_port, stop_process, wait_for_http, worker_polls
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import migrate
@@ -132,40 +128,13 @@ class Stack:
             env,
         )
         self._spawn("api", [str(BIN / "twofa"), "api"], env)
-        await self._wait_for_pollers(client, settings.temporal_task_queue)
-        await self._wait_for_pollers(client, FLOOR_TASK_QUEUE)
-        await self._wait_for_http(f"{self.api_url}/healthz")
+        for name, queue in (
+            ("worker", settings.temporal_task_queue),
+            ("floor worker", FLOOR_TASK_QUEUE),
+        ):
+            await worker_polls(client, queue, self.parts[name].process, self.parts[name].log)
+        await wait_for_http(f"{self.api_url}/healthz")
         return client
-
-    async def _wait_for_pollers(self, client: Client, task_queue: str, timeout: float = 60) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        request = DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-        while loop.time() < deadline:
-            self._check_alive()
-            described = await client.workflow_service.describe_task_queue(request)
-            if described.pollers:
-                return
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"no worker polls {task_queue}")
-
-    async def _wait_for_http(self, url: str, timeout: float = 60) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with httpx.AsyncClient(timeout=2) as http:
-            while loop.time() < deadline:
-                self._check_alive()
-                try:
-                    if (await http.get(url)).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise TimeoutError(url)
 
     async def restart_worker(self) -> None:
         """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
@@ -173,7 +142,10 @@ class Stack:
         stop_process(part.process)
         self._spawn("worker", part.command, self.settings.environment())
         assert self.client is not None
-        await self._wait_for_pollers(self.client, self.settings.temporal_task_queue)
+        worker = self.parts["worker"]
+        await worker_polls(
+            self.client, self.settings.temporal_task_queue, worker.process, worker.log
+        )
 
     def stop(self) -> None:
         """SIGTERM every part (API and workers first, the dev server last), then SIGKILL."""

@@ -90,7 +90,11 @@ def started(
 
 
 async def worker_polls(
-    client: Client, task_queue: str, process: subprocess.Popen[bytes], log: Path
+    client: Client,
+    task_queue: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    interval: float = 0.1,
 ) -> None:
     """Waits until that process's worker polls ``task_queue`` (its identity is pid@host)."""
 
@@ -105,7 +109,7 @@ async def worker_polls(
         )
         return any(p.identity.startswith(f"{process.pid}@") for p in described.pollers)
 
-    await eventually(polling, "the worker polls", timeout=60)
+    await eventually(polling, "the worker polls", timeout=60, interval=interval)
 
 
 async def wait_for_http(url: str, timeout: float = 60) -> None:
