@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, Device
-from twofa.store.statements import as_model, table_of
+from twofa.store.statements import as_model, rows_changed, table_of
 from twofa.workflows.messages import Projection
 
 _accounts, _devices = table_of(Account), table_of(Device)
@@ -103,7 +103,7 @@ async def save_projection(db: AsyncSession, projection: Projection, now: datetim
             updated_at=now,
         )
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(rows_changed(result))
 
 
 async def claim_pin_check(
@@ -111,7 +111,7 @@ async def claim_pin_check(
 ) -> bool:
     """Takes the account's one PIN-check slot until ``until``, unless another check holds it."""
     result = await db.execute(_CLAIM_PIN_CHECK, {"account": account_id, "now": now, "until": until})
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(rows_changed(result))
 
 
 async def release_pin_check(db: AsyncSession, account_id: str) -> Account | None:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa import audit
 from twofa.store.models import Device, LoginChallenge, Session
-from twofa.store.statements import table_of
+from twofa.store.statements import rows_changed, table_of
 
 _devices = table_of(Device)
 #: Built once: it runs at every PIN login (see store.statements).
@@ -33,7 +33,7 @@ async def active_devices(db: AsyncSession, account_id: str) -> Sequence[Device]:
 async def touch_device(db: AsyncSession, device_id: str | None, now: datetime) -> bool:
     """Marks a trusted browser used; False if it was revoked (or never was)."""
     result = await db.execute(_TOUCH_DEVICE, {"device": device_id, "now": now})
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(rows_changed(result))
 
 
 async def revoke_devices(

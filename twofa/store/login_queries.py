@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, LoginChallenge
-from twofa.store.statements import as_model, column_values, table_of
+from twofa.store.statements import as_model, column_values, rows_changed, table_of
 
 _accounts, _challenges = table_of(Account), table_of(LoginChallenge)
 #: The login path's statements, built once (see store.statements).
@@ -65,7 +65,7 @@ async def advance_challenge(
         )
         .values(**changes)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(rows_changed(result))
 
 
 async def finish_challenges(db: AsyncSession, account_id: str, now: datetime) -> None:

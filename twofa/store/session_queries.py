@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, Session
 from twofa.store.pepper_queries import digest_is
-from twofa.store.statements import column_values, table_of
+from twofa.store.statements import column_values, rows_changed, table_of
 from twofa.workflows.messages import TwoFactorState
 
 #: Built once: every login ends in a new session (see store.statements).
@@ -102,7 +102,7 @@ async def end_sessions(
         .where(_before_two_factor(account_id, created_before))
         .values(ended_at=now, end_reason=reason)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return rows_changed(result)
 
 
 async def open_sessions(db: AsyncSession, account_id: str, now: datetime) -> Sequence[Session]:

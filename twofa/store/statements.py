@@ -1,5 +1,6 @@
-"""Statements built once, for the hot path of a login: Core statements on the tables, with bound
-parameters, so a call only binds its values.
+"""What the query modules share: statements built once for the hot path of a login (Core
+statements on the tables, with bound parameters, so a call only binds its values), the rows
+they read as transient models, and the count of rows a write changed.
 
 Through the ORM each statement was built anew on every call, its cache key computed, its
 update synchronized with the session and its inserts flushed by the unit of work: more Python
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, Table
+from sqlalchemy import CursorResult, Result, Row, Table
 
 M = TypeVar("M")
 
@@ -29,3 +30,9 @@ def as_model(model: type[M], row: Row[Any], prefix: str = "") -> M:
 def column_values(instance: Any) -> dict[str, Any]:
     """A new model object's columns, for a Core insert (no unit of work, no flush)."""
     return {c.name: getattr(instance, c.key) for c in table_of(type(instance)).c}
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched: a session's ``execute`` is typed as returning a
+    plain ``Result``, but for these statements it is a ``CursorResult``, which counts them."""
+    return cast(CursorResult[Any], result).rowcount
