@@ -125,7 +125,8 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
                 search_attributes={
                     STATE_SEARCH_ATTRIBUTE: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
                 },
-            )
+            ),
+            retry=True,  # idempotent; rides out a transient failure as the SDK's own calls do
         )
     except RPCError as error:
         if error.status != RPCStatusCode.ALREADY_EXISTS:

@@ -105,7 +105,11 @@ async def worker_polls(
                 namespace=client.namespace,
                 task_queue=TaskQueue(name=task_queue),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
+            ),
+            # the SDK's retry: a call in flight when the server closes an old connection
+            # (GOAWAY) fails CANCELLED "operation was canceled" and is retried once
+            # (temporalio/sdk-core#807); without it, seen once in a clean-clone run
+            retry=True,
         )
         return any(p.identity.startswith(f"{process.pid}@") for p in described.pollers)
 
