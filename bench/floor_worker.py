@@ -15,6 +15,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bench.floor import TASK_QUEUE, EnrollmentShape, noop
+from twofa.temporal import exit_without_teardown
 
 
 async def serve(address: str) -> None:
@@ -35,3 +36,4 @@ async def serve(address: str) -> None:
 
 if __name__ == "__main__":
     asyncio.run(serve(sys.argv[1]))
+    exit_without_teardown()

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import typer
 import uvicorn
@@ -33,19 +33,6 @@ def _logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per plugin at every start
 
 
-def _exit_without_teardown(code: int = 0) -> NoReturn:
-    """Leave a process that held a Temporal client once its work is done and flushed.
-
-    The SDK's Rust threads can call into Python while the interpreter finalizes, which aborts the
-    process ("PyGILState_Release: thread state must be current", temporalio/sdk-python#300): a
-    clean stop would end in SIGABRT and a half-written log line. Nothing is left to tear down.
-    """
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 @app.command()
 def up() -> None:
     """Start everything on loopback: Temporal dev server, SMTP sink, worker, API and dashboard."""
@@ -57,12 +44,12 @@ def up() -> None:
 @app.command()
 def worker() -> None:
     """Run the Temporal worker (workflows and activities)."""
-    from twofa.temporal import run_worker
+    from twofa.temporal import exit_without_teardown, run_worker
 
     _logging()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker(Settings()))
-    _exit_without_teardown()
+    exit_without_teardown()
 
 
 @app.command()
@@ -323,6 +310,7 @@ def admin_create(
 ) -> None:
     """Create a dashboard operator; the password is prompted, or read from stdin when piped."""
     from twofa.errors import ServiceError
+    from twofa.temporal import exit_without_teardown
     from twofa.wiring import services
 
     if sys.stdin.isatty():
@@ -338,9 +326,9 @@ def admin_create(
         asyncio.run(create())
     except ServiceError as error:
         typer.echo(f"refused: {error.message}", err=True)
-        _exit_without_teardown(1)
+        exit_without_teardown(1)
     typer.echo(f"{role} {email} created")
-    _exit_without_teardown()
+    exit_without_teardown()
 
 
 @app.command()
@@ -350,6 +338,7 @@ def seed(accounts: int = typer.Option(200, min=1, help="how many demo accounts")
 
     from twofa.seed import DEMO_PASSWORD, DEMO_PIN
     from twofa.seed import seed as run_seed
+    from twofa.temporal import exit_without_teardown
     from twofa.wiring import services
 
     async def go() -> dict[str, int]:
@@ -370,4 +359,4 @@ def seed(accounts: int = typer.Option(200, min=1, help="how many demo accounts")
     tally = asyncio.run(go())
     typer.echo(", ".join(f"{state}: {n}" for state, n in tally.items()))
     typer.echo(f"every seeded account's password is {DEMO_PASSWORD!r}, its PIN {DEMO_PIN!r}")
-    _exit_without_teardown()
+    exit_without_teardown()

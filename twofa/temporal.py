@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -101,6 +103,20 @@ async def connect(
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+def exit_without_teardown(code: int = 0) -> NoReturn:
+    """Leave a process that held a Temporal client once its work is done and flushed.
+
+    The SDK's Rust threads can call into Python while the interpreter finalizes, which aborts the
+    process ("PyGILState_Release: thread state must be current", temporalio/sdk-python#300): a
+    clean stop would end in SIGABRT or SIGSEGV and a half-written log line. Nothing is left to
+    tear down.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @asynccontextmanager
