@@ -23,7 +23,7 @@ from tests.support import postgres
 from tests.support.journey import Api
 from tests.support.processes import free_port, serve_api
 from twofa.config import Settings
-from twofa.devstack import start_smtp_sink, temporal_binary
+from twofa.devstack import POLLS_END_ON_SHUTDOWN, start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate
 from twofa.temporal import serving
 from twofa.workflows.two_factor import STATE_KEY
@@ -63,7 +63,7 @@ async def temporal() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=[STATE_KEY],
-        dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL"],
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL", *POLLS_END_ON_SHUTDOWN],
     )
     yield env
     await env.shutdown()

@@ -113,18 +113,17 @@ async def test_worker_serves_temporal_metrics_and_logs_json(
     )
     log = tmp_path / "worker.log"
     text = ""
-    with started([TWOFA, "worker"], env, log):
-        async with httpx.AsyncClient(timeout=2) as http:
+    async with started([TWOFA, "worker"], env, log), httpx.AsyncClient(timeout=2) as http:
 
-            async def served() -> bool:
-                nonlocal text
-                try:
-                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-                except httpx.HTTPError:
-                    text = ""
-                return "temporal_" in text
+        async def served() -> bool:
+            nonlocal text
+            try:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            except httpx.HTTPError:
+                text = ""
+            return "temporal_" in text
 
-            await eventually(served, lambda: f"Temporal metrics:\n{text[:2000]}", 60, 0.2)
+        await eventually(served, lambda: f"Temporal metrics:\n{text[:2000]}", 60, 0.2)
     names = {family.name for family in text_string_to_metric_families(text)}
     assert any(name.startswith("temporal_") for name in names), names
     lines = log.read_text().splitlines()
@@ -155,7 +154,7 @@ async def test_json_logs_carry_the_request_id_and_no_secret(
     env = environment(base_settings, api_port=str(port), log_format="json")
     log = tmp_path / "api.log"
     url = f"http://127.0.0.1:{port}"
-    with started([TWOFA, "api"], env, log):
+    async with started([TWOFA, "api"], env, log):
         await wait_for_http(f"{url}/healthz")
         api = Api(url, SERVICE_TOKEN, data_dir)
         ids: list[str] = []

@@ -139,9 +139,19 @@ def temporal_binary() -> str:
     return found
 
 
+#: A stopping worker asks the server to end its polls (the namespace's "worker poll complete on
+#: shutdown"), instead of cutting them itself: a task the server handed to a poll as the worker
+#: cut it would wait out its 10 s start-to-close timeout before another worker could take it.
+POLLS_END_ON_SHUTDOWN = [
+    "--dynamic-config-value",
+    "frontend.enableCancelWorkerPollsOnShutdown=true",
+]
+
+
 def dev_server_args(settings: Settings) -> list[str]:
     """Dev-server flags; the two pragmas doubled its throughput on a 2-core machine."""
     return [
+        *POLLS_END_ON_SHUTDOWN,
         "--ip", "127.0.0.1",
         "--port", str(settings.temporal_port),
         "--ui-port", str(settings.temporal_ui_port),

@@ -208,7 +208,7 @@ async def test_s8_a_100_mb_body_costs_the_api_no_memory(
     port = free_port()
     env = environment(base_settings, api_port=str(port))
     url = f"http://127.0.0.1:{port}"
-    with started([TWOFA, "api"], env, tmp_path / "api.log") as process:
+    async with started([TWOFA, "api"], env, tmp_path / "api.log") as process:
         await wait_for_http(f"{url}/healthz")
 
         def upload(headers: dict[str, str], content: Any) -> httpx.Response:

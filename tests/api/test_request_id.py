@@ -13,7 +13,6 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,9 +80,10 @@ async def stack(
         workflow_call_timeout_seconds="20",
     )
     url = f"http://127.0.0.1:{port}"
-    with ExitStack() as processes:
-        processes.enter_context(started([TWOFA, "worker"], env, logs / "worker.log"))
-        processes.enter_context(started([TWOFA, "api"], env, logs / "api.log"))
+    async with (
+        started([TWOFA, "worker"], env, logs / "worker.log"),
+        started([TWOFA, "api"], env, logs / "api.log"),
+    ):
         await wait_for_http(f"{url}/healthz")
         api = Api(url, SERVICE_TOKEN, data_dir)
         try:

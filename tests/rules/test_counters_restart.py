@@ -11,8 +11,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from temporalio.client import Client
@@ -84,11 +84,11 @@ class Workers:
         self.logs = logs
         self.started = 0
 
-    @contextmanager
-    def run(self) -> Iterator[subprocess.Popen[bytes]]:
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[subprocess.Popen[bytes]]:
         self.started += 1
         log = self.logs / f"worker-{self.started}.log"
-        with started([TWOFA, "worker"], self.env, log) as process:
+        async with started([TWOFA, "worker"], self.env, log) as process:
             yield process
 
     @staticmethod
@@ -117,7 +117,7 @@ async def test_wrong_pins_count_across_a_killed_worker(
     tmp_path: Path,
 ) -> None:
     api, workers = await private_queue(start_api, base_settings, tmp_path, "pin-restart")
-    with workers.run() as worker:
+    async with workers.run() as worker:
         user = await api.activated(new_user("pin-restart"))
         login = await api.login_ok(user)
         assert login["outcome"] == "pin_required", login
@@ -125,7 +125,7 @@ async def test_wrong_pins_count_across_a_killed_worker(
         workers.kill(worker)
     # The count is durable where it lives: the workflow and its projection.
     assert (await account_row(database, user.account_id)).pin_failures == 3
-    with workers.run():
+    async with workers.run():
         assert (await progress(client, user.account_id))["pin_failures"] == 3
         await wrong_pins(api, login["login_id"], [1])
         await assert_locked_by_the_fifth_pin(api, user, login["login_id"])
@@ -141,14 +141,14 @@ async def test_wrong_codes_count_across_a_killed_worker(
 ) -> None:
     api, workers = await private_queue(start_api, base_settings, tmp_path, "code-restart")
     user = new_user("code-restart")
-    with workers.run() as worker:
+    async with workers.run() as worker:
         await api.enabled(user)
         code = await api.code_mail(user)
         login = await api.login_ok(user)
         assert login["outcome"] == "activation_code_required", login
         await wrong_codes(api, login["login_id"], code, [4, 3, 2])
         workers.kill(worker)
-    with workers.run():
+    async with workers.run():
         assert (await progress(client, user.account_id))["code_failures"] == 3
         await wrong_codes(api, login["login_id"], code, [1, 0])
         await assert_code_used_up(api, user, login["login_id"], code)
@@ -221,18 +221,18 @@ async def test_pin_code_and_password_counters_survive_a_killed_api_process(
     password_user = await api.register(new_user("kill-api-password"))
     wrong_password = User(email=password_user.email, password="not-the-password-9")
 
-    @contextmanager
-    def api_process(n: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    @asynccontextmanager
+    async def api_process(n: int) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
         port = free_port()
         env = environment(base_settings, api_port=str(port))
-        with started([TWOFA, "api"], env, tmp_path / f"api-{n}.log") as process:
+        async with started([TWOFA, "api"], env, tmp_path / f"api-{n}.log") as process:
             yield process, f"http://127.0.0.1:{port}"
 
     async def ready(url: str) -> Api:
         await wait_for_http(f"{url}/healthz")
         return Api(url, base_settings.resolved_service_token, base_settings.data_dir)
 
-    with api_process(1) as (process, url):
+    async with api_process(1) as (process, url):
         before = await ready(url)
         try:
             pin_login = await before.login_ok(pin_user)
@@ -248,7 +248,7 @@ async def test_pin_code_and_password_counters_survive_a_killed_api_process(
             await before.close()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-    with api_process(2) as (_, url):
+    async with api_process(2) as (_, url):
         after = await ready(url)
         try:
             await wrong_pins(after, pin_login["login_id"], [1])

@@ -327,7 +327,7 @@ async def test_a_hundred_concurrent_journeys_all_complete_consistently(
     try:
         api = await start_api(temporal_task_queue=queue)
         env = environment(base_settings, temporal_task_queue=queue, smtp_port=str(smtp_port))
-        with started([TWOFA, "worker"], env, tmp_path / "worker.log"):
+        async with started([TWOFA, "worker"], env, tmp_path / "worker.log"):
             mailbox = MailBox(tmp_path / "mail")
             gate = asyncio.Semaphore(CROWD_PARALLELISM)
 

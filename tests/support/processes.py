@@ -10,8 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -74,16 +74,27 @@ def stop_process(process: subprocess.Popen[bytes]) -> int | None:
         return process.wait()
 
 
-@contextmanager
-def started(
+async def exited(process: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+    """Waits for ``process`` to end without blocking the event loop; its exit code.
+
+    A test's loop must keep running while a child stops: a child that commits on its way out
+    (the worker's notifier) waits on SQLite locks that this process's own tasks may hold, and
+    a loop blocked in ``wait()`` would hold them until the child is killed (seen in CI).
+    """
+    return await asyncio.to_thread(process.wait, timeout)
+
+
+@asynccontextmanager
+async def started(
     command: list[str], env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """Runs ``command`` for the block, then stops it and asserts that it stopped cleanly."""
     with log.open("ab") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
-        code = stop_process(process)
+        code = await asyncio.to_thread(stop_process, process)
     # uvicorn ends by raising the SIGTERM it caught once its shutdown is done, hence -SIGTERM
     clean = (0, -signal.SIGTERM, None)
     assert code in clean, f"{command[1:]} stopped with {code}: {log.read_text()[-2000:]}"

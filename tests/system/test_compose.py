@@ -351,7 +351,11 @@ def test_temporal_server_reads_the_mounted_dynamic_config(
     mounts = {v.split(":")[1]: v.split(":")[0] for v in temporal["volumes"]}
     source = mounts[env["DYNAMIC_CONFIG_FILE_PATH"]]
     config = yaml.safe_load((REPO / source).read_text())
-    for key in ("frontend.enableUpdateWorkflowExecution", "frontend.enableExecuteMultiOperation"):
+    for key in (
+        "frontend.enableUpdateWorkflowExecution",
+        "frontend.enableExecuteMultiOperation",
+        "frontend.enableCancelWorkerPollsOnShutdown",
+    ):
         assert config[key] == [{"value": True, "constraints": {}}], key
 
 

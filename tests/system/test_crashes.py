@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,15 @@ from tests.support.journey import (
     parse_time,
     sleep_until,
 )
-from tests.support.processes import REPO, TWOFA, free_port, listening, started, wait_for_http
+from tests.support.processes import (
+    REPO,
+    TWOFA,
+    exited,
+    free_port,
+    listening,
+    started,
+    wait_for_http,
+)
 from twofa.config import Settings
 from twofa.devstack import dev_server_args, temporal_binary
 from twofa.store.db import Database
@@ -61,8 +69,8 @@ async def _finish_journey(api: Api, user: User) -> None:
     assert r.status_code == 200, r.text
 
 
-@contextmanager
-def _make_run(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+@asynccontextmanager
+async def _make_run(env: dict[str, str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
     """`make run` in its own process group, as a terminal would start it."""
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -74,7 +82,7 @@ def _make_run(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+            await exited(process, timeout=30)
 
 
 async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: Path) -> None:
@@ -85,7 +93,7 @@ async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: P
     )
     base = f"http://127.0.0.1:{ports['api']}"
     user = new_user()
-    with _make_run(env, tmp_path / "first.log") as first:
+    async with _make_run(env, tmp_path / "first.log") as first:
         await wait_for_http(f"{base}/healthz", 120)
         api = Api(base, (data / "service-token").read_text().strip(), data)
         await api.registered_and_logged_in(user)
@@ -100,7 +108,7 @@ async def test_make_run_killed_mid_enrollment_continues_where_it_was(tmp_path: P
         f"ports {list(ports.values())} released",
         interval=0.2,
     )
-    with _make_run(env, tmp_path / "second.log"):
+    async with _make_run(env, tmp_path / "second.log"):
         await wait_for_http(f"{base}/healthz", 120)
         api = Api(base, (data / "service-token").read_text().strip(), data)
         try:
@@ -137,7 +145,7 @@ async def test_dev_server_restarted_mid_enrollment_still_fires_its_timers(
     )
     base = f"http://127.0.0.1:{ports['api']}"
     user = new_user()
-    with (
+    async with (
         started(server, env, tmp_path / "temporal-1.log") as temporal,
         started([TWOFA, "up"], env, tmp_path / "up.log"),
     ):
@@ -148,11 +156,11 @@ async def test_dev_server_restarted_mid_enrollment_still_fires_its_timers(
             enabled = await api.enable(user)
             first_code = await api.code_mail(user)
             temporal.send_signal(signal.SIGTERM)
-            temporal.wait(timeout=30)
+            await exited(temporal, timeout=30)
             # both timers fall due while the server is down: the clock itself must pass them
             due = [parse_time(enabled[k]) for k in ("auto_logout_at", "code_expires_at")]
             await sleep_until(max(due), margin=1)
-            with started(server, env, tmp_path / "temporal-2.log"):
+            async with started(server, env, tmp_path / "temporal-2.log"):
                 await wait_for_http(f"{base}/healthz", 120)
                 events: list[str] = []
 

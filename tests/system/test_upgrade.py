@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,13 +46,14 @@ from tests.support.processes import (
     REPO,
     TWOFA,
     environment,
+    exited,
     free_port,
     started,
     wait_for_http,
     worker_polls,
 )
 from twofa.config import Settings
-from twofa.devstack import start_smtp_sink, temporal_binary
+from twofa.devstack import POLLS_END_ON_SHUTDOWN, start_smtp_sink, temporal_binary
 from twofa.store.db import Database, migrate
 from twofa.workflows.messages import workflow_id
 from twofa.workflows.two_factor import STATE_KEY
@@ -139,7 +140,9 @@ async def stack(tmp_path: Path, database_url_for_upgrade: str | None) -> AsyncIt
     data = tmp_path / "data"
     data.mkdir()
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), search_attributes=[STATE_KEY]
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=[STATE_KEY],
+        dev_server_extra_args=POLLS_END_ON_SHUTDOWN,
     )
     smtp_port = free_port()
     sink = start_smtp_sink(data / "mail", "127.0.0.1", smtp_port)
@@ -302,11 +305,11 @@ async def test_every_account_goes_on_after_the_upgrade(stack: Stack, release_tre
     assert _twofa_imported_from(new_env) == REPO / "twofa"
     subprocess.run([*OLD_TWOFA, "migrate"], env=old_env, check=True)
     logs = stack.logs
-    with ExitStack() as processes:
-        old_api = processes.enter_context(
+    async with AsyncExitStack() as processes:
+        old_api = await processes.enter_async_context(
             started([*OLD_TWOFA, "api"], old_env, logs / "old-api.log")
         )
-        old_worker = processes.enter_context(
+        old_worker = await processes.enter_async_context(
             started([*OLD_TWOFA, "worker"], old_env, logs / "old-worker.log")
         )
         await stack.worker_polls(old_worker, logs / "old-worker.log")
@@ -318,22 +321,23 @@ async def test_every_account_goes_on_after_the_upgrade(stack: Stack, release_tre
             login = await old.login(accounts.active)  # the old API reads the migrated schema
             assert login["outcome"] == "pin_required", login
 
-            new_worker = processes.enter_context(
+            new_worker = await processes.enter_async_context(
                 started([TWOFA, "worker"], new_env, logs / "new-worker.log")
             )
             await stack.worker_polls(new_worker, logs / "new-worker.log")
             old_worker.terminate()
-            assert old_worker.wait(timeout=30) == 0, "the old worker did not stop gracefully"
+            stopped = await exited(old_worker, timeout=30)
+            assert stopped == 0, "the old worker did not stop gracefully"
             # the old API's update reaches the new worker, which replays the old history
             r = await old.step(login["login_id"], "pin", 400, pin="0000")
             assert r["attempts_left"] == 2, r
         finally:
             await old.close()
 
-        processes.enter_context(started([TWOFA, "api"], new_env, logs / "new-api.log"))
+        await processes.enter_async_context(started([TWOFA, "api"], new_env, logs / "new-api.log"))
         await wait_for_http(_url(new_env, "/healthz"))
         old_api.terminate()
-        old_api.wait(timeout=30)
+        await exited(old_api, timeout=30)
         api = Api(_url(new_env), SERVICE_TOKEN, stack.settings.data_dir)
         database = Database(stack.settings.resolved_database_url)
         try:

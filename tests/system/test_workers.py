@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -55,7 +55,7 @@ async def test_a_journey_survives_a_killed_worker(
     queue = f"workers-{uuid.uuid4().hex[:8]}"
     api = await start_api(temporal_task_queue=queue)
     env = environment(base_settings, temporal_task_queue=queue)
-    with (
+    async with (
         started([TWOFA, "worker"], env, tmp_path / "a.log") as first,
         started([TWOFA, "worker"], env, tmp_path / "b.log") as second,
     ):
@@ -90,24 +90,24 @@ async def test_workers_killed_at_each_step_lose_nothing(
     env = environment(base_settings, temporal_task_queue=queue)
     logs = iter(tmp_path / f"worker-{n}.log" for n in range(10))
 
-    def restart() -> AbstractContextManager[subprocess.Popen[bytes]]:
+    def restart() -> AbstractAsyncContextManager[subprocess.Popen[bytes]]:
         return started([TWOFA, "worker"], env, next(logs))
 
     user = new_user()
     await api.registered_and_logged_in(user)
-    with restart() as worker:
+    async with restart() as worker:
         await worker_polls(client, queue, worker, tmp_path / "worker-0.log")
         await api.enable(user)
         worker.send_signal(signal.SIGKILL)
         worker.wait()  # dead before started() stops it: no SIGTERM to judge
-    with restart() as worker:
+    async with restart() as worker:
         code = await api.code_mail(user)
         login = await api.login_ok(user)
         r = await api.submit_code(login["login_id"], code)
         assert r.status_code == 200, r.text
         worker.send_signal(signal.SIGKILL)
         worker.wait()  # dead before started() stops it: no SIGTERM to judge
-    with restart() as worker:
+    async with restart() as worker:
         activation = asyncio.create_task(api.activate(login["login_id"], user))
 
         async def under_way() -> bool:
@@ -118,7 +118,7 @@ async def test_workers_killed_at_each_step_lose_nothing(
         await eventually(under_way, "the activation under way", interval=0.01)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-    with restart():
+    async with restart():
         r = await activation  # the update was durable: the new worker finishes it
         assert r.status_code == 200, r.text
         r = await api.pin(login["login_id"], user.pin)
@@ -131,7 +131,7 @@ async def test_the_api_runs_with_several_uvicorn_workers(
 ) -> None:
     port = free_port()
     env = environment(base_settings, api_port=str(port))
-    with started([TWOFA, "api", "--workers", "2"], env, tmp_path / "api.log"):
+    async with started([TWOFA, "api", "--workers", "2"], env, tmp_path / "api.log"):
         await wait_for_http(f"http://127.0.0.1:{port}/healthz")
         api = Api(f"http://127.0.0.1:{port}", base_settings.resolved_service_token, data_dir)
         try:
@@ -149,7 +149,8 @@ async def test_python_worker_py_serves_the_queue_as_temporal_samples_do(
     queue = f"worker-py-{uuid.uuid4().hex[:8]}"
     api = await start_api(temporal_task_queue=queue)
     env = environment(base_settings, temporal_task_queue=queue)
-    with started([sys.executable, str(REPO / "worker.py")], env, tmp_path / "w.log") as process:
+    command = [sys.executable, str(REPO / "worker.py")]
+    async with started(command, env, tmp_path / "w.log") as process:
         user = new_user("worker-py")
         await api.enabled(user)  # answered only once a worker ran the enable
         await api.code_mail(user)
