@@ -245,9 +245,14 @@ WAL_IS_SAFE = sqlite3.sqlite_version_info >= (3, 51, 3)
 JOURNAL_MODE = "WAL" if WAL_IS_SAFE else "TRUNCATE"
 
 
+#: Each supported database's dialect module, by name: its INSERT has the upsert (ON CONFLICT DO
+#: UPDATE) both databases run.
+UPSERT_DIALECTS: dict[str, Any] = {"postgresql": postgresql, "sqlite": sqlite}
+
+
 def insert_for(db: AsyncSession) -> Any:
-    """The dialect's INSERT, which has the upsert (ON CONFLICT DO UPDATE) both databases run."""
-    return postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
+    """The session's dialect's INSERT, with its upsert."""
+    return UPSERT_DIALECTS[db.get_bind().dialect.name].insert
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

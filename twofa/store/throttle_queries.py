@@ -7,10 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, case, delete, func, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twofa.store.db import insert_for
+from twofa.store.db import UPSERT_DIALECTS, insert_for
 from twofa.store.models import LoginThrottle
 from twofa.store.statements import table_of
 
@@ -31,7 +30,7 @@ def _count_attempt(dialect: Any) -> Any:
     ).returning(_throttles.c.failures, _throttles.c.blocked_until)
 
 
-_COUNT_ATTEMPT = {"postgresql": _count_attempt(postgresql), "sqlite": _count_attempt(sqlite)}
+_COUNT_ATTEMPT = {name: _count_attempt(module) for name, module in UPSERT_DIALECTS.items()}
 _CLEAR_FAILURES = delete(_throttles).where(_throttles.c.key_digest == bindparam("key"))
 
 
