@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace, console: Console) -> Context:
         finally:
             await api.close()
     finally:
-        stack.stop()
+        await stack.stop()
         if args.keep:
             printer.note(f"data dir and logs kept in {stack.data_dir}")
 

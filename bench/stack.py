@@ -139,7 +139,7 @@ class Stack:
     async def restart_worker(self) -> None:
         """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
         part = self.parts["worker"]
-        stop_process(part.process)
+        await asyncio.to_thread(stop_process, part.process)
         self._spawn("worker", part.command, self.settings.environment())
         assert self.client is not None
         worker = self.parts["worker"]
@@ -147,13 +147,14 @@ class Stack:
             self.client, self.settings.temporal_task_queue, worker.process, worker.log
         )
 
-    def stop(self) -> None:
-        """SIGTERM every part (API and workers first, the dev server last), then SIGKILL."""
+    async def stop(self) -> None:
+        """SIGTERM every part (API and workers first, the dev server last), then SIGKILL; in a
+        thread, so that this process's own open transactions go on while a part commits."""
         order = ["api", "worker", "floor worker", "smtp sink", "temporal dev server"]
         for name in order:
             part = self.parts.get(name)
             if part is not None:
-                stop_process(part.process)
+                await asyncio.to_thread(stop_process, part.process)
         if not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
