@@ -124,6 +124,11 @@ async def test_worker_serves_temporal_metrics_and_logs_json(
             return "temporal_" in text
 
         await eventually(served, lambda: f"Temporal metrics:\n{text[:2000]}", 60, 0.2)
+
+        def polling() -> bool:  # the metrics come with the SDK's runtime, before the client
+            return "worker polling" in log.read_text()
+
+        await eventually(polling, lambda: f"the worker's log line:\n{log.read_text()[-2000:]}")
     names = {family.name for family in text_string_to_metric_families(text)}
     assert any(name.startswith("temporal_") for name in names), names
     lines = log.read_text().splitlines()
