@@ -3,6 +3,7 @@ task queue) is started, used, stopped, rotated with `twofa pepper rotate`, and s
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -66,9 +67,11 @@ class Stack:
     def settings(self, **overrides: Any) -> Settings:
         return Settings(**{**self.values, "api_port": free_port(), **overrides})
 
-    def twofa(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        """The `twofa` command as an operator runs it, on this deployment."""
-        return subprocess.run(
+    async def twofa(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The `twofa` command as an operator runs it, on this deployment; in a thread, so that
+        this test's own open transactions go on meanwhile (see ``processes.exited``)."""
+        return await asyncio.to_thread(
+            subprocess.run,
             [TWOFA, *args],
             env=environment(self.settings(), **env),
             capture_output=True,
@@ -135,7 +138,7 @@ async def test_rotation_keeps_every_user_in(
         form = _form(browser, email=erin.email, password=erin.password)
         r = await browser.post("/login", data=form)
         assert r.status_code == 303 and r.headers["location"] == "/login/pin", r.text
-    created = stack.twofa("admin", "create", "--email", operator, "--role", "admin")
+    created = await stack.twofa("admin", "create", "--email", operator, "--role", "admin")
     assert created.returncode == 0, created.stderr
 
     old = Keyring.of(before).id
@@ -145,7 +148,7 @@ async def test_rotation_keeps_every_user_in(
     assert _left(counted, old)["trusted browsers"] == 3
     assert _left(counted, old)["operator passwords"] == 1
 
-    rotated = stack.twofa("pepper", "rotate")
+    rotated = await stack.twofa("pepper", "rotate")
     assert rotated.returncode == 0, rotated.stderr
     after = stack.settings()
     keyring = Keyring.of(after)
@@ -211,7 +214,7 @@ async def test_rotation_keeps_every_user_in(
         assert await digest_pepper(after, Device, bob.device_token, "device") == old
         assert await digest_pepper(after, Session, alice.session_token, "session") == new
         assert counted.left(old) == 6 and not counted.unknown
-        status = stack.twofa("pepper", "status")
+        status = await stack.twofa("pepper", "status")
         assert status.returncode == 0, status.stderr
         expected = f"{old} (previous): 1 password hashes, 2 trusted browsers, 3 open sessions"
         assert expected in status.stdout
@@ -220,7 +223,7 @@ async def test_rotation_keeps_every_user_in(
             r = await api.call("GET", "/v1/session", first_session)
             assert r.status_code == 200, r.text
         assert "open sessions" not in _left(await pepper_report(after), old)
-    verified = stack.twofa("audit", "verify")
+    verified = await stack.twofa("audit", "verify")
     assert verified.returncode == 0, verified.stderr
     assert "audit chain intact" in verified.stdout
 
@@ -275,7 +278,7 @@ async def test_a_pepper_dropped_too_early_is_reported(
             r = await api.login(User(email=guessed.email, password="not-the-password"))
             assert r.status_code == 401, r.text
     # TWOFA_PEPPER comes from the environment: the command says what to set, and shows no value
-    told = stack.twofa("pepper", "rotate")
+    told = await stack.twofa("pepper", "rotate")
     assert told.returncode == 0, told.stderr
     assert "TWOFA_PEPPER_PREVIOUS" in told.stdout and first not in told.stdout
     old, new = Keyring(first.encode()).id, Keyring(second.encode()).id
@@ -291,26 +294,27 @@ async def test_a_pepper_dropped_too_early_is_reported(
         r = await api.login(guessed)
         assert r.status_code == 429 and r.json()["error"] == "too_many_attempts", r.text
 
-    status = stack.twofa("pepper", "status", pepper=second, pepper_previous=first)
+    status = await stack.twofa("pepper", "status", pepper=second, pepper_previous=first)
     assert status.returncode == 0, status.stderr
     assert (
         f"pepper {old} (previous): 1 password hashes, 1 PIN hashes, 1 seals, 1 open sessions,"
         in status.stdout
     )
-    refused = stack.twofa("pepper", "drop", old, pepper=second, pepper_previous=first)
+    refused = await stack.twofa("pepper", "drop", old, pepper=second, pepper_previous=first)
     assert refused.returncode == 1 and "still has 4 secret(s)" in refused.stderr, refused.stderr
 
     # the operator takes the old pepper out anyway: what still needs it is named, not passed
-    dropped = stack.twofa("pepper", "status", pepper=second)
+    dropped = await stack.twofa("pepper", "status", pepper=second)
     assert dropped.returncode == 1, dropped.stdout
     assert f"pepper {old} (NOT IN THE KEYRING): 1 password hashes, 1 PIN hashes" in dropped.stdout
     assert f"peppers dropped too early: {old}" in dropped.stderr
     assert f"pepper {new} (current)" in dropped.stdout
     assert first not in dropped.stdout + dropped.stderr
-    verified = stack.twofa("audit", "verify", pepper=second)
+    verified = await stack.twofa("audit", "verify", pepper=second)
     assert verified.returncode == 1, verified.stdout
     assert "no longer in the keyring" in verified.stderr
-    assert stack.twofa("audit", "verify", pepper=second, pepper_previous=first).returncode == 0
+    verified = await stack.twofa("audit", "verify", pepper=second, pepper_previous=first)
+    assert verified.returncode == 0, verified.stderr
 
     # a record keyed under the retired pepper after the new one's: whoever holds the old
     # pepper cannot append to the log
@@ -323,6 +327,6 @@ async def test_a_pepper_dropped_too_early_is_reported(
             await audit.append(session, "operator_created", actor="cli", operator="x@example.com")
     finally:
         await retired.dispose()
-    forged = stack.twofa("audit", "verify", pepper=second, pepper_previous=first)
+    forged = await stack.twofa("audit", "verify", pepper=second, pepper_previous=first)
     assert forged.returncode == 1, forged.stdout
     assert "keyed under an older pepper than a record before it" in forged.stderr
