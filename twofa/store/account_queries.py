@@ -6,18 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, Device
 from twofa.store.statements import as_model, rows_changed, table_of
 from twofa.workflows.messages import Projection
 
+
+def email_matches(email: str | BindParameter[str]) -> ColumnElement[bool]:
+    """Case-insensitive, as the unique index on lower(email) judges it (and answers it)."""
+    return func.lower(Account.email) == func.lower(email)
+
+
 _accounts, _devices = table_of(Account), table_of(Device)
-#: The account of an email, as the unique index on lower(email) judges it (login path: built once)
-_ACCOUNT_BY_EMAIL = select(_accounts).where(
-    func.lower(_accounts.c.email) == func.lower(bindparam("email"))
-)
+#: The account of an email (login path: built once)
+_ACCOUNT_BY_EMAIL = select(_accounts).where(email_matches(bindparam("email")))
 #: ... and its live browser of a token, under any of the keyring's digests, in the same trip.
 _ACCOUNT_AND_DEVICE = (
     select(_accounts, *[c.label(f"device_{c.name}") for c in _devices.c])
@@ -31,7 +35,7 @@ _ACCOUNT_AND_DEVICE = (
             ),
         )
     )
-    .where(func.lower(_accounts.c.email) == func.lower(bindparam("email")))
+    .where(email_matches(bindparam("email")))
 )
 _CLAIM_PIN_CHECK = (
     update(_accounts)
@@ -51,15 +55,6 @@ _RELEASE_PIN_CHECK = (
 
 async def account_by_id(db: AsyncSession, account_id: str) -> Account | None:
     return await db.get(Account, account_id)
-
-
-def email_matches(email: str) -> ColumnElement[bool]:
-    """Case-insensitive, as the unique index on lower(email) judges it (and answers it)."""
-    return func.lower(Account.email) == func.lower(email)
-
-
-async def account_by_email(db: AsyncSession, email: str) -> Account | None:
-    return await db.scalar(select(Account).where(email_matches(email)))
 
 
 async def login_lookup(
