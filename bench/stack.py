@@ -133,7 +133,7 @@ class Stack:
             ("floor worker", FLOOR_TASK_QUEUE),
         ):
             await worker_polls(client, queue, self.parts[name].process, self.parts[name].log)
-        await wait_for_http(f"{self.api_url}/healthz")
+        await wait_for_http(f"{self.api_url}/healthz", alive=self._check_alive)
         return client
 
     async def restart_worker(self) -> None:

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -127,11 +127,16 @@ async def worker_polls(
     await eventually(polling, "the worker polls", timeout=60, interval=interval)
 
 
-async def wait_for_http(url: str, timeout: float = 60) -> None:
-    """Waits until ``url`` answers 200 (a part's health endpoint once it serves)."""
+async def wait_for_http(
+    url: str, timeout: float = 60, alive: Callable[[], None] | None = None
+) -> None:
+    """Waits until ``url`` answers 200 (a part's health endpoint once it serves); ``alive``,
+    called before each try, raises at once when a part the wait depends on has died."""
     async with httpx.AsyncClient(timeout=2) as http:
 
         async def answers() -> bool:
+            if alive is not None:
+                alive()
             try:
                 return (await http.get(url)).status_code == 200
             except httpx.HTTPError:
