@@ -139,7 +139,7 @@ class Stack:
     async def restart_worker(self) -> None:
         """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
         part = self.parts["worker"]
-        await asyncio.to_thread(stop_process, part.process)
+        await stop_process(part.process)
         self._spawn("worker", part.command, self.settings.environment())
         assert self.client is not None
         worker = self.parts["worker"]
@@ -154,7 +154,7 @@ class Stack:
         for name in order:
             part = self.parts.get(name)
             if part is not None:
-                await asyncio.to_thread(stop_process, part.process)
+                await stop_process(part.process)
         if not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

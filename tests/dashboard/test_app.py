@@ -33,8 +33,8 @@ from streamlit.testing.v1 import AppTest
 from temporalio.client import Client
 
 from tests.support.browser import launch
-from tests.support.journey import Api, User, at_rest, eventually, new_user
-from tests.support.processes import environment, free_port, stop_process
+from tests.support.journey import Api, User, at_rest, new_user
+from tests.support.processes import environment, free_port, started, wait_for_http
 from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.dashboard import history_story, runtime, session_cookie, ui
@@ -648,25 +648,14 @@ async def served_dashboard(
         "--browser.gatherUsageStats", "false",
         *DASHBOARD_LIMITS,  # the production bounds: the pages must work within them
     ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=environment(base_settings), stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as http:
+    async with started(command, environment(base_settings), log) as process:
 
-            async def healthy() -> bool:
-                assert process.poll() is None, log.read_text()
-                try:
-                    return (await http.get(f"{url}/_stcore/health")).text == "ok"
-                except httpx.HTTPError:
-                    return False
+        def alive() -> None:
+            assert process.poll() is None, log.read_text()
 
-            await eventually(healthy, lambda: f"streamlit to answer:\n{log.read_text()}", 60, 0.25)
+        url = f"http://127.0.0.1:{port}"
+        await wait_for_http(f"{url}/_stcore/health", alive=alive)  # streamlit's own health
         yield url
-    finally:
-        await asyncio.to_thread(stop_process, process)
 
 
 async def test_browser_admin_revokes_a_device_and_the_api_refuses_it(

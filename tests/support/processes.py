@@ -61,19 +61,6 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM, time for a graceful shutdown, then SIGKILL; the exit code of that stop, or None
-    when the process had ended before it."""
-    if process.poll() is not None:
-        return None
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
 async def exited(process: subprocess.Popen[bytes], timeout: float | None = None) -> int:
     """Waits for ``process`` to end without blocking the event loop; its exit code.
 
@@ -82,6 +69,19 @@ async def exited(process: subprocess.Popen[bytes], timeout: float | None = None)
     a loop blocked in ``wait()`` would hold them until the child is killed (seen in CI).
     """
     return await asyncio.to_thread(process.wait, timeout)
+
+
+async def stop_process(process: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM, time for a graceful shutdown, then SIGKILL; the exit code of that stop, or None
+    when the process had ended before it. The waits leave the event loop running (``exited``)."""
+    if process.poll() is not None:
+        return None
+    process.send_signal(signal.SIGTERM)
+    try:
+        return await exited(process, timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return await exited(process)
 
 
 @asynccontextmanager
@@ -94,7 +94,7 @@ async def started(
     try:
         yield process
     finally:
-        code = await asyncio.to_thread(stop_process, process)
+        code = await stop_process(process)
     # uvicorn ends by raising the SIGTERM it caught once its shutdown is done, hence -SIGTERM
     clean = (0, -signal.SIGTERM, None)
     assert code in clean, f"{command[1:]} stopped with {code}: {log.read_text()[-2000:]}"

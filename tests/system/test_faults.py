@@ -83,7 +83,7 @@ class Part:
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL; in a thread, so that this test's open transactions go on."""
         if self.process is not None:
-            await asyncio.to_thread(stop_process, self.process)
+            await stop_process(self.process)
 
 
 @dataclass
