@@ -63,6 +63,8 @@ def _aiosqlite_on_pysqlite3() -> types.ModuleType:
         setattr(module, name, getattr(sqlite3, name))
 
     def connect(database: str, **kwargs: Any) -> aiosqlite.Connection:
+        # used from the loop's thread too, never at once (see _OneTripConnection)
+        kwargs["check_same_thread"] = False
         return aiosqlite.Connection(lambda: sqlite3.connect(database, **kwargs), 64)
 
     module.connect = connect  # type: ignore[attr-defined]
@@ -71,7 +73,8 @@ def _aiosqlite_on_pysqlite3() -> types.ModuleType:
 
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A statement in one trip to the connection's thread (cursor, execute, fetch, close),
-    where aiosqlite's cursor makes four."""
+    where aiosqlite's cursor makes four; none inside a write transaction on WAL (see
+    _OneTripConnection)."""
 
     __slots__ = ("_description", "_lastrowid", "_rowcount")
 
@@ -115,8 +118,13 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             finally:
                 cursor.close()
 
-        async with self._adapt_connection._execute_mutex:
-            found = await connection._execute(trip)
+        adapted: _OneTripConnection = self._adapt_connection  # type: ignore[assignment]
+        if adapted.writing:
+            found = trip()
+        else:
+            async with adapted._execute_mutex:
+                found = await connection._execute(trip)
+            adapted.writing = WAL_IS_SAFE and operation == BEGIN_WRITE
         self._description, self._rowcount, self._lastrowid, rows = found
         self._rows = collections.deque(rows)
 
@@ -128,8 +136,29 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    """Inside a write transaction on WAL, statements run on the event loop's thread.
+
+    Once ``BEGIN IMMEDIATE`` holds the write lock, no statement of the transaction waits for
+    another connection (WAL readers never block a writer), so each takes microseconds of
+    SQLite, where a trip to the connection's thread costs a hand-off each way. The statements
+    that can wait, ``BEGIN IMMEDIATE`` (on another writer, up to the busy timeout) and
+    ``COMMIT`` (its fsync), and every read outside a write, still go to the thread.
+    """
+
+    __slots__ = ("writing",)
     _cursor_cls = _OneTripCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self.writing = False
+
+    def commit(self) -> None:
+        self.writing = False
+        super().commit()
+
+    def rollback(self) -> None:
+        self.writing = False
+        super().rollback()
 
 
 class _OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
@@ -243,6 +272,8 @@ class Database:
 #: the system's library; should that wheel ever carry an old one, a rollback journal again.
 WAL_IS_SAFE = sqlite3.sqlite_version_info >= (3, 51, 3)
 JOURNAL_MODE = "WAL" if WAL_IS_SAFE else "TRUNCATE"
+#: How a write transaction begins: it takes the write lock at once, so none fails midway.
+BEGIN_WRITE = "BEGIN IMMEDIATE"
 
 
 #: Each supported database's dialect module, by name: its INSERT has the upsert (ON CONFLICT DO
@@ -276,7 +307,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get("twofa_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        connection.exec_driver_sql(BEGIN_WRITE if immediate else "BEGIN")
 
 
 def _drop_closed_connections(engine: AsyncEngine) -> None:
