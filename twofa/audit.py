@@ -42,13 +42,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.config import Settings, private_dir
 from twofa.crypto import Keyring
 from twofa.observability import REQUEST_ID
 from twofa.store.models import AuditRecord
+from twofa.store.statements import column_values, table_of
 
 log = logging.getLogger(__name__)
 GENESIS = "0" * 64
@@ -60,6 +61,11 @@ ANCHOR_INTERVAL = 0.2
 #: Two writers must not read the same chain head: PostgreSQL takes this transaction lock, while
 #: SQLite's BEGIN IMMEDIATE already serializes writers.
 _ADVISORY_LOCK_KEY = 0x2FA0A0D1
+_audit_log = table_of(AuditRecord)
+#: Built once: every step of a login appends (see store.statements).
+_CHAIN_HEAD = select(_audit_log.c.seq, _audit_log.c.hash).order_by(_audit_log.c.seq.desc()).limit(1)
+_NEW_RECORD = insert(_audit_log)
+_TAKE_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 def canonical(record: AuditRecord) -> str:
@@ -234,12 +240,8 @@ async def append(
     if chain is None:
         raise RuntimeError("audit records are written in Database.write(), with its audit chain")
     if db.get_bind().dialect.name == "postgresql":
-        await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-    head = (
-        await db.execute(
-            select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-        )
-    ).first()
+        await db.execute(_TAKE_CHAIN_LOCK, {"key": _ADVISORY_LOCK_KEY})
+    head = (await db.execute(_CHAIN_HEAD)).first()
     record = AuditRecord(
         seq=(head.seq + 1) if head else 1,
         at=at or datetime.now(UTC),
@@ -252,8 +254,7 @@ async def append(
         request_id=REQUEST_ID.get(),
     )
     record.hash = chain.keyed_hash(record.prev_hash, record)
-    db.add(record)
-    await db.flush()
+    await db.execute(_NEW_RECORD, column_values(record))
     db.info[HEAD_INFO] = Anchor(record.seq, record.hash)  # anchored once the transaction commits
     return record
 
