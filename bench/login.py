@@ -18,6 +18,7 @@ from rich.table import Table
 from bench.client import BenchUser, journey, new_user, pin_login, run_pool
 from bench.context import Context
 from bench.monitor import Usage
+from bench.profile import PySpy, profile_tables
 from bench.report import Check, num, process_table, settings_table
 from bench.stats import Summary, ms
 from twofa.crypto import Keyring
@@ -145,6 +146,16 @@ async def login_bench(ctx: Context) -> None:
         )
         ctx.note(f"login c={concurrency}: {levels[-1].per_second:.1f}/s")
     await db.dispose()
+    profiles: list[Table] = []
+    if ctx.profile:  # a pass of its own: py-spy's CPU stays out of the measured levels
+        count = 200
+        ctx.note(f"login: {count} more logins at c=1 under py-spy")
+        spy = PySpy(ctx.stack.parts["api"].process.pid, ctx.stack.data_dir / "api-login.prof")
+        spy.start()
+        await run_pool(count, 1, lambda i: pin_login(ctx.api, users[i % len(users)]))
+        profiles = profile_tables(
+            f"profile: api process, {count} logins at c=1", spy.stop(), spy.rate
+        )
     after = await history_lengths(ctx, users)
     new_events = sum(after[a] - before[a] for a in before)
 
@@ -229,7 +240,7 @@ async def login_bench(ctx: Context) -> None:
             "the hot path reads the store's projection",
         )
     )
-    tables: list[Table] = [table, temporal]
+    tables: list[Table] = [table, temporal, *profiles]
     tables += [
         process_table(f"login c={lv.concurrency}", lv.usage, ("login", lv.logins)) for lv in levels
     ]
