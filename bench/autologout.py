@@ -151,14 +151,14 @@ async def auto_logout_bench(ctx: Context) -> None:
     async def enroll(e: Enrollment) -> None:
         await gate.wait()
         e.sent = time.time()
-        response = await ctx.api.http.put(
-            "/v1/account/two-factor", headers={"X-Session-Token": e.token}, json={"enabled": True}
+        answer = await ctx.api.request(
+            "PUT", "/v1/account/two-factor", session=e.token, json={"enabled": True}
         )
-        e.answered, e.status = time.time(), response.status_code
-        if response.status_code != 202:
-            e.error = response.json().get("error", "?") if response.content else "?"
+        e.answered, e.status = time.time(), answer.status
+        if answer.status != 202:
+            e.error = answer.body.get("error", "?")
             return
-        e.auto_logout_at = epoch(response.json()["auto_logout_at"])
+        e.auto_logout_at = epoch(answer.body["auto_logout_at"])
         if e.answered < e.auto_logout_at - 0.05:
             await asyncio.sleep(e.auto_logout_at - 0.03 - time.time())
             sent = time.time()
@@ -313,7 +313,7 @@ async def auto_logout_bench(ctx: Context) -> None:
                 {
                     "enrollments": f"{count}, every PUT /v1/account/two-factor released at once",
                     "seeding": "accounts (disabled) and one open session each, bulk-inserted",
-                    "HTTP client": "httpx, up to 600 connections",
+                    "HTTP client": "aiohttp, up to 600 connections",
                     **ctx.common_settings(),
                 },
             )

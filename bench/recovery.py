@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from rich.table import Table
 from temporalio.api.enums.v1 import (
     PendingActivityState,
@@ -34,7 +34,7 @@ from temporalio.api.enums.v1 import (
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 
-from bench.client import BenchUser, epoch, new_user
+from bench.client import Answer, BenchUser, epoch, new_user
 from bench.context import Context
 from bench.report import Check, num, settings_table
 from bench.stats import Summary
@@ -86,18 +86,17 @@ class WriteLock:
         self.connection.close()
 
 
-async def _answer(ctx: Context, request: Request) -> tuple[httpx.Response, int]:
+async def _answer(ctx: Context, request: Request) -> tuple[Answer, int]:
     """The same request until a definite answer (S9); how many times it was repeated."""
-    headers = {"X-Session-Token": request.session} if request.session else {}
     repeats = 0
     while True:
         try:
-            r = await ctx.api.http.request(
-                request.method, request.path, json=request.json, headers=headers
+            r = await ctx.api.request(
+                request.method, request.path, session=request.session, json=request.json
             )
-            if r.status_code != 503:
+            if r.status != 503:
                 return r, repeats
-        except httpx.TransportError:
+        except aiohttp.ClientError:
             pass
         repeats += 1
         await asyncio.sleep(0.2)
@@ -124,7 +123,7 @@ async def _quiet(handle: WorkflowHandle[Any, Any]) -> None:
 
 async def _killed_mid_step(
     ctx: Context, step: str, handle: WorkflowHandle[Any, Any], request: Request
-) -> tuple[Recovery, httpx.Response]:
+) -> tuple[Recovery, Answer]:
     stack, client = ctx.stack, ctx.client
     worker = stack.parts["worker"].process
     db_path = stack.data_dir / "twofa.db"
@@ -190,10 +189,10 @@ async def _one_journey(ctx: Context, index: int) -> list[Recovery]:
 
     async def step(name: str, request: Request, expect: int) -> dict[str, Any]:
         recovery, r = await _killed_mid_step(ctx, name, handle, request)
-        if r.status_code != expect:
-            raise RuntimeError(f"recovery {name}: HTTP {r.status_code} {r.text[:200]}")
+        if r.status != expect:
+            raise RuntimeError(f"recovery {name}: HTTP {r.status} {str(r.body)[:200]}")
         found.append(recovery)
-        return dict(r.json())
+        return r.body
 
     enabled = await step(
         "enable", Request("PUT", "/v1/account/two-factor", {"enabled": True}, session), 202
