@@ -1,0 +1,103 @@
+"""SQLite write transactions: their statements on the event loop's thread, their waits off it.
+
+Inside a write transaction on WAL, statements run on the loop's thread (no lock can stop them
+there); ``BEGIN IMMEDIATE``, which waits for another writer, and every read outside a write
+still run on the connection's own thread, so a wait never stalls the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pysqlite3 import dbapi2 as sqlite3
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from twofa.store.db import WAL_IS_SAFE, Database
+
+pytestmark = [
+    pytest.mark.single_backend,
+    pytest.mark.skipif(not WAL_IS_SAFE, reason="inline statements need WAL"),
+]
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'writes.db'}")
+    async with db.write() as session:
+        await session.execute(text("CREATE TABLE things (id INTEGER PRIMARY KEY)"))
+    yield db
+    await db.dispose()
+
+
+async def thread_of_statement(session: AsyncSession) -> int:
+    """The id of the thread that runs this session's next statement."""
+    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    assert raw is not None
+    raw._conn.create_function("thread_of_statement", 0, threading.get_ident)
+    return int((await session.execute(text("SELECT thread_of_statement()"))).scalar_one())
+
+
+async def test_statements_inside_a_write_run_on_the_loops_thread(database: Database) -> None:
+    loop_thread = threading.get_ident()
+    async with database.write() as session:
+        assert await thread_of_statement(session) == loop_thread
+    async with database.read() as session:
+        assert await thread_of_statement(session) != loop_thread
+
+
+async def test_a_failed_write_leaves_its_connection_to_the_thread_again(
+    database: Database,
+) -> None:
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO things (id) VALUES (1)"))
+    with pytest.raises(IntegrityError):
+        async with database.write() as session:
+            await session.execute(text("INSERT INTO things (id) VALUES (1)"))
+    async with database.read() as session:
+        assert await thread_of_statement(session) != threading.get_ident()
+        assert (await session.execute(text("SELECT count(*) FROM things"))).scalar_one() == 1
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO things (id) VALUES (2)"))
+
+
+async def test_a_write_waiting_for_another_writer_leaves_the_loop_free(
+    database: Database, tmp_path: Path
+) -> None:
+    """The other writer lets go only once this loop has run on, or after 5 s: a loop stalled
+    in the waiting ``BEGIN IMMEDIATE`` could not tell it in time."""
+    # the store's own SQLite library: two libraries in one process do not see each other's locks
+    other = sqlite3.connect(tmp_path / "writes.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer, as SQLite sees it
+    loop_ran_on = threading.Event()
+    told_in_time: list[bool] = []
+
+    def let_go() -> None:
+        told_in_time.append(loop_ran_on.wait(timeout=5))
+        other.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=let_go)
+    releaser.start()
+    try:
+
+        async def write() -> None:
+            async with database.write() as session:
+                await session.execute(text("INSERT INTO things (id) VALUES (3)"))
+
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0.3)  # the write takes its pooled connection and waits for the lock
+        loop_ran_on.set()
+        assert not writing.done()
+        await asyncio.wait_for(writing, timeout=10)
+    finally:
+        loop_ran_on.set()
+        releaser.join()
+        other.close()
+    assert told_in_time == [True]
+    async with database.read() as session:
+        assert (await session.execute(text("SELECT id FROM things"))).scalars().all() == [3]
