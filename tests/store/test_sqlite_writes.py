@@ -51,6 +51,17 @@ async def test_statements_inside_a_write_run_on_the_loops_thread(database: Datab
         assert await thread_of_statement(session) != loop_thread
 
 
+async def test_without_wal_every_statement_runs_on_the_connections_thread() -> None:
+    """SQLite answers the WAL pragma with another journal mode (here: a database in memory),
+    under which a statement inside a write may wait for a lock."""
+    in_memory = Database("sqlite://")
+    try:
+        async with in_memory.write() as session:
+            assert await thread_of_statement(session) != threading.get_ident()
+    finally:
+        await in_memory.dispose()
+
+
 async def test_a_failed_write_leaves_its_connection_to_the_thread_again(
     database: Database,
 ) -> None:

@@ -124,7 +124,7 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         else:
             async with adapted._execute_mutex:
                 found = await connection._execute(trip)
-            adapted.writing = WAL_IS_SAFE and operation == BEGIN_WRITE
+            adapted.writing = adapted.in_wal and operation == BEGIN_WRITE
         self._description, self._rowcount, self._lastrowid, rows = found
         self._rows = collections.deque(rows)
 
@@ -145,11 +145,12 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
     ``COMMIT`` (its fsync), and every read outside a write, still go to the thread.
     """
 
-    __slots__ = ("writing",)
+    __slots__ = ("in_wal", "writing")
     _cursor_cls = _OneTripCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
+        self.in_wal = False  # as the journal_mode pragma answered (see _tune_sqlite)
         self.writing = False
 
     def commit(self) -> None:
@@ -302,6 +303,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
             "foreign_keys=ON",
         ):
             cursor.execute(f"PRAGMA {pragma}")
+            if pragma.startswith("journal_mode"):  # WAL may be refused (a network file system)
+                dbapi_connection.in_wal = str(cursor.fetchone()[0]).lower() == "wal"
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
