@@ -49,7 +49,7 @@ system-packages:
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy twofa
+	$(BIN)/mypy twofa bench
 	$(BIN)/pytest
 	TWOFA_TEST_DATABASE=postgresql $(BIN)/pytest -m "not single_backend"
 

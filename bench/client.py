@@ -135,9 +135,9 @@ class MailWatcher:
             self._seen.add(name)
             message = message_from_bytes(
                 (self.directory / name).read_bytes(),
-                policy=policy.default,  # type: ignore[arg-type]
+                policy=policy.default,
             )
-            body = message.get_body(("plain",))  # type: ignore[attr-defined]
+            body = message.get_body(("plain",))
             match = CODE_LINE.search(body.get_content() if body else "")
             if match:
                 self._deliver(str(message["To"]), match.group(1))

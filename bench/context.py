@@ -132,7 +132,7 @@ class Context:
         return json.dumps(
             {"results": self.results, "checks": [asdict(c) for c in self.checks]},
             indent=2,
-            default=lambda o: asdict(o) if is_dataclass(o) else str(o),
+            default=lambda o: asdict(o) if is_dataclass(o) and not isinstance(o, type) else str(o),
         )
 
 

@@ -166,9 +166,9 @@ async def _killed_mid_step(
     spawned = time.perf_counter()
     # the stack's own spawn, so the new worker is measured, stopped and reaped like the old one
     stack._spawn("worker", stack.parts["worker"].command, stack.settings.environment())
-    worker = stack.parts["worker"]
+    restarted = stack.parts["worker"]
     await worker_polls(
-        client, stack.settings.temporal_task_queue, worker.process, worker.log, interval=POLL
+        client, stack.settings.temporal_task_queue, restarted.process, restarted.log, interval=POLL
     )
     polled = time.perf_counter()
     r, repeats = await answer
