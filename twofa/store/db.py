@@ -170,7 +170,8 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
         try:
             return trip()
         except sqlite3.OperationalError as error:
-            if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+            # any kind of SQLITE_BUSY (the extended codes keep it in their low byte)
+            if getattr(error, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
             return None
         finally:
