@@ -170,8 +170,7 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
         try:
             return trip()
         except sqlite3.OperationalError as error:
-            # any kind of SQLITE_BUSY (the extended codes keep it in their low byte)
-            if getattr(error, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+            if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
                 raise
             return None
         finally:
