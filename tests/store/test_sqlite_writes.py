@@ -1,9 +1,8 @@
 """SQLite write transactions: their statements on the event loop's thread, their waits off it.
 
 Inside a write transaction on WAL, statements run on the loop's thread (no lock can stop them
-there), and so does its ``BEGIN IMMEDIATE`` when no other writer holds the lock; when one does,
-the wait, and every read outside a write, run on the connection's own thread, so a wait never
-stalls the loop.
+there); ``BEGIN IMMEDIATE``, which waits for another writer, and every read outside a write
+still run on the connection's own thread, so a wait never stalls the loop.
 """
 
 from __future__ import annotations
@@ -12,11 +11,10 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pysqlite3 import dbapi2 as sqlite3
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -114,38 +112,3 @@ async def test_a_write_waiting_for_another_writer_leaves_the_loop_free(
     assert told_in_time == [True]
     async with database.read() as session:
         assert (await session.execute(text("SELECT id FROM things"))).scalars().all() == [3]
-
-
-async def test_a_write_begins_on_the_loops_thread_unless_another_writer_holds_the_lock(
-    tmp_path: Path,
-) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'traced.db'}")
-    begun_on: list[int] = []  # the thread of each BEGIN IMMEDIATE that SQLite ran
-
-    @event.listens_for(database.engine.sync_engine, "connect")
-    def trace(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.driver_connection._conn.set_trace_callback(
-            lambda sql: begun_on.append(threading.get_ident()) if sql == "BEGIN IMMEDIATE" else None
-        )
-
-    try:
-        async with database.write() as session:
-            await session.execute(text("CREATE TABLE things (id INTEGER PRIMARY KEY)"))
-        assert begun_on == [threading.get_ident()]
-        other = sqlite3.connect(
-            tmp_path / "traced.db", isolation_level=None, check_same_thread=False
-        )
-        other.execute("BEGIN IMMEDIATE")
-        released = threading.Timer(0.3, other.execute, ["ROLLBACK"])
-        released.start()
-        try:
-            async with database.write() as session:
-                await session.execute(text("INSERT INTO things (id) VALUES (1)"))
-        finally:
-            released.join()
-            other.close()
-        # tried here without waiting, then waited for and run on the connection's thread
-        assert begun_on[1] == threading.get_ident()
-        assert begun_on[-1] != threading.get_ident()
-    finally:
-        await database.dispose()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import collections
 import os
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 from alembic.config import Config
@@ -39,7 +39,6 @@ try:  # a current SQLite, on the platforms its wheel is built for (see WAL_IS_SA
 except ImportError:  # elsewhere the system's library, with a rollback journal if it is old
     import sqlite3
 
-T = TypeVar("T")
 _ASYNC_DRIVERS = {"sqlite": "sqlite+twofa_aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite+twofa_pysqlite", "postgresql": "postgresql+psycopg"}
 
@@ -120,15 +119,12 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 cursor.close()
 
         adapted: _OneTripConnection = self._adapt_connection  # type: ignore[assignment]
-        begins_write = adapted.in_wal and operation == BEGIN_WRITE
         if adapted.writing:
             found = trip()
-        elif begins_write and (at_once := adapted.unless_busy(trip)) is not None:
-            found, adapted.writing = at_once, True
         else:
             async with adapted._execute_mutex:
                 found = await connection._execute(trip)
-            adapted.writing = begins_write
+            adapted.writing = adapted.in_wal and operation == BEGIN_WRITE
         self._description, self._rowcount, self._lastrowid, rows = found
         self._rows = collections.deque(rows)
 
@@ -144,10 +140,9 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     Once ``BEGIN IMMEDIATE`` holds the write lock, no statement of the transaction waits for
     another connection (WAL readers never block a writer), so each takes microseconds of
-    SQLite, where a trip to the connection's thread costs a hand-off each way. ``BEGIN
-    IMMEDIATE`` itself runs here too when no other writer holds the lock (``unless_busy``);
-    when one does, and for ``COMMIT`` (its fsync) and every read outside a write, the
-    statement goes to the thread, where a wait stalls nothing else.
+    SQLite, where a trip to the connection's thread costs a hand-off each way. The statements
+    that can wait, ``BEGIN IMMEDIATE`` (on another writer, up to the busy timeout) and
+    ``COMMIT`` (its fsync), and every read outside a write, still go to the thread.
     """
 
     __slots__ = ("in_wal", "writing")
@@ -157,24 +152,6 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
         super().__init__(dbapi, connection)
         self.in_wal = False  # as the journal_mode pragma answered (see _tune_sqlite)
         self.writing = False
-
-    def unless_busy(self, trip: Callable[[], T]) -> T | None:
-        """``trip`` on this thread if no lock is in its way; None, and nothing done, if one is.
-
-        A write begins here when no other writer holds the lock (the usual case): SQLite's busy
-        handler is off meanwhile, so a held lock answers at once instead of being waited for on
-        the loop's thread, and the caller waits for it on the connection's thread instead.
-        """
-        raw = self._connection._conn
-        raw.execute("PRAGMA busy_timeout=0")
-        try:
-            return trip()
-        except sqlite3.OperationalError as error:
-            if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
-                raise
-            return None
-        finally:
-            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def commit(self) -> None:
         self.writing = False
@@ -298,8 +275,6 @@ WAL_IS_SAFE = sqlite3.sqlite_version_info >= (3, 51, 3)
 JOURNAL_MODE = "WAL" if WAL_IS_SAFE else "TRUNCATE"
 #: How a write transaction begins: it takes the write lock at once, so none fails midway.
 BEGIN_WRITE = "BEGIN IMMEDIATE"
-#: How long a statement waits for another connection's lock before SQLite gives up.
-BUSY_TIMEOUT_MS = 30_000
 
 
 #: Each supported database's dialect module, by name: its INSERT has the upsert (ON CONFLICT DO
@@ -320,7 +295,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
-            f"busy_timeout={BUSY_TIMEOUT_MS}",  # first: turning WAL on waits for other locks
+            "busy_timeout=30000",  # first: turning WAL on waits for other processes' locks
             f"journal_mode={JOURNAL_MODE}",
             # durable: a commit the caller was told of survives a power cut too (with WAL, one
             # fsync of the log per commit; NORMAL would skip it)
