@@ -112,7 +112,7 @@ class Context:
             "argon2id (twofa.crypto, unchanged)": (
                 f"m={ARGON2.memory_cost} KiB, t={ARGON2.time_cost}, p={ARGON2.parallelism}"
             ),
-            "app worker": "twofa worker (build_worker: SDK defaults, 100 slots, cache 500)",
+            "app worker": "twofa worker (build_worker: no sandbox, 100 slots, cache 500)",
             "API": "twofa api (uvicorn, 1 process, access log on)",
             "database": (
                 f"PostgreSQL at {make_url(self.stack.settings.database_url).host}:"
