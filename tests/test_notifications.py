@@ -7,19 +7,30 @@ test's own (tests/test_mail.py) served by a worker of its own on its own task qu
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
 
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy import select
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
 from tests.support.journey import Api, User, audit_trail, eventually, new_user, untrusted
 from tests.support.relay import RelayHandler, relay
+from twofa import audit
 from twofa.config import Settings
-from twofa.store.db import Database
-from twofa.store.models import AuditRecord
+from twofa.crypto import Keyring
+from twofa.notifications import BROWSER_ENROLLED, run_notifier
+from twofa.store import notification_queries
+from twofa.store.db import Database, migrate
+from twofa.store.models import Account, AuditRecord, Notification
 from twofa.temporal import serving
 from twofa.workflows.messages import workflow_id
 
@@ -150,3 +161,61 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
             assert r.status_code == 202, r.text
             assert len(handler.accepted) == 1
             assert await audited(database, user.account_id, "mail_failed") == []
+
+
+class SlowRelay(RelayHandler):
+    """Holds each mail's DATA until the test lets it through: a send caught in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = threading.Event()
+        self.answer = threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
+        self.in_flight.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.answer.wait, 20)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.single_backend  # an outbox of its own: no other notifier may take its mails
+async def test_a_stopping_notifier_finishes_the_mail_in_flight_and_hands_back_the_rest(
+    tmp_path: Path, base_settings: Settings
+) -> None:
+    handler = SlowRelay()
+    with relay(handler) as port:
+        settings = base_settings.model_copy(
+            update={"data_dir": tmp_path, "database_url": f"sqlite:///{tmp_path / 'own.db'}"}
+        )
+        settings = settings.model_copy(update={"smtp_port": port})
+        migrate(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url)
+        db.audit = audit.chain_for(settings, Keyring.of(settings))
+        now = datetime.now(UTC)
+        async with db.write() as session:
+            account = Account(
+                id=str(uuid.uuid4()), email="queue@example.com", password_hash="-",
+                created_at=now, updated_at=now,
+            )  # fmt: skip
+            session.add(account)
+            for n in range(3):
+                await notification_queries.notify(
+                    session, account.id, BROWSER_ENROLLED, account.email, now, device_name=f"b{n}"
+                )
+        stop = asyncio.Event()
+        notifier = asyncio.create_task(run_notifier(settings, db, stop))
+        try:
+            await eventually(handler.in_flight.is_set, "a mail at the relay", interval=0.01)
+            stop.set()
+            handler.answer.set()
+            await asyncio.wait_for(notifier, 20)
+            async with db.read() as session:
+                rows = (await session.scalars(select(Notification))).all()
+        finally:
+            await db.dispose()
+    assert len(handler.accepted) == 1  # none started after the stop
+    [sent] = [n for n in rows if n.sent_at is not None]
+    assert sent.attempts == 1
+    handed_back = [n for n in rows if n.sent_at is None]
+    assert len(handed_back) == 2
+    assert all(n.attempts == 0 and n.due_at <= datetime.now(UTC) for n in handed_back)
+    assert all(n.failed_at is None for n in handed_back)

@@ -11,6 +11,7 @@ Message-ID, so a mailbox can tell it is the same message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -70,12 +71,21 @@ def compose(notification: Notification, sender: str) -> EmailMessage:
     )
 
 
-async def send_due(settings: Settings, db: Database) -> int:
-    """One round: every due mail claimed, sent and recorded; returns how many were tried."""
+async def send_due(settings: Settings, db: Database, stop: asyncio.Event) -> int:
+    """One round: every due mail claimed, sent and recorded; returns how many were claimed.
+
+    Once ``stop`` is set, the mail being sent is finished and recorded, and the ones claimed
+    after it are handed back, due at once for the next notifier.
+    """
     now = datetime.now(UTC)
     async with db.write() as session:
         claimed = await notification_queries.claim_notifications(session, now, now + CLAIM, BATCH)
-    for notification in claimed:
+    for index, notification in enumerate(claimed):
+        if stop.is_set():
+            async with db.write() as session:
+                ids = [n.id for n in claimed[index:]]
+                await notification_queries.release_claims(session, ids, datetime.now(UTC))
+            break
         await _send(settings, db, notification)
     return len(claimed)
 
@@ -122,13 +132,21 @@ async def _deliver_and_record(settings: Settings, db: Database, notification: No
         log.info("%s mail sent for account %s", notification.kind, notification.account_id)
 
 
-async def run_notifier(settings: Settings, db: Database) -> None:
-    """Drains the outbox until cancelled; a failed round is logged and tried again."""
-    while True:
+async def run_notifier(settings: Settings, db: Database, stop: asyncio.Event) -> None:
+    """Drains the outbox until ``stop`` is set; a failed round is logged and tried again.
+
+    It stops between mails, never by cancellation: a mail cut off while being sent would be
+    sent again later, and on Python 3.11 a cancellation that arrives as one of aiosmtplib's
+    ``asyncio.wait_for`` calls completes is lost (CPython gh-86296), which left a cancelled
+    notifier running, and the worker's stop waiting on it, for ever.
+    """
+    while not stop.is_set():
         try:
-            tried = await send_due(settings, db)
+            tried = await send_due(settings, db, stop)
         except Exception:
             log.exception("notifier round failed; trying again")
             tried = 0
         if not tried:
-            await asyncio.sleep(IDLE_POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_POLL_SECONDS):
+                    await stop.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -180,13 +179,13 @@ def build_worker(client: Client, settings: Settings, db: Database) -> Worker:
 async def serving(client: Client, settings: Settings, db: Database) -> AsyncIterator[None]:
     """The worker's two jobs: the task queue, and the notifier's outbox of S10 mails."""
     async with build_worker(client, settings, db):
-        notifier = asyncio.create_task(run_notifier(settings, db))
+        stop = asyncio.Event()
+        notifier = asyncio.create_task(run_notifier(settings, db, stop))
         try:
             yield
         finally:
-            notifier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await notifier
+            stop.set()  # not cancel(): see run_notifier
+            await notifier
 
 
 async def run_worker(settings: Settings) -> None:
