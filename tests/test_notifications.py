@@ -183,13 +183,13 @@ async def test_a_stopping_notifier_finishes_the_mail_in_flight_and_hands_back_th
 ) -> None:
     handler = SlowRelay()
     with relay(handler) as port:
+        own_db = f"sqlite:///{tmp_path / 'own.db'}"
         settings = base_settings.model_copy(
-            update={"data_dir": tmp_path, "database_url": f"sqlite:///{tmp_path / 'own.db'}"}
+            update={"data_dir": tmp_path, "database_url": own_db, "smtp_port": port}
         )
-        settings = settings.model_copy(update={"smtp_port": port})
         migrate(settings.resolved_database_url)
-        db = Database(settings.resolved_database_url)
-        db.audit = audit.chain_for(settings, Keyring.of(settings))
+        chain = audit.chain_for(settings, Keyring.of(settings))
+        db = Database(settings.resolved_database_url, audit=chain)
         now = datetime.now(UTC)
         async with db.write() as session:
             account = Account(
