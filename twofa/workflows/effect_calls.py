@@ -14,7 +14,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
     from twofa.activities.heartbeat import HEARTBEAT_TIMEOUT
-    from twofa.workflows.patches import PATCH_LOCAL_EFFECTS
+    from twofa.workflows.messages import CodeMail
+    from twofa.workflows.patches import PATCH_LOCAL_EFFECTS, PATCH_LOCAL_MAIL_FIRST
 
 T = TypeVar("T")
 #: Transient failures (the database away, a relay saying "try later") are retried until they
@@ -24,6 +25,9 @@ EFFECT_RETRY = RetryPolicy(
 )
 #: Generous for a slow database or relay: a dead worker is found by its missing heartbeats.
 EFFECT_TIMEOUT = timedelta(seconds=30)
+#: The mail's first try, inside the workflow task: one try only, since a local activity's
+#: retries keep the workflow task alive with new history events while they wait.
+FIRST_TRY = RetryPolicy(maximum_attempts=1)
 
 
 async def run_effect(activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
@@ -31,8 +35,8 @@ async def run_effect(activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> 
 
     Timeouts and retries are not part of a history's commands: changing them is safe; the
     kind of activity is, hence the patch (memoized per run: a run that began with remote
-    effects keeps them). The mail stays a remote activity: a relay that says "try later"
-    may take minutes, retried with backoff, and a worker may die meanwhile.
+    effects keeps them). The mail is a remote activity here; ``mail_code`` tries it locally
+    first.
     """
     if activity is not Effects.send_activation_code and workflow.patched(PATCH_LOCAL_EFFECTS):
         return await workflow.execute_local_activity_method(
@@ -45,6 +49,35 @@ async def run_effect(activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> 
         heartbeat_timeout=HEARTBEAT_TIMEOUT,
         retry_policy=EFFECT_RETRY,
     )
+
+
+async def mail_code(mail: CodeMail) -> str:
+    """Mails a code; returns its digest. The first try runs inside the workflow task, which
+    spares the enable a trip through the server when the relay answers at once (the usual
+    case); a relay that says "try later", or does not answer, is retried as a remote activity,
+    with backoff and no new history event per try, for as long as it takes. The mail activity
+    is idempotent, so a local try that delivered but failed after does not mail twice.
+
+    A permanent refusal (the address refused, the account gone) is raised as it is.
+    """
+    if workflow.patched(PATCH_LOCAL_MAIL_FIRST):
+        try:
+            return await workflow.execute_local_activity_method(
+                Effects.send_activation_code,
+                mail,
+                start_to_close_timeout=EFFECT_TIMEOUT,
+                retry_policy=FIRST_TRY,
+            )
+        except (ActivityError, ApplicationError) as failure:
+            if is_permanent(failure):
+                raise
+    return await run_effect(Effects.send_activation_code, mail)
+
+
+def is_permanent(failure: ActivityError | ApplicationError) -> bool:
+    """The activity refused for good (non-retryable), as opposed to failing this time."""
+    cause = failure.cause if isinstance(failure, ActivityError) else failure
+    return isinstance(cause, ApplicationError) and cause.non_retryable
 
 
 def refusal(failure: ActivityError | ApplicationError) -> ApplicationError:

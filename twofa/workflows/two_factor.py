@@ -14,7 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
-    from twofa.workflows.effect_calls import refusal, run_effect
+    from twofa.workflows.effect_calls import mail_code, refusal, run_effect
     from twofa.workflows.messages import (
         STATE_SEARCH_ATTRIBUTE,
         Activation,
@@ -346,8 +346,8 @@ class TwoFactorWorkflow:
         p.code_expires_at = workflow.now() + timedelta(seconds=self.policy.code_ttl_seconds)
         mail = CodeMail(self.account_id, p.enrollment_id, p.code_number, p.code_expires_at)
         try:
-            p.code_digest = await run_effect(Effects.send_activation_code, mail)
-        except ActivityError:
+            p.code_digest = await mail_code(mail)
+        except (ActivityError, ApplicationError):  # remote, local
             if not workflow.patched(PATCH_MAIL_REFUSAL):
                 raise
             # the relay refused the address for good: no code is out, and the next login
