@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,7 +22,7 @@ from temporalio.client import Client
 
 from tests.conftest import ApiFactory
 from tests.support.journey import Api, User, audit_trail, eventually, new_user, untrusted
-from tests.support.relay import RelayHandler, relay
+from tests.support.relay import RelayHandler, own_worker, relay
 from twofa import audit
 from twofa.config import Settings
 from twofa.crypto import Keyring
@@ -31,7 +30,6 @@ from twofa.notifications import BROWSER_ENROLLED, run_notifier
 from twofa.store import notification_queries
 from twofa.store.db import Database, migrate
 from twofa.store.models import Account, AuditRecord, Notification
-from twofa.temporal import serving
 from twofa.workflows.messages import workflow_id
 
 
@@ -102,22 +100,6 @@ async def test_s10_enrolled_browsers_lock_and_disable_are_mailed_without_secrets
         return len(await audited(database, user.account_id, "notification_sent")) == 4
 
     await eventually(all_audited, "four notification_sent records")
-
-
-@asynccontextmanager
-async def own_worker(
-    client: Client,
-    base_settings: Settings,
-    database: Database,
-    start_api: ApiFactory,
-    port: int,
-    **api_settings: object,
-) -> AsyncIterator[Api]:
-    """An API and a worker on a task queue of their own, whose mail goes to relay ``port``."""
-    queue = f"relay-{uuid.uuid4().hex[:8]}"
-    settings = base_settings.model_copy(update={"temporal_task_queue": queue, "smtp_port": port})
-    async with serving(client, settings, database):
-        yield await start_api(temporal_task_queue=queue, smtp_port=port, **api_settings)
 
 
 async def test_a_refused_activation_mail_is_audited_and_the_next_login_says_so(

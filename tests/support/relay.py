@@ -4,16 +4,25 @@ over what, and who logged in, and refuses on demand."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from temporalio.client import Client
 
+from tests.support.journey import Api
 from tests.support.processes import free_port
+from twofa.config import Settings
+from twofa.store.db import Database
+from twofa.temporal import serving
+
+if TYPE_CHECKING:
+    from tests.conftest import ApiFactory
 
 USERNAME = "twofa-relay-user"
 PASSWORD = "relay-password-Zq81-never-in-clear"
@@ -77,3 +86,19 @@ def relay(handler: RelayHandler, **smtp_options: Any) -> Iterator[int]:
         yield port
     finally:
         controller.stop()
+
+
+@asynccontextmanager
+async def own_worker(
+    client: Client,
+    base_settings: Settings,
+    database: Database,
+    start_api: ApiFactory,
+    port: int,
+    **api_settings: object,
+) -> AsyncIterator[Api]:
+    """An API and a worker on a task queue of their own, whose mail goes to relay ``port``."""
+    queue = f"relay-{uuid.uuid4().hex[:8]}"
+    settings = base_settings.model_copy(update={"temporal_task_queue": queue, "smtp_port": port})
+    async with serving(client, settings, database):
+        yield await start_api(temporal_task_queue=queue, smtp_port=port, **api_settings)

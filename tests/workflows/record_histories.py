@@ -13,6 +13,7 @@ named on the command line, with ``TWOFA_HISTORY_RELEASE`` set.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from temporalio.client import Client
 
 from tests.conftest import ApiFactory
 from tests.support.journey import Api, User, eventually, new_user
+from tests.support.relay import RelayHandler, own_worker, relay
+from twofa.config import Settings
+from twofa.store.db import Database
 from twofa.workflows.messages import workflow_id
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -90,6 +94,36 @@ async def test_code_burned_by_wrong_tries(api: Api, client: Client) -> None:
         r = await api.submit_code(login["login_id"], "WRONGCODE")
         assert r.status_code == 400, r.text
     await save(client, "pending_code_burned", user)
+
+
+async def test_mail_after_a_busy_relay(
+    start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
+) -> None:
+    """Since ea117d1: the mail's first try failed locally, its remote retry delivered it."""
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    with relay(handler) as port:
+        async with own_worker(client, base_settings, database, start_api, port) as api:
+            user = await api.registered_and_logged_in(new_user("relay-busy"))
+            enabling = asyncio.create_task(
+                api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+            )
+            await eventually(lambda: handler.mail_commands >= 3, "three tries", interval=0.05)
+            handler.refuse = {}
+            r = await enabling
+            assert r.status_code == 202, r.text
+    await save(client, "pending_code_relay_busy", user)
+
+
+async def test_mail_refused(
+    start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
+) -> None:
+    """Since ea117d1: the relay refused the address on the mail's first, local, try."""
+    handler = RelayHandler(refuse={"RCPT": "550 5.1.1 mailbox unavailable"})
+    with relay(handler) as port:
+        async with own_worker(client, base_settings, database, start_api, port) as api:
+            user = new_user("relay-refused")
+            await api.enabled(user)
+    await save(client, "pending_code_mail_refused", user)
 
 
 async def test_pending_activation(api: Api, client: Client) -> None:
