@@ -56,7 +56,8 @@ async def mail_code(mail: CodeMail) -> str:
     spares the enable a trip through the server when the relay answers at once (the usual
     case); a relay that says "try later", or does not answer, is retried as a remote activity,
     with backoff and no new history event per try, for as long as it takes. The mail activity
-    is idempotent, so a local try that delivered but failed after does not mail twice.
+    is idempotent (keyed by enrollment and code number, the same code each time), so the
+    remote tries may follow a local one that got as far as the relay.
 
     A permanent refusal (the address refused, the account gone) is raised as it is.
     """
@@ -74,18 +75,20 @@ async def mail_code(mail: CodeMail) -> str:
     return await run_effect(Effects.send_activation_code, mail)
 
 
+def _cause(failure: ActivityError | ApplicationError) -> BaseException | None:
+    """A remote activity's failure comes wrapped in an ``ActivityError``; a local one's comes
+    as the activity raised it."""
+    return failure.cause if isinstance(failure, ActivityError) else failure
+
+
 def is_permanent(failure: ActivityError | ApplicationError) -> bool:
     """The activity refused for good (non-retryable), as opposed to failing this time."""
-    cause = failure.cause if isinstance(failure, ActivityError) else failure
+    cause = _cause(failure)
     return isinstance(cause, ApplicationError) and cause.non_retryable
 
 
 def refusal(failure: ActivityError | ApplicationError) -> ApplicationError:
-    """An activity's permanent refusal, as the update's refusal of the same kind.
-
-    A remote activity's failure comes wrapped in an ``ActivityError``; a local one's comes as
-    the activity raised it.
-    """
-    cause = failure.cause if isinstance(failure, ActivityError) else failure
+    """An activity's permanent refusal, as the update's refusal of the same kind."""
+    cause = _cause(failure)
     kind = cause.type if isinstance(cause, ApplicationError) else None
     return ApplicationError(str(cause), type=kind or "effect_failed", non_retryable=True)
