@@ -21,7 +21,7 @@ from twofa import errors
 from twofa.config import Settings
 from twofa.errors import ServiceError
 from twofa.observability import BoundedInput, Metrics, Observed
-from twofa.service import CurrentSession, TwoFactorService
+from twofa.service import CurrentSession
 from twofa.views import (
     AccountView,
     DeviceView,
@@ -32,7 +32,7 @@ from twofa.views import (
     TwoFactorView,
 )
 from twofa.web import router as pages
-from twofa.web.core import service_of
+from twofa.web.core import Service
 from twofa.wiring import services
 
 log = logging.getLogger(__name__)
@@ -184,11 +184,11 @@ def edge_app(request: Request) -> EdgeGuardedApp:
     return app
 
 
-def caller(
+async def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    """S6: every call carries the service token."""
+    """S6: every call carries the service token (async: checked on the loop, not a thread)."""
     expected = edge_app(request).settings.resolved_service_token.encode()
     given = credentials.credentials.encode() if credentials else b""
     if not hmac.compare_digest(given, expected):
@@ -196,14 +196,13 @@ def caller(
 
 
 async def user(
-    svc: Annotated[TwoFactorService, Depends(service_of)],
+    svc: Service,
     x_session_token: Annotated[str | None, Header(max_length=1024)] = None,
 ) -> CurrentSession:
     """S6: user actions also carry the user's session."""
     return await svc.current_session(x_session_token)
 
 
-Service = Annotated[TwoFactorService, Depends(service_of)]
 User = Annotated[CurrentSession, Depends(user)]
 V1: dict[str, Any] = {"dependencies": [Depends(caller)]}
 #: A login's outcome carries only the fields that outcome has (SPEC's outcome table).

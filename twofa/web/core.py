@@ -175,6 +175,12 @@ def service_of(request: Request) -> TwoFactorService:
     return request.app.state.service
 
 
+async def current_service(request: Request) -> TwoFactorService:
+    """``service_of`` as a dependency: FastAPI runs a plain function dependency on a thread,
+    a hand-off each way per request for an attribute lookup; an async one on the loop."""
+    return service_of(request)
+
+
 def flows(request: Request) -> FlowCookie:
     svc = service_of(request)
     return FlowCookie(svc.keyring, svc.settings.login_ttl_seconds)
@@ -267,7 +273,7 @@ async def signed_in(request: Request) -> CurrentSession:
     return await service_of(request).current_session(request.cookies.get(SESSION_COOKIE))
 
 
-Service = Annotated[TwoFactorService, Depends(service_of)]
+Service = Annotated[TwoFactorService, Depends(current_service)]
 Form = Annotated[PageForm, Depends(checked_form)]
 User = Annotated[CurrentSession, Depends(signed_in)]
 
