@@ -18,9 +18,11 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
+from tests.support.history import activities_run, header_id
 from tests.support.journey import Api, User, audit_trail, eventually, new_user, untrusted
 from tests.support.relay import RelayHandler, own_worker, relay
 from twofa import audit
@@ -159,6 +161,19 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
             handler.refuse = {}
             r = await enabling
             assert r.status_code == 202, r.text
+            events = (await handle.fetch_history()).events
+            mails = [run for run in activities_run(events) if run[1] == "send_activation_code"]
+            assert mails == [
+                ("local", "send_activation_code", True),
+                ("remote", "send_activation_code", False),
+            ], mails
+            # the remote mail carries the enable's request id, as its log line and records do
+            [scheduled] = [
+                e.activity_task_scheduled_event_attributes
+                for e in events
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            ]
+            assert header_id(scheduled.header) == r.headers["x-request-id"]
             assert len(handler.accepted) == 1
             assert await audited(database, user.account_id, "mail_failed") == []
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SERVICE_TOKEN
+from tests.conftest import SERVICE_TOKEN, ApiFactory
 from tests.support.journey import Api, User, eventually, new_user
 from tests.support.processes import TWOFA, environment, free_port, started, wait_for_http
 from twofa.api import create_app
@@ -100,16 +100,30 @@ async def test_metrics_count_a_journey_and_name_no_one(api: Api, base_settings: 
 # -- the worker's Temporal SDK metrics
 
 
+def mails_sent(text: str) -> float:
+    """The README's count of activation mails sent: the mail activity's finished runs, local
+    (its first try) and remote (the retries after a busy relay)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name
+        in (
+            "temporal_local_activity_execution_latency_count",
+            "temporal_activity_execution_latency_count",
+        )
+        and sample.labels.get("activity_type") == "send_activation_code"
+    )
+
+
 @pytest.mark.single_backend
 async def test_worker_serves_temporal_metrics_and_logs_json(
-    base_settings: Settings, tmp_path: Path
+    base_settings: Settings, start_api: ApiFactory, tmp_path: Path
 ) -> None:
     port = free_port()
+    queue = f"metrics-{uuid.uuid4().hex[:8]}"  # its own queue: only this test's mail
     env = environment(
-        base_settings,
-        worker_metrics_port=str(port),
-        temporal_task_queue=f"metrics-{uuid.uuid4().hex[:8]}",  # its own, empty queue
-        log_format="json",
+        base_settings, worker_metrics_port=str(port), temporal_task_queue=queue, log_format="json"
     )
     log = tmp_path / "worker.log"
     text = ""
@@ -129,6 +143,15 @@ async def test_worker_serves_temporal_metrics_and_logs_json(
             return "worker polling" in log.read_text()
 
         await eventually(polling, lambda: f"the worker's log line:\n{log.read_text()[-2000:]}")
+        api = await start_api(temporal_task_queue=queue)
+        await api.enabled(new_user("metrics"))
+
+        async def mail_counted() -> bool:
+            nonlocal text
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            return mails_sent(text) == 1
+
+        await eventually(mail_counted, lambda: f"one mail sent in:\n{text[:3000]}")
     names = {family.name for family in text_string_to_metric_families(text)}
     assert any(name.startswith("temporal_") for name in names), names
     lines = log.read_text().splitlines()

@@ -152,7 +152,8 @@ class Metrics:
         self.mails = Counter(
             "twofa_mails_requested",
             "Mails the API asked the worker to send (the worker sends them: its Temporal "
-            "metrics for the send_activation_code activity count the sent and failed ones).",
+            "metrics for the send_activation_code activity, local and remote, count the sent "
+            "and failed ones).",
             ["kind"],
             registry=self.registry,
         )

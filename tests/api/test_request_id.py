@@ -26,10 +26,10 @@ from temporalio.api.common.v1 import Header, Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
-from temporalio.converter import default as default_converter
 from temporalio.worker import Replayer
 
 from tests.conftest import PEPPER, SERVICE_TOKEN
+from tests.support.history import CONVERTER, activities_run, header_id
 from tests.support.journey import Api, User, audit_trail, eventually, new_user
 from tests.support.processes import TWOFA, environment, free_port, started, wait_for_http
 from tests.support.stores import clone_store, drop_guards, empty_store, sql
@@ -46,7 +46,6 @@ from twofa.workflows.messages import workflow_id
 from twofa.workflows.two_factor import TwoFactorWorkflow
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
-CONVERTER = default_converter().payload_converter
 
 
 @dataclass
@@ -148,12 +147,6 @@ def headers_stripped(message: Message) -> list[Header]:
             else:
                 found.extend(headers_stripped(inner))
     return found
-
-
-def header_id(header: Header) -> str | None:
-    if HEADER not in header.fields:
-        return None
-    return str(CONVERTER.from_payload(header.fields[HEADER], str))
 
 
 async def history_of(client: Client, account_id: str) -> WorkflowHistory:
@@ -270,6 +263,7 @@ async def test_a_known_request_id_follows_its_steps_into_the_worker(stack: Stack
     # Every effect ran as a local activity, recorded as a marker that keeps no header (their
     # audit records and log lines above carry the ids): the mail too, as the relay answered.
     assert activities == [], activities
+    assert ("local", "send_activation_code", False) in activities_run(history.events)
 
     # Headers are not commands: the history replays with the interceptor and without it.
     for interceptors in ([RequestIdWorker()], []):

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
+from temporalio.api.common.v1 import Header
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.converter import default as default_converter
+
+from twofa.temporal_context import HEADER
+
+CONVERTER = default_converter().payload_converter
 
 
 def update_refusals(events: Iterable[HistoryEvent]) -> list[str]:
@@ -31,3 +39,26 @@ def events_naming(events: Iterable[HistoryEvent], text: str) -> list[HistoryEven
     """The events that carry ``text`` anywhere (an update's id, its argument, its outcome)."""
     needle = text.encode()
     return [event for event in events if needle in event.SerializeToString()]
+
+
+def header_id(header: Header) -> str | None:
+    """The request id a call or an activity carries in its Temporal header, if any."""
+    if HEADER not in header.fields:
+        return None
+    return str(CONVERTER.from_payload(header.fields[HEADER], str))
+
+
+def activities_run(events: Iterable[HistoryEvent]) -> list[tuple[str, str, bool]]:
+    """The workflow's activities, oldest first: ``("local", type, failed)`` for each local
+    activity (its marker), ``("remote", type, False)`` for each remote one scheduled."""
+    runs = []
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity":
+                data = json.loads(marker.details["data"].payloads[0].data)
+                runs.append(("local", data["activity_type"], marker.HasField("failure")))
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            runs.append(("remote", name, False))
+    return runs

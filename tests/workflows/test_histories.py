@@ -35,6 +35,10 @@ SCENARIOS = {
     "continued_as_new",
 }
 
+#: Recorded since release ea117d1 (the mail's first try local): its two ways out.
+MAIL_SCENARIOS = {"pending_code_relay_busy", "pending_code_mail_refused"}
+RELEASES_BEFORE_MAIL_SCENARIOS = {"be3d6ff", "2026-12-01", "2026-12-02"}
+
 pytestmark = pytest.mark.single_backend
 
 
@@ -45,7 +49,8 @@ def test_the_first_release_is_recorded() -> None:
 @pytest.mark.parametrize("release", sorted(p.name for p in HISTORIES.iterdir() if p.is_dir()))
 def test_each_release_covers_every_state(release: str) -> None:
     names = {p.name.split(".")[0] for p in (HISTORIES / release).glob("*.json")}
-    assert names >= SCENARIOS, SCENARIOS - names
+    expected = SCENARIOS | (set() if release in RELEASES_BEFORE_MAIL_SCENARIOS else MAIL_SCENARIOS)
+    assert names >= expected, expected - names
 
 
 #: The worker's runner, and the SDK's sandbox, which refuses a clock, random numbers or I/O in

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
@@ -59,7 +59,8 @@ async def mail_code(mail: CodeMail) -> str:
     is idempotent (keyed by enrollment and code number, the same code each time), so the
     remote tries may follow a local one that got as far as the relay.
 
-    A permanent refusal (the address refused, the account gone) is raised as it is.
+    A permanent refusal (the address refused, the account gone) is raised as it is, and so
+    is a cancellation: a cancelled step does not go on to mail.
     """
     if workflow.patched(PATCH_LOCAL_MAIL_FIRST):
         try:
@@ -70,14 +71,15 @@ async def mail_code(mail: CodeMail) -> str:
                 retry_policy=FIRST_TRY,
             )
         except (ActivityError, ApplicationError) as failure:
-            if is_permanent(failure):
+            if is_permanent(failure) or isinstance(_cause(failure), CancelledError):
                 raise
     return await run_effect(Effects.send_activation_code, mail)
 
 
 def _cause(failure: ActivityError | ApplicationError) -> BaseException | None:
-    """A remote activity's failure comes wrapped in an ``ActivityError``; a local one's comes
-    as the activity raised it."""
+    """What the activity failed with: a remote activity's failure, and a local one's timeout or
+    cancellation, come wrapped in an ``ActivityError``; a local one's own error comes as the
+    activity raised it."""
     return failure.cause if isinstance(failure, ActivityError) else failure
 
 
