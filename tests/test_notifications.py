@@ -24,7 +24,7 @@ from temporalio.client import Client
 from tests.conftest import ApiFactory
 from tests.support.history import activities_run, header_id
 from tests.support.journey import Api, User, audit_trail, eventually, new_user, untrusted
-from tests.support.relay import RelayHandler, own_worker, relay
+from tests.support.relay import RelayHandler, api_on_relay, relay
 from twofa import audit
 from twofa.config import Settings
 from twofa.crypto import Keyring
@@ -108,74 +108,74 @@ async def test_a_refused_activation_mail_is_audited_and_the_next_login_says_so(
     client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
 ) -> None:
     handler = RelayHandler(refuse={"RCPT": "550 5.1.1 mailbox unavailable"})
-    with relay(handler) as port:
-        async with own_worker(client, base_settings, database, start_api, port) as api:
-            user = new_user("refused")
-            await api.enabled(user)
-            [failed] = await audited(database, user.account_id, "mail_failed")
-            assert "550" in failed.details and user.email not in failed.details
-            # nothing retries for ever: the workflow waits for the user, with no activity
-            description = await client.get_workflow_handle(workflow_id(user.account_id)).describe()
-            assert not description.raw_description.pending_activities
+    async with api_on_relay(handler, client, base_settings, database, start_api) as api:
+        user = new_user("refused")
+        await api.enabled(user)
+        [failed] = await audited(database, user.account_id, "mail_failed")
+        assert "550" in failed.details and user.email not in failed.details
+        # nothing retries for ever: the workflow waits for the user, with no activity
+        description = await client.get_workflow_handle(workflow_id(user.account_id)).describe()
+        assert not description.raw_description.pending_activities
 
-            login = await api.login_ok(user)
-            assert login["outcome"] == "activation_code_required", login
-            assert login["code_sent"] is False and login["mail_refused"] is True, login
+        login = await api.login_ok(user)
+        assert login["outcome"] == "activation_code_required", login
+        assert login["code_sent"] is False and login["mail_refused"] is True, login
 
-            handler.refuse = {}  # the address works again: the next login mails a code
-            login = await api.login_ok(user)
-            assert login["code_sent"] is True and "mail_refused" not in login, login
-            [(mail, _, _)] = handler.accepted
-            code = mail.get_content().split("Activation code: ")[1].split()[0]
-            r = await api.submit_code(login["login_id"], code)
-            assert r.status_code == 200, r.text
+        handler.refuse = {}  # the address works again: the next login mails a code
+        login = await api.login_ok(user)
+        assert login["code_sent"] is True and "mail_refused" not in login, login
+        [(mail, _, _)] = handler.accepted
+        code = mail.get_content().split("Activation code: ")[1].split()[0]
+        r = await api.submit_code(login["login_id"], code)
+        assert r.status_code == 200, r.text
 
 
 async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
     client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
 ) -> None:
     handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
-    with relay(handler) as port:
-        # no auto-logout timer fires while the relay is busy: the history is the mail's alone
-        own = own_worker(client, base_settings, database, start_api, port, auto_logout_seconds=60)
-        async with own as api:
-            user = await api.registered_and_logged_in(new_user("busy"))
-            enabling = asyncio.create_task(
-                api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+    # no auto-logout timer fires while the relay is busy: the history is the mail's alone
+    relayed = api_on_relay(
+        handler, client, base_settings, database, start_api, auto_logout_seconds=60
+    )
+    async with relayed as api:
+        user = await api.registered_and_logged_in(new_user("busy"))
+        enabling = asyncio.create_task(
+            api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+        )
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+
+        async def tried(times: int) -> int:
+            """The history's length once the relay has refused ``times`` tries."""
+            await eventually(
+                lambda: handler.mail_commands >= times, f"{times} tries", interval=0.05
             )
-            handle = client.get_workflow_handle(workflow_id(user.account_id))
+            return len((await handle.fetch_history()).events)
 
-            async def tried(times: int) -> int:
-                """The history's length once the relay has refused ``times`` tries."""
-                await eventually(
-                    lambda: handler.mail_commands >= times, f"{times} tries", interval=0.05
-                )
-                return len((await handle.fetch_history()).events)
-
-            # the first try, in the workflow task, then the remote activity's retries, which
-            # add nothing to the history however long the relay stays busy
-            assert await tried(3) == await tried(5)
-            [mail] = (await handle.describe()).raw_description.pending_activities
-            assert mail.activity_type.name == "send_activation_code" and mail.attempt >= 4
-            assert not enabling.done()
-            handler.refuse = {}
-            r = await enabling
-            assert r.status_code == 202, r.text
-            events = (await handle.fetch_history()).events
-            mails = [run for run in activities_run(events) if run[1] == "send_activation_code"]
-            assert mails == [
-                ("local", "send_activation_code", True),
-                ("remote", "send_activation_code", False),
-            ], mails
-            # the remote mail carries the enable's request id, as its log line and records do
-            [scheduled] = [
-                e.activity_task_scheduled_event_attributes
-                for e in events
-                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-            ]
-            assert header_id(scheduled.header) == r.headers["x-request-id"]
-            assert len(handler.accepted) == 1
-            assert await audited(database, user.account_id, "mail_failed") == []
+        # the first try, in the workflow task, then the remote activity's retries, which
+        # add nothing to the history however long the relay stays busy
+        assert await tried(3) == await tried(5)
+        [mail] = (await handle.describe()).raw_description.pending_activities
+        assert mail.activity_type.name == "send_activation_code" and mail.attempt >= 4
+        assert not enabling.done()
+        handler.refuse = {}
+        r = await enabling
+        assert r.status_code == 202, r.text
+        events = (await handle.fetch_history()).events
+        mails = [run for run in activities_run(events) if run[1] == "send_activation_code"]
+        assert mails == [
+            ("local", "send_activation_code", True),
+            ("remote", "send_activation_code", False),
+        ], mails
+        # the remote mail carries the enable's request id, as its log line and records do
+        [scheduled] = [
+            e.activity_task_scheduled_event_attributes
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+        assert header_id(scheduled.header) == r.headers["x-request-id"]
+        assert len(handler.accepted) == 1
+        assert await audited(database, user.account_id, "mail_failed") == []
 
 
 class SlowRelay(RelayHandler):

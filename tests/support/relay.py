@@ -89,16 +89,20 @@ def relay(handler: RelayHandler, **smtp_options: Any) -> Iterator[int]:
 
 
 @asynccontextmanager
-async def own_worker(
+async def api_on_relay(
+    handler: RelayHandler,
     client: Client,
     base_settings: Settings,
     database: Database,
     start_api: ApiFactory,
-    port: int,
     **api_settings: object,
 ) -> AsyncIterator[Api]:
-    """An API and a worker on a task queue of their own, whose mail goes to relay ``port``."""
+    """A relay run by ``handler``, and an API and a worker on a task queue of their own whose
+    mail goes through it."""
     queue = f"relay-{uuid.uuid4().hex[:8]}"
-    settings = base_settings.model_copy(update={"temporal_task_queue": queue, "smtp_port": port})
-    async with serving(client, settings, database):
-        yield await start_api(temporal_task_queue=queue, smtp_port=port, **api_settings)
+    with relay(handler) as port:
+        settings = base_settings.model_copy(
+            update={"temporal_task_queue": queue, "smtp_port": port}
+        )
+        async with serving(client, settings, database):
+            yield await start_api(temporal_task_queue=queue, smtp_port=port, **api_settings)

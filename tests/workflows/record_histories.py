@@ -22,7 +22,7 @@ from temporalio.client import Client
 
 from tests.conftest import ApiFactory
 from tests.support.journey import Api, User, eventually, new_user
-from tests.support.relay import RelayHandler, own_worker, relay
+from tests.support.relay import RelayHandler, api_on_relay
 from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.workflows.messages import workflow_id
@@ -101,16 +101,15 @@ async def test_mail_after_a_busy_relay(
 ) -> None:
     """Since ea117d1: the mail's first try failed locally, its remote retry delivered it."""
     handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
-    with relay(handler) as port:
-        async with own_worker(client, base_settings, database, start_api, port) as api:
-            user = await api.registered_and_logged_in(new_user("relay-busy"))
-            enabling = asyncio.create_task(
-                api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
-            )
-            await eventually(lambda: handler.mail_commands >= 3, "three tries", interval=0.05)
-            handler.refuse = {}
-            r = await enabling
-            assert r.status_code == 202, r.text
+    async with api_on_relay(handler, client, base_settings, database, start_api) as api:
+        user = await api.registered_and_logged_in(new_user("relay-busy"))
+        enabling = asyncio.create_task(
+            api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+        )
+        await eventually(lambda: handler.mail_commands >= 3, "three tries", interval=0.05)
+        handler.refuse = {}
+        r = await enabling
+        assert r.status_code == 202, r.text
     await save(client, "pending_code_relay_busy", user)
 
 
@@ -119,10 +118,9 @@ async def test_mail_refused(
 ) -> None:
     """Since ea117d1: the relay refused the address on the mail's first, local, try."""
     handler = RelayHandler(refuse={"RCPT": "550 5.1.1 mailbox unavailable"})
-    with relay(handler) as port:
-        async with own_worker(client, base_settings, database, start_api, port) as api:
-            user = new_user("relay-refused")
-            await api.enabled(user)
+    async with api_on_relay(handler, client, base_settings, database, start_api) as api:
+        user = new_user("relay-refused")
+        await api.enabled(user)
     await save(client, "pending_code_mail_refused", user)
 
 
