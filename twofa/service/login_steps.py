@@ -136,6 +136,10 @@ class LoginSteps(ServiceCore):
                     await activation_queries.take_draft(db, draft_id)
             if not applied:
                 raise
+        async with self.db.write() as db:
+            # applied, so a draft by this id is a repeat's, written again while the first was
+            # being applied (PostgreSQL lets the two transactions overlap): it goes too
+            await activation_queries.take_draft(db, draft_id)
         await self._advance(challenge, Step.PIN, device_id=draft_id)
         return await self._activated(account.id, draft_id, device_token)
 
