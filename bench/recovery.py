@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pysqlite3 import dbapi2 as sqlite3
 from rich.table import Table
 from temporalio.api.enums.v1 import (
     PendingActivityState,
@@ -67,23 +67,29 @@ class Request:
 class WriteLock:
     """SQLite's write lock, held by the bench: a slow database, as the worker's writes see it.
 
-    ``EXCLUSIVE`` also waits out every reader: held while the worker is SIGSTOPped, it proves
-    the worker froze outside any transaction (else the API's writes would wait on it).
+    Held while the worker is SIGSTOPped, it proves the worker froze outside a write transaction
+    (else the API's writes would wait on it); a frozen reader holds up no writer in WAL mode.
+    Opened through the same SQLite as the app's (``twofa.store.db``), never the system's.
     """
 
-    def __init__(self, path: Path, mode: str = "IMMEDIATE") -> None:
-        self.mode = mode
+    def __init__(self, path: Path) -> None:
         self.connection = sqlite3.connect(
             path, timeout=30, isolation_level=None, check_same_thread=False
         )
 
     async def __aenter__(self) -> WriteLock:
-        await asyncio.to_thread(self.connection.execute, f"BEGIN {self.mode}")
+        await asyncio.to_thread(self.connection.execute, "BEGIN IMMEDIATE")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.connection.execute("ROLLBACK")
         self.connection.close()
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of the process stopped: a signal is delivered after ``kill`` returns."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks)
 
 
 async def _answer(ctx: Context, request: Request) -> tuple[Answer, int]:
@@ -127,11 +133,17 @@ async def _killed_mid_step(
     stack, client = ctx.stack, ctx.client
     worker = stack.parts["worker"].process
     db_path = stack.data_dir / "twofa.db"
-    async with WriteLock(db_path, "EXCLUSIVE"):
+    async with WriteLock(db_path):
         worker.send_signal(signal.SIGSTOP)
+        await eventually(
+            lambda: _stopped(worker.pid), f"{step}: the worker to stop", interval=0.001
+        )
     answer = asyncio.create_task(_answer(ctx, request))
 
     async def update_arrived() -> bool:
+        if answer.done():  # answered without the worker: the step never reached the workflow
+            r, _ = answer.result()
+            raise RuntimeError(f"recovery {step}: answered HTTP {r.status} {str(r.body)[:200]}")
         d = await _described(handle)
         return d is not None and d.HasField("pending_workflow_task")
 
@@ -149,7 +161,10 @@ async def _killed_mid_step(
 
     try:
         await eventually(
-            update_arrived, f"{step}: the update to reach the workflow", timeout=60, interval=POLL
+            update_arrived,
+            f"{step}: the update to reach the workflow, the request still unanswered",
+            timeout=60,
+            interval=POLL,
         )
         async with WriteLock(db_path):
             worker.send_signal(signal.SIGCONT)

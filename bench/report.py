@@ -130,3 +130,7 @@ class Printer:
 
     def note(self, text: str) -> None:
         self.console.log(text)
+
+    def verbatim(self, text: str) -> None:
+        """Text as it is: brackets in a log line are not Rich markup."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)

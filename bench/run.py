@@ -110,6 +110,9 @@ async def run(args: argparse.Namespace, console: Console) -> Context:
                     await registry[name](ctx)
                     printer.note(f"{name}: done in {time.perf_counter() - started:.0f} s")
                 return ctx
+        except BaseException:
+            printer.verbatim(stack.log_tails())
+            raise
         finally:
             await api.close()
     finally:

@@ -17,7 +17,6 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from temporalio.client import Client
 
@@ -158,5 +157,12 @@ class Stack:
         if not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def describe(self) -> dict[str, Any]:
-        return {name: part.process.pid for name, part in self.parts.items()}
+    def log_tails(self, lines: int = 30) -> str:
+        """The last lines each part wrote: what a failed run in CI leaves to read, its data dir
+        gone. The parts' logs hold no secret (S4), so they may be printed."""
+        tails = []
+        for part in self.parts.values():
+            text = part.log.read_text(errors="replace") if part.log.exists() else ""
+            tail = "\n".join(text.splitlines()[-lines:])
+            tails.append(f"--- the last {lines} lines of {part.name}'s log ---\n{tail}")
+        return "\n".join(tails)
