@@ -140,12 +140,20 @@ async def _killed_mid_step(
         )
     answer = asyncio.create_task(_answer(ctx, request))
 
+    seen = "nothing yet"  # the workflow as last described, for a failure's message
+
     async def update_arrived() -> bool:
+        nonlocal seen
         if answer.done():  # answered without the worker: the step never reached the workflow
             r, _ = answer.result()
             raise RuntimeError(f"recovery {step}: answered HTTP {r.status} {str(r.body)[:200]}")
-        d = await _described(handle)
-        return d is not None and d.HasField("pending_workflow_task")
+        try:
+            d = (await handle.describe()).raw_description
+        except RPCError as error:
+            seen = f"describe refused: {error.status.name} {error.message}"
+            return False
+        seen = f"{d.workflow_execution_info.history_length} events, no workflow task"
+        return d.HasField("pending_workflow_task")
 
     async def activity_running() -> bool:
         """A remote activity reported started, or the workflow task that runs the step's local
@@ -162,7 +170,7 @@ async def _killed_mid_step(
     try:
         await eventually(
             update_arrived,
-            f"{step}: the update to reach the workflow, the request still unanswered",
+            lambda: f"{step}: the update to reach the workflow, the request unanswered ({seen})",
             timeout=60,
             interval=POLL,
         )
