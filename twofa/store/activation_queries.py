@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.db import insert_for
@@ -22,10 +22,10 @@ async def save_draft(db: AsyncSession, **values: Any) -> None:
 
 
 async def take_draft(db: AsyncSession, draft_id: str) -> ActivationDraft | None:
-    draft = await db.get(ActivationDraft, draft_id)
-    if draft is not None:
-        await db.delete(draft)
-    return draft
+    """Removes the draft and returns it, in one statement: of two transactions taking it at
+    once (PostgreSQL lets them overlap), one gets it and the other finds it gone."""
+    taken = delete(ActivationDraft).where(ActivationDraft.id == draft_id)
+    return await db.scalar(taken.returning(ActivationDraft))
 
 
 async def mail_sent(db: AsyncSession, key: str) -> bool:
