@@ -2,7 +2,8 @@
 
 Inside a write transaction on WAL, statements run on the loop's thread (no lock can stop them
 there); ``BEGIN IMMEDIATE``, which waits for another writer, and every read outside a write
-still run on the connection's own thread, so a wait never stalls the loop.
+still run on the connection's own thread, so a wait never stalls the loop. A connection going
+back to the pool goes to its thread for a rollback only when a transaction is still open.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 from pysqlite3 import dbapi2 as sqlite3
 from sqlalchemy import text
@@ -112,3 +115,45 @@ async def test_a_write_waiting_for_another_writer_leaves_the_loop_free(
     assert told_in_time == [True]
     async with database.read() as session:
         assert (await session.execute(text("SELECT id FROM things"))).scalars().all() == [3]
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every call handed to a connection's thread, in order."""
+    handed: list[str] = []
+    hand = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, function: Any, *args: Any, **kwargs: Any) -> Any:
+        handed.append(getattr(function, "__name__", repr(function)))
+        return await hand(self, function, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return handed
+
+
+async def test_a_committed_write_goes_to_the_thread_for_its_begin_and_commit_only(
+    database: Database, trips: list[str]
+) -> None:
+    """The pool rolls back every connection it takes back; after a commit there is nothing to
+    roll back, and the trip is not made."""
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO things (id) VALUES (4)"))
+    assert trips == ["trip", "commit"]  # BEGIN IMMEDIATE, COMMIT
+
+
+async def test_a_connection_goes_back_to_the_pool_with_no_transaction_open(
+    database: Database, trips: list[str]
+) -> None:
+    """A read leaves its transaction open until the session ends: that one is rolled back."""
+    async with database.read() as session:
+        assert (await session.execute(text("SELECT count(*) FROM things"))).scalar_one() == 0
+        raw = (await (await session.connection()).get_raw_connection()).driver_connection
+        assert raw is not None and raw._conn.in_transaction
+    assert not raw._conn.in_transaction
+    assert trips.count("rollback") == 1
+    with pytest.raises(IntegrityError):
+        async with database.write() as session:
+            await session.execute(text("INSERT INTO things (id) VALUES (5)"))
+            await session.execute(text("INSERT INTO things (id) VALUES (5)"))
+    assert not raw._conn.in_transaction  # the one pooled connection, after the failed write
+    assert trips.count("rollback") == 2

@@ -158,8 +158,11 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
         super().commit()
 
     def rollback(self) -> None:
+        """Skipped when no transaction is open: the pool rolls back every connection it takes
+        back, after a commit too, and each would cost a trip to the thread for nothing."""
         self.writing = False
-        super().rollback()
+        if self._connection._connection is None or self._connection._conn.in_transaction:
+            super().rollback()
 
 
 class _OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
