@@ -31,12 +31,10 @@ class AccountSettings(ServiceCore):
             raise errors.SESSION_ENDED()
         digests = self.keyring.digests("session", session_token)
         async with self.db.read() as db:
-            session = await session_queries.open_session(db, digests, utcnow())
-            account = (
-                await account_queries.account_by_id(db, session.account_id) if session else None
-            )
-        if session is None or account is None:
+            found = await session_queries.open_session_and_account(db, digests, utcnow())
+        if found is None:
             raise errors.SESSION_ENDED()
+        session, account = found
         if session.token_digest != digests[0]:  # made under a previous pepper: digested anew
             async with self.db.write() as db:
                 await pepper_queries.redigest(db, Session, session.id, digests[0], self.keyring.id)

@@ -73,8 +73,8 @@ def _aiosqlite_on_pysqlite3() -> types.ModuleType:
 
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A statement in one trip to the connection's thread (cursor, execute, fetch, close),
-    where aiosqlite's cursor makes four; none inside a write transaction on WAL (see
-    _OneTripConnection)."""
+    where aiosqlite's cursor makes four; none inside a write transaction on WAL, nor for a
+    read's ``BEGIN`` (see _OneTripConnection)."""
 
     __slots__ = ("_description", "_lastrowid", "_rowcount")
 
@@ -119,7 +119,7 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 cursor.close()
 
         adapted: _OneTripConnection = self._adapt_connection  # type: ignore[assignment]
-        if adapted.writing:
+        if adapted.writing or operation == BEGIN_READ:
             found = trip()
         else:
             async with adapted._execute_mutex:
@@ -140,9 +140,11 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     Once ``BEGIN IMMEDIATE`` holds the write lock, no statement of the transaction waits for
     another connection (WAL readers never block a writer), so each takes microseconds of
-    SQLite, where a trip to the connection's thread costs a hand-off each way. The statements
-    that can wait, ``BEGIN IMMEDIATE`` (on another writer, up to the busy timeout) and
-    ``COMMIT`` (its fsync), and every read outside a write, still go to the thread.
+    SQLite, where a trip to the connection's thread costs a hand-off each way. A read's
+    ``BEGIN`` (deferred: it takes no lock) and, on WAL, a ``ROLLBACK`` (it lets go of locks and
+    writes nothing) run there too. The statements that can wait, ``BEGIN IMMEDIATE`` (on
+    another writer, up to the busy timeout), ``COMMIT`` (its fsync) and every read outside a
+    write, still go to the thread.
     """
 
     __slots__ = ("in_wal", "writing")
@@ -161,7 +163,17 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
         """Skipped when no transaction is open: the pool rolls back every connection it takes
         back, after a commit too, and each would cost a trip to the thread for nothing."""
         self.writing = False
-        if self._connection._connection is None or self._connection._conn.in_transaction:
+        connection = self._connection
+        if connection._connection is None:  # closed: refused as aiosqlite refuses it
+            super().rollback()
+        elif not connection._conn.in_transaction:
+            return
+        elif self.in_wal:
+            try:
+                connection._conn.rollback()
+            except Exception as error:
+                self._handle_exception(error)
+        else:
             super().rollback()
 
 
@@ -278,6 +290,8 @@ WAL_IS_SAFE = sqlite3.sqlite_version_info >= (3, 51, 3)
 JOURNAL_MODE = "WAL" if WAL_IS_SAFE else "TRUNCATE"
 #: How a write transaction begins: it takes the write lock at once, so none fails midway.
 BEGIN_WRITE = "BEGIN IMMEDIATE"
+#: How a read transaction begins: deferred, it takes a lock only at its first read.
+BEGIN_READ = "BEGIN"
 
 
 #: Each supported database's dialect module, by name: its INSERT has the upsert (ON CONFLICT DO
@@ -313,7 +327,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get("twofa_write", False)
-        connection.exec_driver_sql(BEGIN_WRITE if immediate else "BEGIN")
+        connection.exec_driver_sql(BEGIN_WRITE if immediate else BEGIN_READ)
 
 
 def _drop_closed_connections(engine: AsyncEngine) -> None:

@@ -6,33 +6,42 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, Session
 from twofa.store.pepper_queries import digest_is
-from twofa.store.statements import column_values, rows_changed, table_of
+from twofa.store.statements import as_model, column_values, rows_changed, table_of
 from twofa.workflows.messages import TwoFactorState
 
-#: Built once: every login ends in a new session (see store.statements).
-_NEW_SESSION = insert(table_of(Session))
+_sessions, _accounts = table_of(Session), table_of(Account)
+#: Built once: every login ends in a new session, every user's call checks one (see
+#: store.statements).
+_NEW_SESSION = insert(_sessions)
+_OPEN_SESSION_AND_ACCOUNT = (
+    select(_accounts, *[c.label(f"session_{c.name}") for c in _sessions.c])
+    .select_from(_sessions.join(_accounts, _accounts.c.id == _sessions.c.account_id))
+    .where(
+        _sessions.c.token_digest.in_(bindparam("digests", expanding=True)),
+        _sessions.c.ended_at.is_(None),
+        _sessions.c.expires_at > bindparam("now"),
+    )
+)
 
 
 async def add_session(db: AsyncSession, session: Session) -> None:
     await db.execute(_NEW_SESSION, column_values(session))
 
 
-async def open_session(
-    db: AsyncSession, token_digest: str | Sequence[str], now: datetime
-) -> Session | None:
-    """A session counts until ``expires_at`` exactly, whatever a timer's lateness (R3)."""
-    return await db.scalar(
-        select(Session).where(
-            digest_is(Session.token_digest, token_digest),
-            Session.ended_at.is_(None),
-            Session.expires_at > now,
-        )
-    )
+async def open_session_and_account(
+    db: AsyncSession, token_digests: Sequence[str], now: datetime
+) -> tuple[Session, Account] | None:
+    """An open session and its account, in one round trip; both transient (see
+    store.statements). A session counts until ``expires_at`` exactly, whatever a timer's
+    lateness (R3)."""
+    values = {"digests": list(token_digests), "now": now}
+    row = (await db.execute(_OPEN_SESSION_AND_ACCOUNT, values)).first()
+    return (as_model(Session, row, "session_"), as_model(Account, row)) if row else None
 
 
 async def session_cut_by_enable(
