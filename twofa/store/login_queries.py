@@ -11,19 +11,21 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, LoginChallenge
-from twofa.store.statements import as_model, column_values, rows_changed, table_of
+from twofa.store.statements import (
+    as_model,
+    column_values,
+    rows_changed,
+    table_of,
+    with_its_account,
+)
 
-_accounts, _challenges = table_of(Account), table_of(LoginChallenge)
+_challenges = table_of(LoginChallenge)
 #: The login path's statements, built once (see store.statements).
 _NEW_CHALLENGE = insert(_challenges)
-_LIVE_CHALLENGE_AND_ACCOUNT = (
-    select(_accounts, *[c.label(f"login_{c.name}") for c in _challenges.c])
-    .select_from(_challenges.join(_accounts, _accounts.c.id == _challenges.c.account_id))
-    .where(
-        _challenges.c.id_digest.in_(bindparam("digests", expanding=True)),
-        _challenges.c.finished_at.is_(None),
-        _challenges.c.expires_at > bindparam("now"),
-    )
+_LIVE_CHALLENGE_AND_ACCOUNT = with_its_account(LoginChallenge, "login_").where(
+    _challenges.c.id_digest.in_(bindparam("digests", expanding=True)),
+    _challenges.c.finished_at.is_(None),
+    _challenges.c.expires_at > bindparam("now"),
 )
 
 

@@ -11,21 +11,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.models import Account, Session
 from twofa.store.pepper_queries import digest_is
-from twofa.store.statements import as_model, column_values, rows_changed, table_of
+from twofa.store.statements import (
+    as_model,
+    column_values,
+    rows_changed,
+    table_of,
+    with_its_account,
+)
 from twofa.workflows.messages import TwoFactorState
 
-_sessions, _accounts = table_of(Session), table_of(Account)
+_sessions = table_of(Session)
 #: Built once: every login ends in a new session, every user's call checks one (see
 #: store.statements).
 _NEW_SESSION = insert(_sessions)
-_OPEN_SESSION_AND_ACCOUNT = (
-    select(_accounts, *[c.label(f"session_{c.name}") for c in _sessions.c])
-    .select_from(_sessions.join(_accounts, _accounts.c.id == _sessions.c.account_id))
-    .where(
-        _sessions.c.token_digest.in_(bindparam("digests", expanding=True)),
-        _sessions.c.ended_at.is_(None),
-        _sessions.c.expires_at > bindparam("now"),
-    )
+_OPEN_SESSION_AND_ACCOUNT = with_its_account(Session, "session_").where(
+    _sessions.c.token_digest.in_(bindparam("digests", expanding=True)),
+    _sessions.c.ended_at.is_(None),
+    _sessions.c.expires_at > bindparam("now"),
 )
 
 

@@ -12,13 +12,24 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Result, Row, Table
+from sqlalchemy import CursorResult, Result, Row, Select, Table, select
+
+from twofa.store.models import Account
 
 M = TypeVar("M")
 
 
 def table_of(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
+
+
+def with_its_account(model: type[Any], prefix: str) -> Select[Any]:
+    """A row of ``model``'s table joined to its account, in one SELECT: the account's columns
+    by their names, the row's labelled ``prefix`` + name (read back with ``as_model``)."""
+    table, accounts = table_of(model), table_of(Account)
+    return select(accounts, *[c.label(f"{prefix}{c.name}") for c in table.c]).select_from(
+        table.join(accounts, accounts.c.id == table.c.account_id)
+    )
 
 
 def as_model(model: type[M], row: Row[Any], prefix: str = "") -> M:
