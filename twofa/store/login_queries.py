@@ -27,6 +27,12 @@ _LIVE_CHALLENGE_AND_ACCOUNT = with_its_account(LoginChallenge, "login_").where(
     _challenges.c.finished_at.is_(None),
     _challenges.c.expires_at > bindparam("now"),
 )
+#: The compare-and-set of a login's step (its new values are set per call).
+_ADVANCE_CHALLENGE = update(_challenges).where(
+    _challenges.c.id_digest == bindparam("digest"),
+    _challenges.c.step == bindparam("from_step"),
+    _challenges.c.finished_at.is_(None),
+)
 
 
 async def add_challenge(db: AsyncSession, challenge: LoginChallenge) -> None:
@@ -59,13 +65,7 @@ async def advance_challenge(
     """Compare-and-set on the step, so a double-click moves a login on only once."""
     changes = {"step": to_step or from_step, **values}
     result = await db.execute(
-        update(LoginChallenge)
-        .where(
-            LoginChallenge.id_digest == id_digest,
-            LoginChallenge.step == from_step,
-            LoginChallenge.finished_at.is_(None),
-        )
-        .values(**changes)
+        _ADVANCE_CHALLENGE.values(**changes), {"digest": id_digest, "from_step": from_step}
     )
     return bool(rows_changed(result))
 
