@@ -1,8 +1,9 @@
 """SQLite write transactions: their statements on the event loop's thread, their waits off it.
 
 Inside a write transaction on WAL, statements run on the loop's thread (no lock can stop them
-there); ``BEGIN IMMEDIATE``, which waits for another writer, and every read outside a write
-still run on the connection's own thread, so a wait never stalls the loop. A connection going
+there), and so does its ``BEGIN IMMEDIATE`` when no other writer holds the lock; when one does,
+the wait, and every read outside a write, run on the connection's own thread, so a wait never
+stalls the loop. A connection going
 back to the pool is rolled back only when a transaction is still open; a read's ``BEGIN`` and
 ``ROLLBACK``, which wait for nothing, run on the loop's thread.
 """
@@ -18,11 +19,11 @@ from typing import Any
 import aiosqlite
 import pytest
 from pysqlite3 import dbapi2 as sqlite3
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twofa.store.db import WAL_IS_SAFE, Database
+from twofa.store.db import BUSY_TIMEOUT_MS, WAL_IS_SAFE, Database
 
 pytestmark = [
     pytest.mark.single_backend,
@@ -132,14 +133,53 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return handed
 
 
-async def test_a_committed_write_goes_to_the_thread_for_its_begin_and_commit_only(
+async def test_an_uncontended_write_goes_to_the_thread_for_its_commit_only(
     database: Database, trips: list[str]
 ) -> None:
-    """The pool rolls back every connection it takes back; after a commit there is nothing to
-    roll back, and the trip is not made."""
+    """No other writer holds the lock, so ``BEGIN IMMEDIATE`` takes it on the loop's thread;
+    the pool rolls back every connection it takes back, but after a commit there is nothing to
+    roll back, and that trip is not made either."""
     async with database.write() as session:
         await session.execute(text("INSERT INTO things (id) VALUES (4)"))
-    assert trips == ["trip", "commit"]  # BEGIN IMMEDIATE, COMMIT
+    assert trips == ["commit"]
+
+
+async def test_a_write_begins_on_the_loops_thread_unless_another_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A held lock is tried once on the loop's thread without waiting, then waited for on the
+    connection's thread; the busy timeout is back for every later statement."""
+    database = Database(f"sqlite:///{tmp_path / 'traced.db'}")
+    begun_on: list[int] = []  # the thread of each BEGIN IMMEDIATE that SQLite ran
+
+    @event.listens_for(database.engine.sync_engine, "connect")
+    def trace(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.driver_connection._conn.set_trace_callback(
+            lambda sql: begun_on.append(threading.get_ident()) if sql == "BEGIN IMMEDIATE" else None
+        )
+
+    try:
+        async with database.write() as session:
+            await session.execute(text("CREATE TABLE things (id INTEGER PRIMARY KEY)"))
+        assert begun_on == [threading.get_ident()]
+        other = sqlite3.connect(
+            tmp_path / "traced.db", isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")
+        released = threading.Timer(0.3, other.execute, ["ROLLBACK"])
+        released.start()
+        try:
+            async with database.write() as session:
+                await session.execute(text("INSERT INTO things (id) VALUES (1)"))
+                waits = (await session.execute(text("PRAGMA busy_timeout"))).scalar_one()
+        finally:
+            released.join()
+            other.close()
+        assert begun_on[1] == threading.get_ident()  # tried here, without waiting
+        assert begun_on[2:] and all(t != threading.get_ident() for t in begun_on[2:])
+        assert waits == BUSY_TIMEOUT_MS
+    finally:
+        await database.dispose()
 
 
 async def test_a_read_goes_to_the_thread_for_its_statements_only(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import collections
 import os
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from alembic.config import Config
@@ -39,6 +39,7 @@ try:  # a current SQLite, on the platforms its wheel is built for (see WAL_IS_SA
 except ImportError:  # elsewhere the system's library, with a rollback journal if it is old
     import sqlite3
 
+T = TypeVar("T")
 _ASYNC_DRIVERS = {"sqlite": "sqlite+twofa_aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite+twofa_pysqlite", "postgresql": "postgresql+psycopg"}
 
@@ -73,8 +74,9 @@ def _aiosqlite_on_pysqlite3() -> types.ModuleType:
 
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A statement in one trip to the connection's thread (cursor, execute, fetch, close),
-    where aiosqlite's cursor makes four; none inside a write transaction on WAL, nor for a
-    read's ``BEGIN`` (see _OneTripConnection)."""
+    where aiosqlite's cursor makes four; none inside a write transaction on WAL, nor for its
+    ``BEGIN IMMEDIATE`` if no other writer holds the lock, nor for a read's ``BEGIN`` (see
+    _OneTripConnection)."""
 
     __slots__ = ("_description", "_lastrowid", "_rowcount")
 
@@ -119,12 +121,15 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 cursor.close()
 
         adapted: _OneTripConnection = self._adapt_connection  # type: ignore[assignment]
+        begins_write = adapted.in_wal and operation == BEGIN_WRITE
         if adapted.writing or operation == BEGIN_READ:
             found = trip()
+        elif begins_write and (at_once := adapted.unless_busy(trip)) is not None:
+            found, adapted.writing = at_once, True
         else:
             async with adapted._execute_mutex:
                 found = await connection._execute(trip)
-            adapted.writing = adapted.in_wal and operation == BEGIN_WRITE
+            adapted.writing = begins_write
         self._description, self._rowcount, self._lastrowid, rows = found
         self._rows = collections.deque(rows)
 
@@ -142,9 +147,9 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
     another connection (WAL readers never block a writer), so each takes microseconds of
     SQLite, where a trip to the connection's thread costs a hand-off each way. A read's
     ``BEGIN`` (deferred: it takes no lock) and, on WAL, a ``ROLLBACK`` (it lets go of locks and
-    writes nothing) run there too. The statements that can wait, ``BEGIN IMMEDIATE`` (on
-    another writer, up to the busy timeout), ``COMMIT`` (its fsync) and every read outside a
-    write, still go to the thread.
+    writes nothing) run there too, and so does ``BEGIN IMMEDIATE`` when no other writer holds
+    the lock (``unless_busy``). When one does, and for ``COMMIT`` (its fsync) and every read
+    outside a write, the statement goes to the thread, where a wait stalls nothing else.
     """
 
     __slots__ = ("in_wal", "writing")
@@ -154,6 +159,24 @@ class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
         super().__init__(dbapi, connection)
         self.in_wal = False  # as the journal_mode pragma answered (see _tune_sqlite)
         self.writing = False
+
+    def unless_busy(self, trip: Callable[[], T]) -> T | None:
+        """``trip`` on this thread if no lock is in its way; None, and nothing done, if one is.
+
+        SQLite's busy handler is off meanwhile, so a lock held by another writer answers
+        SQLITE_BUSY at once instead of being waited for on the loop's thread.
+        """
+        raw = self._connection._conn
+        raw.execute("PRAGMA busy_timeout=0")
+        try:
+            return trip()
+        except sqlite3.OperationalError as error:
+            # any kind of SQLITE_BUSY (the extended codes keep it in their low byte)
+            if getattr(error, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            return None
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def commit(self) -> None:
         self.writing = False
@@ -290,6 +313,8 @@ WAL_IS_SAFE = sqlite3.sqlite_version_info >= (3, 51, 3)
 JOURNAL_MODE = "WAL" if WAL_IS_SAFE else "TRUNCATE"
 #: How a write transaction begins: it takes the write lock at once, so none fails midway.
 BEGIN_WRITE = "BEGIN IMMEDIATE"
+#: How long a statement waits for another connection's lock before SQLite gives up.
+BUSY_TIMEOUT_MS = 30_000
 #: How a read transaction begins: deferred, it takes a lock only at its first read.
 BEGIN_READ = "BEGIN"
 
@@ -312,7 +337,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
-            "busy_timeout=30000",  # first: turning WAL on waits for other processes' locks
+            f"busy_timeout={BUSY_TIMEOUT_MS}",  # first: turning WAL on waits for other locks
             f"journal_mode={JOURNAL_MODE}",
             # durable: a commit the caller was told of survives a power cut too (with WAL, one
             # fsync of the log per commit; NORMAL would skip it)
