@@ -3,9 +3,10 @@
 Inside a write transaction on WAL, statements run on the loop's thread (no lock can stop them
 there), and so does its ``BEGIN IMMEDIATE`` when no other writer holds the lock; when one does,
 the wait, and every read outside a write, run on the connection's own thread, so a wait never
-stalls the loop. A connection going
-back to the pool is rolled back only when a transaction is still open; a read's ``BEGIN`` and
-``ROLLBACK``, which wait for nothing, run on the loop's thread.
+stalls the loop. The writers of one process take turns before they begin, so none of them
+waits inside SQLite for another. A connection going back to the pool is rolled back only when a
+transaction is still open; a read's ``BEGIN`` and ``ROLLBACK``, which wait for nothing, run on
+the loop's thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import aiosqlite
 import pytest
 from pysqlite3 import dbapi2 as sqlite3
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa.store.db import BUSY_TIMEOUT_MS, WAL_IS_SAFE, Database
@@ -207,3 +208,53 @@ async def test_a_failed_write_is_rolled_back_before_its_connection_goes_back(
     assert not raw._conn.in_transaction
     async with database.read() as session:
         assert (await session.execute(text("SELECT count(*) FROM things"))).scalar_one() == 0
+
+
+async def test_writers_of_one_process_take_turns_and_never_wait_inside_sqlite(
+    database: Database, trips: list[str]
+) -> None:
+    """Each begins once the one before has committed, in the order they came: none finds the
+    lock held, so no ``BEGIN IMMEDIATE`` falls back to wait (SQLite's waits sleep up to 100 ms
+    between tries, with the lock free meanwhile)."""
+    began: list[int] = []
+
+    async def write(n: int) -> None:
+        async with database.write() as session:
+            began.append(n)
+            await asyncio.sleep(0.02)  # holds the lock while the others arrive
+            await session.execute(text(f"INSERT INTO things (id) VALUES ({n})"))
+
+    await asyncio.gather(*(write(n) for n in range(8)))
+    assert began == list(range(8))
+    assert trips == ["commit"] * 8
+    async with database.read() as session:
+        assert (await session.execute(text("SELECT count(*) FROM things"))).scalar_one() == 8
+
+
+async def test_a_writer_waits_for_its_turn_no_longer_than_the_busy_timeout(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As SQLite's own wait for another process's writer: then "database is locked"."""
+    monkeypatch.setattr("twofa.store.db.BUSY_TIMEOUT_MS", 200)
+    holding, done = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with database.write() as session:
+            await session.execute(text("INSERT INTO things (id) VALUES (1)"))
+            holding.set()
+            await done.wait()
+
+    async def write() -> None:
+        async with database.write() as session:
+            await session.execute(text("INSERT INTO things (id) VALUES (2)"))
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            await asyncio.wait_for(write(), timeout=10)  # an endless wait fails, not hangs
+    finally:
+        done.set()
+        await holder
+    async with database.read() as session:
+        assert (await session.execute(text("SELECT id FROM things"))).scalars().all() == [1]
