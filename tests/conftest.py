@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from pytest_asyncio import is_async_test
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -30,6 +31,22 @@ from twofa.workflows.two_factor import STATE_KEY
 
 SERVICE_TOKEN = "test-service-token-0123456789"
 PEPPER = "test-pepper-do-not-use-in-production"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """A plain (not async) test runs on a thread while the session's event loop goes on.
+
+    The session's worker and API servers live on that loop; a plain test that held it for
+    seconds (a subprocess, the bench smoke test) stalled them mid-step, so workflow tasks timed
+    out and the SDK later warned of local activities it could no longer cancel.
+    """
+    if is_async_test(pyfuncitem):
+        return None
+    runner = pyfuncitem._request.getfixturevalue("_session_scoped_runner")
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    runner.run(asyncio.to_thread(pyfuncitem.obj, **arguments))
+    return True
 
 
 class LogCapture(logging.Handler):
