@@ -300,8 +300,9 @@ class Database:
         first served, and the next begins the moment the last commits. Left to SQLite, each
         waiter slept 1, 2, 5 … up to 100 ms between tries, so the lock sat free while they
         slept and a newcomer could overtake a writer that had waited long: at 20 journeys at
-        once the slowest took twice as long. Another process's writer is still waited for in
-        ``BEGIN IMMEDIATE``. Waiting here is bounded as SQLite's wait is, by the busy timeout.
+        once the slowest took up to twice as long. Another process's writer is still waited
+        for in ``BEGIN IMMEDIATE``. Waiting here is bounded as SQLite's wait is, by the busy
+        timeout.
         """
         if self._writers is None:
             yield
