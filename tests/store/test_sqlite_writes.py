@@ -121,13 +121,21 @@ async def test_a_write_waiting_for_another_writer_leaves_the_loop_free(
 
 
 @pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The name of every call handed to a connection's thread, in order."""
+def trips(database: Database, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every call handed to the thread of one of ``database``'s connections, in
+    order; the session's other databases (the worker's, the API servers') may write meanwhile."""
+    ours: set[aiosqlite.Connection] = set()
+
+    @event.listens_for(database.engine.sync_engine, "checkout")
+    def checked_out(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        ours.add(dbapi_connection._connection)
+
     handed: list[str] = []
     hand = aiosqlite.Connection._execute
 
     async def counted(self: aiosqlite.Connection, function: Any, *args: Any, **kwargs: Any) -> Any:
-        handed.append(getattr(function, "__name__", repr(function)))
+        if self in ours:
+            handed.append(getattr(function, "__name__", repr(function)))
         return await hand(self, function, *args, **kwargs)
 
     monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
