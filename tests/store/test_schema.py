@@ -115,6 +115,7 @@ async def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
         async with database.read() as db:
             pid = (await db.execute(text("SELECT pg_backend_pid()"))).scalar_one()
             pooled = (await (await db.connection()).get_raw_connection()).driver_connection
+        assert pooled is not None
         killer = Database(database_url)
         try:
             async with killer.write() as db:
