@@ -6,6 +6,7 @@ The bench starts its stack with the same helpers (``free_port``, ``stop_process`
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import socket
 import subprocess
@@ -49,10 +50,37 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     return settings.environment(SHARED, **extra)
 
 
+#: Where the kernel draws the local ports of outgoing connections (and of a bind to port 0).
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_PORTS = random.SystemRandom()  # not the test's seeded generator: each run draws afresh
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, below the kernel's ephemeral range, never handed out twice by
+    this process. A port the kernel picks for port 0 comes from that range, where any outgoing
+    connection (a client, a driver) may take it before the server meant to bind it does: a
+    dev server's UI port was once "already in use" that way."""
+    low = _ephemeral_ports_start()
+    for _ in range(1000):
+        port = _PORTS.randrange(max(1024, low - 16384), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def listening(port: int) -> bool:
