@@ -113,8 +113,13 @@ def smtp_sink() -> None:
 def migrate() -> None:
     """Bring the database schema to the newest revision."""
     from twofa.store.db import migrate as run_migrations
+    from twofa.store.migration_locks import TablesBusy
 
-    run_migrations(Settings().resolved_database_url)
+    try:
+        run_migrations(Settings().resolved_database_url)
+    except TablesBusy as error:
+        typer.echo(f"not migrated: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 audit_app = typer.Typer(help="The hash-chained audit log (SPEC S5).", no_args_is_help=True)

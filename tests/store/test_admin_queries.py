@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from temporalio.client import Client
 
 from bench.seeding import seed_population
-from tests.conftest import BACKEND
 from twofa import audit, store
 from twofa.admin import AdminService
 from twofa.config import Settings
@@ -38,24 +36,6 @@ TALLIES_AND_ROWS = {
     "events": "SELECT d.event, sum(d.records), (SELECT count(*) FROM audit_log l "
     "WHERE l.event = d.event) FROM audit_days d GROUP BY d.event",
 }
-
-
-@pytest.fixture
-def fresh_url(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """An empty database beside the session's, on the same backend."""
-    if BACKEND == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    name = f"fresh_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(sync_url(database_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
 
 
 def run_sql(url: str, *statements: str, **params: Any) -> list[tuple[Any, ...]]:

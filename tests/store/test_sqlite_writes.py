@@ -213,7 +213,7 @@ async def test_a_failed_write_is_rolled_back_before_its_connection_goes_back(
             assert raw is not None
             await session.execute(text("INSERT INTO things (id) VALUES (5)"))
             await session.execute(text("INSERT INTO things (id) VALUES (5)"))
-    assert not raw._conn.in_transaction
+    assert raw is not None and not raw._conn.in_transaction
     async with database.read() as session:
         assert (await session.execute(text("SELECT count(*) FROM things"))).scalar_one() == 0
 

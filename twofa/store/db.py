@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import logging
 import os
+import random
+import time
 import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +38,7 @@ from sqlalchemy.util import EMPTY_DICT
 
 from twofa.audit import CHAIN_INFO, HEAD_INFO, Chain
 from twofa.config import private_dir
+from twofa.store.migration_locks import PATIENCE_SECONDS, TablesBusy
 
 try:  # a current SQLite, on the platforms its wheel is built for (see WAL_IS_SAFE)
     from pysqlite3 import dbapi2 as sqlite3
@@ -41,6 +46,7 @@ except ImportError:  # elsewhere the system's library, with a rollback journal i
     import sqlite3
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _ASYNC_DRIVERS = {"sqlite": "sqlite+twofa_aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite+twofa_pysqlite", "postgresql": "postgresql+psycopg"}
 
@@ -400,15 +406,33 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest revision; run on every start."""
+def migrate(url: str, patience_seconds: float = PATIENCE_SECONDS) -> None:
+    """Bring the schema to the newest revision; run on every start.
+
+    On PostgreSQL, while the running release holds a table the migration must lock, it rolls
+    back and tries again (see migration_locks), for up to ``patience_seconds``."""
     from alembic import command  # imported here: only the migrating process needs it
 
     if make_url(url).get_backend_name() == "sqlite":
         database = make_url(url).database
         if database and database != ":memory:":
             _private_file(Path(database))
-    command.upgrade(alembic_config(url), "head")
+    config = alembic_config(url)
+    give_up = time.monotonic() + patience_seconds
+    for attempt in itertools.count(1):
+        try:
+            command.upgrade(config, "head")
+            return
+        except TablesBusy:
+            if time.monotonic() >= give_up:
+                raise TablesBusy(
+                    f"could not lock the tables in {attempt} tries over {patience_seconds:.0f} s: "
+                    "the running release's transactions kept holding them. Nothing was applied; "
+                    "run the migration again."
+                ) from None
+            if attempt == 1:
+                log.warning("the running release holds a table; migrating again shortly")
+            time.sleep(random.uniform(0.05, 0.25))  # its transactions last milliseconds
 
 
 def _private_file(path: Path) -> None:

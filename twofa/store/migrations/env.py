@@ -1,8 +1,10 @@
 """Alembic environment: the models' metadata, on the URL the settings give."""
 
 from alembic import context
+from alembic.script import ScriptDirectory
 from sqlalchemy import engine_from_config, pool
 
+from twofa.store.migration_locks import lock_every_table
 from twofa.store.models import Base
 
 config = context.config
@@ -19,4 +21,9 @@ with connectable.connect() as connection:
         compare_type=True,
     )
     with context.begin_transaction():
+        pending = set(context.get_context().get_current_heads()) != set(
+            ScriptDirectory.from_config(config).get_heads()
+        )
+        if pending and connection.dialect.name == "postgresql":
+            lock_every_table(connection)  # no deadlock with the running release's requests
         context.run_migrations()
