@@ -56,7 +56,7 @@ test: $(STAMP) system-packages
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Benchmarks against the engine floor (README "Benchmarks"; not part of `make test`, ~15 min).
+# Benchmarks against the engine floor (README "Benchmarks"; not part of `make test`, ~17 min).
 # Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" or "--only journey --profile".
 .PHONY: bench
 bench: $(STAMP)  # the test extra pulls in the bench extra (psutil, py-spy)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    model_serializer,
+)
 
 from twofa.vocabulary import STORED_STATES, Outcome, Role, TwoFactorState
 
@@ -39,6 +45,18 @@ class LoginView(BaseModel):
     device_id: str | None = None
     device_token: str | None = None
     locked_until: datetime | None = None
+
+    @model_serializer(mode="wrap")
+    def _locked_names_its_end(self, handler: SerializerFunctionWrapHandler):
+        """A lock only an admin lifts still answers ``locked_until: null``: the outcome table
+        names the field, so a caller may read it without checking it is there.
+
+        No return annotation: pydantic would make it the response's schema instead of the
+        fields'."""
+        shown: dict[str, Any] = handler(self)
+        if self.outcome == Outcome.LOCKED:
+            shown.setdefault("locked_until", None)
+        return shown
 
 
 class SessionView(BaseModel):

@@ -315,7 +315,7 @@ async def test_s2_third_lock_in_a_row_waits_for_an_admin(
     await sleep_until(locked_at + timedelta(seconds=2), margin=1)
     login = await api.login_ok(user)
     assert login["outcome"] == "locked", login
-    assert login.get("locked_until") is None
+    assert login["locked_until"] is None, login
     handle = client.get_workflow_handle(workflow_id(user.account_id))
     await handle.execute_update("unlock", ActorRequest(actor="admin:test"))
     await state_in_store(database, user.account_id, "active")
