@@ -56,9 +56,10 @@ def check_two_factor_email(email: str, field: str = "email") -> str:
 
     Refuses, naming it, the first character the second factor does not support, as typed:
     lowercasing first would turn a foreign letter into an allowed one (the Kelvin sign U+212A
-    into "k") or rename it (U+0130 into "i" and U+0307). Returns the address as typed.
+    into "k") or rename it (U+0130 into "i" and U+0307), and trimming would hide a space the
+    user typed around it. Returns the address as typed.
     """
-    for character in email.strip():
+    for character in email:
         if character not in TWO_FACTOR_EMAIL_CHARACTERS:
             raise RuleViolation(
                 field,
@@ -171,7 +172,7 @@ def check_activation(
         ("pin_confirmation", lambda: check_pin_confirmation(pin, pin_confirmation)),
         ("seal", lambda: check_seal(seal)),
         ("device_name", lambda: check_device_name(device_name)),
-        ("email", lambda: check_two_factor_email(email) if email and email.strip() else None),
+        ("email", lambda: check_two_factor_email(email) if email else None),
     ]
     for name, check in checks:
         try:
