@@ -22,6 +22,7 @@ from twofa.config import Settings
 from twofa.errors import ServiceError
 from twofa.observability import BoundedInput, Metrics, Observed
 from twofa.service import CurrentSession
+from twofa.store.db import did_not_answer
 from twofa.views import (
     AccountView,
     DeviceView,
@@ -166,7 +167,10 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
     return _error(errors.http_error(error.status_code, str(error.detail)))
 
 
-async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    if did_not_answer(error):
+        log.error("the database did not answer: %s", type(error).__name__)
+        return await _service_error(request, errors.UNAVAILABLE())
     log.error("unexpected %s", type(error).__name__)
     return _error(errors.INTERNAL_ERROR())
 

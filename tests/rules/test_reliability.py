@@ -22,10 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from tests.conftest import ApiFactory
+from tests.support import postgres
 from tests.support.history import update_refusals
 from tests.support.journey import (
     Api,
@@ -47,9 +49,10 @@ from tests.support.journey import (
 from tests.support.processes import free_port
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
-from twofa.store.db import Database
+from twofa.store.db import Database, migrate
 from twofa.store.models import ActivationDraft, SentMail, Session
 from twofa.temporal import build_worker
+from twofa.web.security import SESSION_COOKIE
 from twofa.wiring import Services
 from twofa.workflows.messages import workflow_id
 
@@ -113,6 +116,31 @@ async def drafts_of(database: Database, account_id: str) -> int:
 
 
 # -- (1) a step repeated after a 503 gets the step's real outcome (S9)
+
+
+@pytest.mark.single_backend  # a PostgreSQL server of its own, stopped mid-test, on either pass
+async def test_a_database_that_does_not_answer_gets_503_and_then_the_repeat_works(
+    start_api: ApiFactory,
+) -> None:
+    """SPEC: any call may answer 503 ``temporarily_unavailable`` with a ``Retry-After`` when
+    the database does not answer; the caller repeats it once the database is back (S9)."""
+    with (
+        postgres.throwaway_directory("twofa-outage-") as directory,
+        postgres.postgres_server(directory / "server") as url,
+    ):
+        migrate(url)
+        api = await start_api(database_url=url)
+        user = await api.registered_and_logged_in(new_user("dbdown"))
+        postgres.stop(directory / "server")
+        unavailable(await api.login(user))  # the pool's connection, ended by the shutdown
+        unavailable(await api.login(user))  # a new connection, refused
+        unavailable(await api.call("GET", "/v1/session", user))
+        cookie = {"Cookie": f"{SESSION_COOKIE}={user.session_token}"}
+        page = await api.http.get("/settings", headers=cookie)
+        assert page.status_code == 503, page.text  # the pages say it in a page of their own
+        assert "try again shortly" in page.text, page.text
+        postgres.start(directory / "server", make_url(url).port or 5432)
+        assert (await api.login_ok(user))["outcome"] == "authenticated"
 
 
 async def test_enable_repeated_after_a_503_answers_that_enable(

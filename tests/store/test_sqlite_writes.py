@@ -20,11 +20,17 @@ from typing import Any
 import aiosqlite
 import pytest
 from pysqlite3 import dbapi2 as sqlite3
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from twofa.store.db import BUSY_TIMEOUT_MS, WAL_IS_SAFE, Database
+from twofa.store.db import (
+    BUSY_TIMEOUT_MS,
+    WAL_IS_SAFE,
+    Database,
+    did_not_answer,
+    sync_url,
+)
 
 pytestmark = [
     pytest.mark.single_backend,
@@ -266,3 +272,25 @@ async def test_a_writer_waits_for_its_turn_no_longer_than_the_busy_timeout(
         await holder
     async with database.read() as session:
         assert (await session.execute(text("SELECT id FROM things"))).scalars().all() == [1]
+
+
+def test_a_busy_database_did_not_answer_while_a_wrong_statement_did(tmp_path: Path) -> None:
+    """The API's 503 (did_not_answer) is for a lock held past the wait, never for a refusal."""
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE things (id INTEGER PRIMARY KEY)")
+    holder.execute("BEGIN EXCLUSIVE")
+    # the same SQLite library as the holder's: two copies in one process do not see each
+    # other's locks (POSIX locks belong to the process)
+    engine = create_engine(sync_url(f"sqlite:///{path}"), connect_args={"timeout": 0})
+    try:
+        with pytest.raises(OperationalError) as busy, engine.connect() as connection:
+            connection.execute(text("INSERT INTO things (id) VALUES (1)"))
+        holder.rollback()
+        with pytest.raises(OperationalError) as refused, engine.connect() as connection:
+            connection.execute(text("SELECT * FROM no_such_table"))
+    finally:
+        holder.close()
+        engine.dispose()
+    assert did_not_answer(busy.value), busy.value
+    assert not did_not_answer(refused.value), refused.value

@@ -45,27 +45,7 @@ def postgres_server(directory: Path) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    options = (
-        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
-    subprocess.run(
-        _as_postgres(
-            [
-                _bin("pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-w",
-                "-l",
-                str(directory / "log"),
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
+    start(directory, port)
     try:
         subprocess.run(
             [_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "twofa", "twofa"],
@@ -74,10 +54,27 @@ def postgres_server(directory: Path) -> Iterator[str]:
         )
         yield f"postgresql://twofa@127.0.0.1:{port}/twofa"
     finally:
-        subprocess.run(
-            _as_postgres([_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            capture_output=True,
-        )
+        stop(directory)
+
+
+def start(directory: Path, port: int) -> None:
+    """The server of ``postgres_server(directory)``, started (again) on ``port``."""
+    options = (
+        f"-p {port} -k {directory / 'sockets'} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    started = _pg_ctl(directory, "-o", options, "-w", "-l", str(directory / "log"), "start")
+    started.check_returncode()
+
+
+def stop(directory: Path) -> None:
+    """Fast shutdown: sessions are ended, as when an operator stops the server."""
+    _pg_ctl(directory, "-m", "fast", "-w", "stop")
+
+
+def _pg_ctl(directory: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    command = [_bin("pg_ctl"), "-D", str(directory / "data"), *args]
+    return subprocess.run(_as_postgres(command), capture_output=True, check=False)
 
 
 def dump(url: str) -> bytes:
@@ -88,13 +85,18 @@ def dump(url: str) -> bytes:
 
 
 @contextmanager
-def throwaway_server(prefix: str) -> Iterator[str]:
-    """A PostgreSQL server in a fresh temporary directory (readable by the postgres user),
-    removed with everything in it afterwards."""
+def throwaway_directory(prefix: str) -> Iterator[Path]:
+    """A fresh temporary directory the postgres user can reach, removed with all it holds."""
     directory = Path(tempfile.mkdtemp(prefix=prefix))
     directory.chmod(0o755)
     try:
-        with postgres_server(directory / "server") as url:
-            yield url
+        yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def throwaway_server(prefix: str) -> Iterator[str]:
+    """A PostgreSQL server in a throwaway directory."""
+    with throwaway_directory(prefix) as directory, postgres_server(directory / "server") as url:
+        yield url

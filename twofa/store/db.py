@@ -27,7 +27,8 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -433,6 +434,24 @@ def migrate(url: str, patience_seconds: float = PATIENCE_SECONDS) -> None:
             if attempt == 1:
                 log.warning("the running release holds a table; migrating again shortly")
             time.sleep(random.uniform(0.05, 0.25))  # its transactions last milliseconds
+
+
+#: SQLSTATE classes of a server away or busy, not of a wrong statement: connection exceptions,
+#: insufficient resources, an operator's shutdown, a deadlock or serialization failure.
+_AWAY_OR_BUSY = ("08", "53", "57P", "40")
+
+
+def did_not_answer(error: BaseException) -> bool:
+    """The database was away or busy past its timeout, rather than refusing the statement: the
+    request's outcome is unknown and repeating it is safe (SPEC S9: 503)."""
+    if isinstance(error, ConnectionError | TimeoutError | PoolTimeout):
+        return True  # ConnectionRefusedError: the pool reconnects to a server that is down
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    state = getattr(error.orig, "sqlstate", None) or ""
+    return state.startswith(_AWAY_OR_BUSY) or "database is locked" in str(error.orig)
 
 
 def _private_file(path: Path) -> None:

@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 from twofa import errors
 from twofa.errors import ServiceError
 from twofa.service import CurrentSession, TwoFactorService
+from twofa.store.db import did_not_answer
 from twofa.vocabulary import Step
 from twofa.web.security import (
     CSRF_COOKIE,
@@ -259,6 +260,10 @@ class PageRoute(APIRoute):
                 )
             except ServiceError as error:
                 response = error_page(request, error)
+            except Exception as error:
+                if not did_not_answer(error):
+                    raise
+                response = error_page(request, errors.UNAVAILABLE())
             harden(response)
             return response
 
