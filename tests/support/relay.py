@@ -69,7 +69,7 @@ class RelayHandler:
         over_tls = server.transport is not None and bool(
             server.transport.get_extra_info("sslcontext")
         )
-        self.accepted.append((mail, over_tls, bool(session.authenticated)))  # type: ignore[arg-type]
+        self.accepted.append((mail, over_tls, bool(session.authenticated)))
         return "250 OK"
 
 
