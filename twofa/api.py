@@ -298,7 +298,7 @@ async def switch_two_factor(
         response.status_code = 202
         return await svc.enable(await svc.session_for_enable(x_session_token))
     current = await svc.current_session(x_session_token)
-    return await svc.disable(current.account, body.confirm)
+    return await svc.disable(current.account, body.confirm, keep=current.session)
 
 
 @router.get("/v1/account/devices", tags=["devices"], **V1)

@@ -742,6 +742,13 @@ async def test_r10_disable_needs_confirmation_and_revokes_every_browser(
     )
     assert r.status_code == 200, r.text
     assert r.json() == {"state": "disabled", "revoked_devices": 2}
+    # The session that said Yes stays open, untied from its browser: a repeat of the disable
+    # (after a 503 or a lost answer) finds 2FA off (S9).
+    again = await api.call(
+        "PUT", "/v1/account/two-factor", user, json={"enabled": False, "confirm": True}
+    )
+    assert again.status_code == 200, again.text
+    assert again.json() == {"state": "disabled", "revoked_devices": 0}
 
     # Every browser revoked at once, the login in progress with them.
     rows = await device_rows(database, user.account_id)

@@ -49,8 +49,9 @@ from tests.support.journey import (
 from tests.support.processes import free_port
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
+from twofa.notifications import BROWSER_ENROLLED
 from twofa.store.db import Database, migrate
-from twofa.store.models import ActivationDraft, SentMail, Session
+from twofa.store.models import ActivationDraft, Notification, SentMail, Session
 from twofa.temporal import build_worker
 from twofa.web.security import SESSION_COOKIE
 from twofa.wiring import Services
@@ -270,6 +271,55 @@ async def test_activation_repeated_after_a_503_hands_the_same_working_browser(
         user.device_token, user.device_id = body["device_token"], body["device_id"]
         await api.pin_login(user)
         assert await trusted_devices(database, user.account_id) == 1
+
+
+async def test_pin_step_repeated_after_a_lost_answer_gets_that_session(
+    api: Api, database: Database
+) -> None:
+    """The PIN step's answer lost, the caller repeats it: the same session, not a 404 (S9).
+    The repeat proves the PIN again, so a wrong one counts (S2); once the session is ended,
+    the login is over."""
+    user = await api.activated(new_user("pin-repeat"))
+    login = await api.login_ok(user)
+    first = await api.pin(login["login_id"], user.pin)
+    assert first.status_code == 200, first.text
+    before = await count(database, Session, Session.account_id == user.account_id)
+    again = await api.pin(login["login_id"], user.pin)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    assert await count(database, Session, Session.account_id == user.account_id) == before
+    wrong = await api.pin(login["login_id"], "1357")
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_pin"), wrong.text
+    assert wrong.json()["attempts_left"] == 4, wrong.text
+    user.session_token = first.json()["session_token"]
+    assert (await api.call("DELETE", "/v1/session", user)).status_code == 204
+    ended = await api.pin(login["login_id"], user.pin)
+    assert (ended.status_code, ended.json()["error"]) == (404, "login_not_found"), ended.text
+
+
+async def test_browser_enrollment_pin_repeated_hands_the_same_trusted_browser(
+    api: Api, database: Database
+) -> None:
+    """The last step of enrolling a browser, repeated after a lost answer: the same browser
+    id and token, one browser more, one "browser enrolled" notice (S9, S10)."""
+    user = await api.activated(new_user("enroll-pin-repeat"))
+    other = untrusted(user)
+    login = await api.login_ok(other)
+    assert (await api.enroll(login["login_id"])).status_code == 202
+    code = await api.code_mail(user, count=2)
+    assert (await api.submit_code(login["login_id"], code)).status_code == 200
+    notices = Notification.account_id == user.account_id, Notification.kind == BROWSER_ENROLLED
+    notices_before = await count(database, Notification, *notices)
+    first = await api.pin(login["login_id"], user.pin)
+    assert first.status_code == 200, first.text
+    again = await api.pin(login["login_id"], user.pin)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    assert again.json()["device_token"] and again.json()["device_id"]
+    assert await trusted_devices(database, user.account_id) == 2
+    assert await count(database, Notification, *notices) == notices_before + 1
+    other.device_token = again.json()["device_token"]
+    assert (await api.login_ok(other))["outcome"] == "pin_required"
 
 
 async def test_browser_enrollment_repeated_after_a_503_mails_one_code(

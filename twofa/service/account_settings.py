@@ -142,12 +142,16 @@ class AccountSettings(ServiceCore):
         """R10: only with an explicit confirmation; every trusted browser goes with it.
 
         ``keep``: the session of the user who said Yes, which stays open (no longer tied to a
-        browser); every other session a trusted browser opened ends with its browser.
+        browser); every other session a trusted browser opened ends with its browser. It is
+        untied first, so the revocation never ends it: a caller repeating the disable after a
+        503 or a lost answer still holds it, and gets 2FA disabled (S9).
         """
         if not confirm:
             raise errors.CONFIRMATION_REQUIRED()
         if account.two_factor_state == S.DISABLED:
             return DisabledView(revoked_devices=0)
+        if keep is not None:
+            await self._keep_session(keep)
         try:
             result = await self.call_workflow(
                 account.id, TwoFactorWorkflow.disable, ActorRequest(actor=actor)
@@ -158,8 +162,6 @@ class AccountSettings(ServiceCore):
                 raise
             revoked = await self._disable_without_workflow(account, actor)
         log.info("2FA disabled for account %s by %s", account.id, actor)
-        if keep is not None:
-            await self._keep_session(keep)
         return DisabledView(revoked_devices=revoked)
 
     async def _disable_without_workflow(self, account: Account, actor: str) -> int:
@@ -179,16 +181,12 @@ class AccountSettings(ServiceCore):
             return await disable_in_store(db, projection)
 
     async def _keep_session(self, kept: Session) -> None:
-        """Reopens the session that the revocation of its browser has just ended."""
+        """Unties the session from its browser, whose revocation would end it."""
         async with self.db.write() as db:
             session = await db.get(Session, kept.id)
-            if (
-                session is None
-                or session.end_reason != "device_revoked"
-                or session.expires_at <= utcnow()
-            ):
+            if session is None or session.device_id is None or session.ended_at is not None:
                 return
-            session.ended_at, session.end_reason, session.device_id = None, None, None
+            session.device_id = None
             await audit.append(
                 db, "session_kept", account_id=session.account_id, actor="user", reason="disable"
             )

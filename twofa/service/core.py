@@ -64,10 +64,11 @@ class ServiceCore:
         return await to_thread.run_sync(function, *args, limiter=self._kdf_limiter)
 
     def _new_session(
-        self, account_id: str, device_id: str | None, now: datetime
+        self, account_id: str, device_id: str | None, now: datetime, token: str | None = None
     ) -> tuple[str, Session]:
-        """A session row to add in the caller's transaction, and the token only its owner gets."""
-        token = new_token()
+        """A session row to add in the caller's transaction, and the token only its owner gets
+        (``token``: one derived from a login id, for the step's repeat to find, S9)."""
+        token = token or new_token()
         session = Session(
             id=str(uuid.uuid4()),
             account_id=account_id,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa import audit, errors
-from twofa.crypto import new_token
 from twofa.errors import ServiceError
 from twofa.notifications import BROWSER_ENROLLED
 from twofa.policy import (
@@ -29,7 +27,7 @@ from twofa.store import (
     pepper_queries,
     session_queries,
 )
-from twofa.store.models import Account, Device, LoginChallenge
+from twofa.store.models import Account, Device, LoginChallenge, Session
 from twofa.views import LoginView
 from twofa.vocabulary import Outcome, Step
 from twofa.vocabulary import TwoFactorState as S
@@ -187,14 +185,15 @@ class LoginSteps(ServiceCore):
         """R7, R9: the PIN opens the session; wrong ones are counted by the workflow (S2).
 
         PIN checks of one account run one at a time: a guess waits for the verdict on the one
-        before, so the fifth wrong PIN locks before a sixth can be tried.
+        before, so the fifth wrong PIN locks before a sixth can be tried. The session's token,
+        and an enrolled browser's id and token, derive from the login id: a caller repeating
+        the step after a 503 or a lost answer, with the right PIN again, gets the same ones
+        while that session is open (S9).
         """
         now = utcnow()
         lease = now + timedelta(seconds=self.settings.workflow_call_timeout_seconds + 10)
         async with self.db.write() as db:  # read and claim at once; a refusal writes nothing
-            challenge, account = await self._live_challenge(
-                db, login_id, now, Step.PIN, Step.ENROLL_PIN
-            )
+            challenge, account = await self._pin_challenge(db, login_id, now)
             if state_of(account, now) is S.LOCKED:
                 raise errors.locked(account.locked_until)
             try:
@@ -205,14 +204,37 @@ class LoginSteps(ServiceCore):
         if not claimed:
             raise errors.PIN_CHECK_IN_PROGRESS(retry_after=1)
         try:
-            return await self._check_pin(challenge, account, pin, now)
+            return await self._check_pin(challenge, account, login_id, pin, now)
         except BaseException:  # a right PIN releases the slot in the session's transaction
             async with self.db.write() as db:
                 await account_queries.release_pin_check(db, account.id)
             raise
 
+    async def _pin_challenge(
+        self, db: AsyncSession, login_id: str, now: datetime
+    ) -> tuple[LoginChallenge, Account]:
+        """The login waiting for its PIN, or a repeat's: one this step finished, whose session
+        is still open."""
+        digests = self.keyring.digests("login", login_id)
+        found = await login_queries.live_challenge_and_account(db, digests, now)
+        if found is None:
+            found = await login_queries.finished_challenge_and_account(db, digests, now)
+            if found is None or await self._pin_session(db, login_id, now) is None:
+                raise errors.LOGIN_NOT_FOUND()
+        if found[0].step not in (Step.PIN, Step.ENROLL_PIN):
+            raise errors.wrong_step(found[0].step)
+        return found
+
+    async def _pin_session(self, db: AsyncSession, login_id: str, now: datetime) -> Session | None:
+        """The open session the PIN step of ``login_id`` opened."""
+        token = self.keyring.derived_token("pin-session", login_id)
+        found = await session_queries.open_session_and_account(
+            db, self.keyring.digests("session", token), now
+        )
+        return found[0] if found else None
+
     async def _check_pin(
-        self, challenge: LoginChallenge, account: Account, pin: str, now: datetime
+        self, challenge: LoginChallenge, account: Account, login_id: str, pin: str, now: datetime
     ) -> LoginView:
         right = await self.kdf(
             self.keyring.verify_secret, account.pin_hash, pin, account.pin_pepper
@@ -221,7 +243,7 @@ class LoginSteps(ServiceCore):
         if right and self.keyring.stale(account.pin_pepper):  # hashed anew under the current
             new_pin_hash = await self.kdf(self.keyring.hash_secret, pin)
         if not right or account.pin_failures or account.pin_locks_in_a_row:
-            await self._still_live(challenge)  # a browser revoked meanwhile changes no counter
+            await self._still_live(challenge, login_id)  # a browser revoked: no counter moves
         if not right:  # each try counts, a repeated one too: S2 errs on the side of the lock
             failure = await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_failure)
             await self._audit(
@@ -239,7 +261,16 @@ class LoginSteps(ServiceCore):
                 TwoFactorWorkflow.record_pin_success,
                 update_id=self._request_id("pin-success", challenge.id_digest),
             )
-        device_id, device_token = challenge.device_id, None
+        enrolling = challenge.step == Step.ENROLL_PIN
+        device_id = (
+            self.keyring.derived_id("enrolled-browser-id", login_id)
+            if enrolling
+            else challenge.device_id
+        )
+        device_token = (
+            self.keyring.derived_token("enrolled-browser-token", login_id) if enrolling else None
+        )
+        token = self.keyring.derived_token("pin-session", login_id)
         async with self.db.write() as db:  # one transaction: a double-click opens one session
             current = await account_queries.release_pin_check(db, account.id)  # the account, locked
             state = state_of(current, now) if current else S.DISABLED
@@ -247,15 +278,19 @@ class LoginSteps(ServiceCore):
                 raise errors.locked(current.locked_until)
             if state is not S.ACTIVE:
                 raise errors.LOGIN_NOT_FOUND()
+            if challenge.finished_at is not None:  # a repeat: the session the step opened
+                opened = await self._pin_session(db, login_id, now)
+                if opened is None:
+                    raise errors.LOGIN_NOT_FOUND()
+                return self._authenticated(token, opened, device_id, device_token)
             if not await login_queries.advance_challenge(
                 db, challenge.id_digest, challenge.step, None, finished_at=now
             ):
                 raise errors.LOGIN_NOT_FOUND()
             if current is not None:
                 await self._repepper(db, current, account.pin_hash, new_pin_hash)
-            if challenge.step == Step.ENROLL_PIN:
-                device_token = new_token()
-                device_id = str(uuid.uuid4())
+            if enrolling:
+                assert device_id is not None and device_token is not None
                 db.add(
                     Device(
                         id=device_id,
@@ -286,7 +321,7 @@ class LoginSteps(ServiceCore):
                 )
             elif not await device_queries.touch_device(db, device_id, now):
                 raise errors.LOGIN_NOT_FOUND()  # the browser was revoked meanwhile
-            token, session = self._new_session(account.id, device_id, now)
+            token, session = self._new_session(account.id, device_id, now, token)
             await session_queries.add_session(db, session)
             await audit.append(
                 db,
@@ -296,6 +331,13 @@ class LoginSteps(ServiceCore):
                 second_factor=True,
                 device_id=device_id,
             )
+        return self._authenticated(token, session, device_id, device_token)
+
+    @staticmethod
+    def _authenticated(
+        token: str, session: Session, device_id: str | None, device_token: str | None
+    ) -> LoginView:
+        """The PIN step's answer: the browser's id and token only when it was just enrolled."""
         return LoginView(
             outcome=Outcome.AUTHENTICATED,
             session_token=token,
@@ -322,12 +364,16 @@ class LoginSteps(ServiceCore):
             raise errors.wrong_step(found[0].step)
         return found
 
-    async def _still_live(self, challenge: LoginChallenge) -> None:
-        """The login was not ended since it was read: by a lock, a disable or a revocation."""
+    async def _still_live(self, challenge: LoginChallenge, login_id: str) -> None:
+        """The login was not ended since it was read (by a lock, a disable or a revocation);
+        for a repeat of a finished PIN step, its session was not."""
         async with self.db.read() as db:
-            live = await login_queries.live_challenge(db, challenge.id_digest, utcnow())
-        if live is None:
-            raise errors.LOGIN_NOT_FOUND()
+            if challenge.finished_at is None:
+                live = await login_queries.live_challenge(db, challenge.id_digest, utcnow())
+                if live is None:
+                    raise errors.LOGIN_NOT_FOUND()
+            elif await self._pin_session(db, login_id, utcnow()) is None:
+                raise errors.LOGIN_NOT_FOUND()
 
     async def _advance(self, challenge: LoginChallenge, step: Step, **values: Any) -> None:
         """Compare-and-set; an identical request racing this one may have moved it first (S9)."""

@@ -27,6 +27,12 @@ _LIVE_CHALLENGE_AND_ACCOUNT = with_its_account(LoginChallenge, "login_").where(
     _challenges.c.finished_at.is_(None),
     _challenges.c.expires_at > bindparam("now"),
 )
+#: A login its last step finished (see LoginSteps.submit_pin), until it expires.
+_FINISHED_CHALLENGE_AND_ACCOUNT = with_its_account(LoginChallenge, "login_").where(
+    _challenges.c.id_digest.in_(bindparam("digests", expanding=True)),
+    _challenges.c.finished_at.is_not(None),
+    _challenges.c.expires_at > bindparam("now"),
+)
 #: The compare-and-set of a login's step (its new values are set per call).
 _ADVANCE_CHALLENGE = update(_challenges).where(
     _challenges.c.id_digest == bindparam("digest"),
@@ -46,6 +52,15 @@ async def live_challenge_and_account(
     row = (
         await db.execute(_LIVE_CHALLENGE_AND_ACCOUNT, {"digests": list(id_digests), "now": now})
     ).first()
+    return (as_model(LoginChallenge, row, "login_"), as_model(Account, row)) if row else None
+
+
+async def finished_challenge_and_account(
+    db: AsyncSession, id_digests: Sequence[str], now: datetime
+) -> tuple[LoginChallenge, Account] | None:
+    """A login that has ended but not yet expired, and its account; both transient."""
+    values = {"digests": list(id_digests), "now": now}
+    row = (await db.execute(_FINISHED_CHALLENGE_AND_ACCOUNT, values)).first()
     return (as_model(LoginChallenge, row, "login_"), as_model(Account, row)) if row else None
 
 
