@@ -26,12 +26,16 @@ from tests.support.history import activities_run, header_id
 from tests.support.journey import Api, User, audit_trail, eventually, new_user, untrusted
 from tests.support.relay import RelayHandler, api_on_relay, relay
 from twofa import audit
+from twofa.admin import AdminService
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.notifications import BROWSER_ENROLLED, run_notifier
+from twofa.service import TwoFactorService
 from twofa.store import notification_queries
 from twofa.store.db import Database, migrate
 from twofa.store.models import Account, AuditRecord, Notification
+from twofa.views import OperatorView
+from twofa.vocabulary import Role
 from twofa.workflows.messages import workflow_id
 
 
@@ -102,6 +106,24 @@ async def test_s10_enrolled_browsers_lock_and_disable_are_mailed_without_secrets
         return len(await audited(database, user.account_id, "notification_sent")) == 4
 
     await eventually(all_audited, "four notification_sent records")
+
+
+async def test_s10_a_disable_by_an_admin_is_mailed_saying_so(
+    api: Api, database: Database, base_settings: Settings, client: Client
+) -> None:
+    user = await api.activated(new_user("s10admin"))
+    admin = AdminService(TwoFactorService(base_settings, database, client))
+    operator = OperatorView(id=str(uuid.uuid4()), email="root@example.com", role=Role.ADMIN)
+    assert (await admin.disable(operator, user.account_id)).revoked_devices == 1
+    [disabled] = [
+        m
+        for m in await mails_until(api, user, lambda ms: any(map(about("is off"), ms)))
+        if about("is off")(m)
+    ]
+    body = disabled.get_content()
+    assert "by an administrator" in body and "contact your administrator" in body, body
+    for secret in user.secrets():
+        assert secret not in body
 
 
 async def test_a_refused_activation_mail_is_audited_and_the_next_login_says_so(

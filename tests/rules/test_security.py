@@ -785,3 +785,20 @@ async def test_healthz(api: Api, start_api: ApiFactory) -> None:
         r = await http.get("/healthz")
     assert r.status_code == 503, r.text
     assert r.json()["database"] is False and r.json()["temporal"] is True
+
+
+async def test_a_login_id_lives_fifteen_minutes_then_the_login_starts_over(
+    start_api: ApiFactory,
+) -> None:
+    """The contract: a ``login_id`` is single-purpose and short-lived (15 minutes,
+    ``TWOFA_LOGIN_TTL_SECONDS``). Past its life the right PIN gets 404 and opens nothing; a
+    new login goes on."""
+    assert Settings.model_fields["login_ttl_seconds"].default == 15 * 60
+    user = await (await start_api()).activated(new_user("loginttl"))
+    api = await start_api(login_ttl_seconds=2)  # only the login below lives 2 s
+    login = await api.login_ok(user)
+    assert login["outcome"] == "pin_required", login
+    await sleep_until(datetime.now(UTC) + timedelta(seconds=2))
+    r = await api.pin(login["login_id"], user.pin)
+    assert (r.status_code, r.json()["error"]) == (404, "login_not_found"), r.text
+    await api.pin_login(user)
