@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -201,33 +203,41 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
 
 
 class SlowRelay(RelayHandler):
-    """Holds each mail's DATA until the test lets it through: a send caught in flight."""
+    """Holds each mail's DATA (or only the first: ``hold_all=False``) until the test lets it
+    through: a send caught in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_all: bool = True) -> None:
         super().__init__()
+        self.hold_all = hold_all
         self.in_flight = threading.Event()
         self.answer = threading.Event()
+        self.first_held = ""  # its Message-ID
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
-        self.in_flight.set()
-        await asyncio.get_running_loop().run_in_executor(None, self.answer.wait, 20)
+        if self.hold_all or not self.in_flight.is_set():
+            if not self.in_flight.is_set():
+                held = message_from_bytes(envelope.original_content or b"", policy=policy.default)
+                self.first_held = str(held["Message-ID"])
+            self.in_flight.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.answer.wait, 20)
         return await super().handle_DATA(server, session, envelope)
 
 
-@pytest.mark.single_backend  # an outbox of its own: no other notifier may take its mails
-async def test_a_stopping_notifier_finishes_the_mail_in_flight_and_hands_back_the_rest(
-    tmp_path: Path, base_settings: Settings
-) -> None:
-    handler = SlowRelay()
-    with relay(handler) as port:
-        own_db = f"sqlite:///{tmp_path / 'own.db'}"
-        settings = base_settings.model_copy(
-            update={"data_dir": tmp_path, "database_url": own_db, "smtp_port": port}
-        )
-        migrate(settings.resolved_database_url)
-        chain = audit.chain_for(settings, Keyring.of(settings))
-        db = Database(settings.resolved_database_url, audit=chain)
-        now = datetime.now(UTC)
+@asynccontextmanager
+async def outbox_of_three(
+    tmp_path: Path, base_settings: Settings, port: int
+) -> AsyncIterator[tuple[Settings, Database]]:
+    """A database of its own whose outbox holds three notices, and settings that mail them
+    to the relay on ``port``."""
+    own_db = f"sqlite:///{tmp_path / 'own.db'}"
+    settings = base_settings.model_copy(
+        update={"data_dir": tmp_path, "database_url": own_db, "smtp_port": port}
+    )
+    migrate(settings.resolved_database_url)
+    chain = audit.chain_for(settings, Keyring.of(settings))
+    db = Database(settings.resolved_database_url, audit=chain)
+    now = datetime.now(UTC)
+    try:
         async with db.write() as session:
             account = Account(
                 id=str(uuid.uuid4()), email="queue@example.com", password_hash="-",
@@ -238,21 +248,59 @@ async def test_a_stopping_notifier_finishes_the_mail_in_flight_and_hands_back_th
                 await notification_queries.notify(
                     session, account.id, BROWSER_ENROLLED, account.email, now, device_name=f"b{n}"
                 )
-        stop = asyncio.Event()
-        notifier = asyncio.create_task(run_notifier(settings, db, stop))
-        try:
+        yield settings, db
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.single_backend  # an outbox of its own: no other notifier may take its mails
+async def test_a_stopping_notifier_finishes_the_mail_in_flight_and_leaves_the_rest(
+    tmp_path: Path, base_settings: Settings
+) -> None:
+    handler = SlowRelay()
+    with relay(handler) as port:
+        async with outbox_of_three(tmp_path, base_settings, port) as (settings, db):
+            stop = asyncio.Event()
+            notifier = asyncio.create_task(run_notifier(settings, db, stop))
             await eventually(handler.in_flight.is_set, "a mail at the relay", interval=0.01)
             stop.set()
             handler.answer.set()
             await asyncio.wait_for(notifier, 20)
             async with db.read() as session:
                 rows = (await session.scalars(select(Notification))).all()
-        finally:
-            await db.dispose()
     assert len(handler.accepted) == 1  # none started after the stop
     [sent] = [n for n in rows if n.sent_at is not None]
     assert sent.attempts == 1
-    handed_back = [n for n in rows if n.sent_at is None]
-    assert len(handed_back) == 2
-    assert all(n.attempts == 0 and n.due_at <= datetime.now(UTC) for n in handed_back)
-    assert all(n.failed_at is None for n in handed_back)
+    left = [n for n in rows if n.sent_at is None]
+    assert len(left) == 2
+    assert all(n.attempts == 0 and n.due_at <= datetime.now(UTC) for n in left)
+    assert all(n.failed_at is None for n in left)
+
+
+@pytest.mark.single_backend  # an outbox of its own: no other notifier may take its mails
+async def test_a_mail_held_at_the_relay_holds_back_no_other_and_none_goes_twice(
+    tmp_path: Path, base_settings: Settings
+) -> None:
+    """Notifiers claim one mail at a time: while one waits on a slow relay, another sends the
+    rest, and a claim never lapses behind mails still waiting in a batch (which another
+    notifier would then send too)."""
+    handler = SlowRelay(hold_all=False)
+    with relay(handler) as port:
+        async with outbox_of_three(tmp_path, base_settings, port) as (settings, db):
+            settings.smtp_timeout_seconds = 60  # the held send never gives up meanwhile
+            stop = asyncio.Event()
+            notifiers = [asyncio.create_task(run_notifier(settings, db, stop))]
+            await eventually(handler.in_flight.is_set, "a mail at the relay", interval=0.01)
+            notifiers.append(asyncio.create_task(run_notifier(settings, db, stop)))
+            try:
+                await eventually(
+                    lambda: len(handler.accepted) == 2, "the two others sent meanwhile"
+                )
+            finally:
+                handler.answer.set()
+            await eventually(lambda: len(handler.accepted) == 3, "the held one sent")
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*notifiers), 20)
+    ids = [str(mail["Message-ID"]) for mail, _, _ in handler.accepted]
+    assert len(set(ids)) == 3, ids
+    assert ids[-1] == handler.first_held, (ids, handler.first_held)  # the others went first

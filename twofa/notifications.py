@@ -38,10 +38,17 @@ BROWSER_ENROLLED = "browser_enrolled"
 TWO_FACTOR_DISABLED = "two_factor_disabled"
 TWO_FACTOR_LOCKED = "two_factor_locked"
 
-#: Longer than any send (the SMTP timeout is 10 s by default): a claim outlives its try.
-CLAIM = timedelta(seconds=120)
-BATCH = 20
+#: The most mails one round sends before it looks at ``stop`` and the outbox again.
+ROUND = 20
+#: SMTP exchanges a send may make, each allowed ``TWOFA_SMTP_TIMEOUT_SECONDS``: connect,
+#: EHLO, STARTTLS, EHLO, AUTH (two), MAIL, RCPT, DATA and its end, QUIT, and one to spare.
+SEND_EXCHANGES = 12
 IDLE_POLL_SECONDS = 0.5
+
+
+def claim_for(settings: Settings) -> timedelta:
+    """How long a claim keeps a mail from other notifiers: longer than one send can take."""
+    return timedelta(seconds=max(120.0, SEND_EXCHANGES * settings.smtp_timeout_seconds))
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -72,22 +79,25 @@ def compose(notification: Notification, sender: str) -> EmailMessage:
 
 
 async def send_due(settings: Settings, db: Database, stop: asyncio.Event) -> int:
-    """One round: every due mail claimed, sent and recorded; returns how many were claimed.
+    """One round: due mails claimed one at a time, each sent and recorded, until none is due,
+    ``ROUND`` were sent or ``stop`` is set; returns how many were claimed.
 
-    Once ``stop`` is set, the mail being sent is finished and recorded, and the ones claimed
-    after it are handed back, due at once for the next notifier.
+    One at a time: a claim covers one send, which it outlasts however slow the relay, where a
+    batch's claim could lapse while its last mails waited, and another notifier would send
+    them too. Once ``stop`` is set, the mail being sent is finished and recorded.
     """
-    now = datetime.now(UTC)
-    async with db.write() as session:
-        claimed = await notification_queries.claim_notifications(session, now, now + CLAIM, BATCH)
-    for index, notification in enumerate(claimed):
-        if stop.is_set():
-            async with db.write() as session:
-                ids = [n.id for n in claimed[index:]]
-                await notification_queries.release_claims(session, ids, datetime.now(UTC))
+    claimed = 0
+    while claimed < ROUND and not stop.is_set():
+        now = datetime.now(UTC)
+        async with db.write() as session:
+            due = await notification_queries.claim_notifications(
+                session, now, now + claim_for(settings), 1
+            )
+        if not due:
             break
-        await _send(settings, db, notification)
-    return len(claimed)
+        claimed += 1
+        await _send(settings, db, due[0])
+    return claimed
 
 
 async def _send(settings: Settings, db: Database, notification: Notification) -> None:

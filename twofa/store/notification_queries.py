@@ -63,20 +63,6 @@ async def claim_notifications(
     return (await db.scalars(select(Notification).where(Notification.id.in_(ids)))).all()
 
 
-async def release_claims(db: AsyncSession, ids: Sequence[str], now: datetime) -> None:
-    """Hands claimed mails back unsent (their notifier is stopping): due at once, and their
-    claim not counted as a try."""
-    await db.execute(
-        update(Notification)
-        .where(
-            Notification.id.in_(ids),
-            Notification.sent_at.is_(None),
-            Notification.failed_at.is_(None),
-        )
-        .values(due_at=now, attempts=Notification.attempts - 1)
-    )
-
-
 async def notification_done(
     db: AsyncSession,
     notification_id: str,
