@@ -242,6 +242,32 @@ async def test_activation_code_repeated_after_a_503_is_accepted_again(
         assert r.status_code == 200, r.text
 
 
+async def test_a_right_password_whose_login_got_a_503_counts_toward_no_block(
+    held: HeldQueue, database: Database
+) -> None:
+    """S2 counts a password attempt before checking it, and the right password clears the
+    count; a login whose code is used up asks the workflow for a new one, and when that call
+    answers 503 the caller repeats (S9): four such repeats must not block the fifth."""
+    api, user = held.api, new_user("s9-password")
+    code = "ZZZZZZZZ"
+    async with held.worker():
+        await api.enabled(user)
+        if code == await api.code_mail(user):
+            code = "YYYYYYYY"
+        login = await api.login_ok(user)
+        for _ in range(5):  # five wrong codes use the code up
+            await api.submit_code(login["login_id"], code)
+    assert not (await account_row(database, user.account_id)).code_usable
+    for _ in range(4):
+        unavailable(await held.impatient.login(user))
+    async with held.worker():
+        again = await api.login_ok(user)
+        # the calls that answered 503 went on: one of them mailed the new code
+        fresh = await api.code_mail(user, count=2)
+        assert again["outcome"] == "activation_code_required", again
+        assert (await api.submit_code(again["login_id"], fresh)).status_code == 200
+
+
 async def test_activation_repeated_after_a_503_hands_the_same_working_browser(
     held: HeldQueue, database: Database, client: Client
 ) -> None:

@@ -231,6 +231,10 @@ class Accounts(ServiceCore):
         if state is S.PENDING_CODE:
             code_expires_at, code_sent, refused = account.code_expires_at, False, None
             if not (account.code_usable and code_expires_at and code_expires_at > now):
+                # the right password's count cleared first: this call may answer 503, and the
+                # caller's repeats must not add up to a block (S2, S9)
+                async with self._login_write(passed):
+                    pass
                 result = await self.call_workflow(
                     account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=True)
                 )
