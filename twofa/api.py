@@ -215,10 +215,15 @@ LOGIN_STEP: dict[str, Any] = {**V1, "response_model_exclude_none": True}
 
 @router.get("/healthz", tags=["operations"])
 async def healthz(svc: Service) -> JSONResponse:
+    """Which part answers; a 503 in the contract's error shape, with its ``Retry-After``."""
     checks = await svc.health()
+    if all(checks.values()):
+        return JSONResponse({"status": "ok", **checks})
+    unavailable = errors.UNAVAILABLE()
     return JSONResponse(
-        {"status": "ok" if all(checks.values()) else "unavailable", **checks},
-        status_code=200 if all(checks.values()) else 503,
+        {**unavailable.body(), "status": "unavailable", **checks},
+        status_code=503,
+        headers=retry_after(unavailable),
     )
 
 

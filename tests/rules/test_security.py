@@ -785,6 +785,8 @@ async def test_healthz(api: Api, start_api: ApiFactory) -> None:
         r = await http.get("/healthz")
     assert r.status_code == 503, r.text
     assert r.json()["database"] is False and r.json()["temporal"] is True
+    assert r.json()["error"] == "temporarily_unavailable" and r.json()["message"], r.text
+    assert int(r.headers["Retry-After"]) >= 1, r.headers
 
 
 async def test_a_login_id_lives_fifteen_minutes_then_the_login_starts_over(
