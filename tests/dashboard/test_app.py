@@ -860,4 +860,4 @@ def test_history_tells_mail_failures_and_notifications_in_words() -> None:
     assert "a browser was enrolled" in said(
         "notification_failed", {"kind": "browser_enrolled", "reason": "550"}
     )
-    assert said("session_kept", {}, "user") == "The session that disabled 2FA stays open"
+    assert said("session_kept", {}, "user") == "The session that asked to disable 2FA is kept open"

@@ -14,6 +14,7 @@ without a worker, or its mail without a relay, for a moment.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +51,7 @@ from tests.support.processes import free_port
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
 from twofa.notifications import BROWSER_ENROLLED
-from twofa.store.db import Database, migrate
+from twofa.store.db import Database, did_not_answer, migrate
 from twofa.store.models import ActivationDraft, Notification, SentMail, Session
 from twofa.temporal import build_worker
 from twofa.web.security import SESSION_COOKIE
@@ -117,6 +118,15 @@ async def drafts_of(database: Database, account_id: str) -> int:
 
 
 # -- (1) a step repeated after a 503 gets the step's real outcome (S9)
+
+
+@pytest.mark.single_backend
+def test_a_database_name_that_no_longer_resolves_did_not_answer() -> None:
+    """A container stopped, its name gone from the DNS (docker-compose's ``postgresql``),
+    or every address of a name refusing: the connection's own errors, unwrapped, each a 503."""
+    assert did_not_answer(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    assert did_not_answer(OSError("Multiple exceptions: [Errno 111] ..., [Errno 99] ..."))
+    assert not did_not_answer(ValueError("a bug, not an outage"))
 
 
 @pytest.mark.single_backend  # a PostgreSQL server of its own, stopped mid-test, on either pass
@@ -297,6 +307,29 @@ async def test_activation_repeated_after_a_503_hands_the_same_working_browser(
         user.device_token, user.device_id = body["device_token"], body["device_id"]
         await api.pin_login(user)
         assert await trusted_devices(database, user.account_id) == 1
+
+
+async def test_disable_repeated_after_a_503_answers_disabled_and_no_session_outlives_2fa(
+    held: HeldQueue, database: Database
+) -> None:
+    """The session that asks to disable 2FA is untied from its browser first, so the disable's
+    revocation leaves it open for the repeat (S9); while 2FA is still on, that session counts
+    for nothing (only trusted browsers connect), so a disable that has not taken effect leaves
+    no session that a revocation of its browser would miss."""
+    api, user = held.api, new_user("s9-disable")
+    async with held.worker():
+        await api.activated(user)
+    disable = {"enabled": False, "confirm": True}
+    unavailable(await held.impatient.call("PUT", "/v1/account/two-factor", user, json=disable))
+    r = await api.call("GET", "/v1/session", user)
+    assert (r.status_code, r.json()["error"]) == (401, "session_ended"), r.text
+    async with held.worker():
+        await state_in_store(database, user.account_id, "disabled")  # the 503'd disable went on
+        again = await api.call("PUT", "/v1/account/two-factor", user, json=disable)
+    assert again.status_code == 200, again.text
+    assert again.json() == {"state": "disabled", "revoked_devices": 0}
+    assert await trusted_devices(database, user.account_id) == 0
+    assert (await api.call("GET", "/v1/session", user)).status_code == 200
 
 
 async def test_pin_step_repeated_after_a_lost_answer_gets_that_session(

@@ -803,4 +803,4 @@ async def test_a_login_id_lives_fifteen_minutes_then_the_login_starts_over(
     await sleep_until(datetime.now(UTC) + timedelta(seconds=2))
     r = await api.pin(login["login_id"], user.pin)
     assert (r.status_code, r.json()["error"]) == (404, "login_not_found"), r.text
-    await api.pin_login(user)
+    await (await start_api()).pin_login(user)

@@ -191,7 +191,7 @@ SENTENCES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "notification_failed": lambda d, by: (
         f"Could not tell the user by mail ({_notice(d)}): {d.get('reason', 'refused')}"
     ),
-    "session_kept": lambda d, by: "The session that disabled 2FA stays open",
+    "session_kept": lambda d, by: "The session that asked to disable 2FA is kept open",
 }
 
 

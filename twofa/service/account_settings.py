@@ -21,6 +21,11 @@ from twofa.workflows.messages import ActorRequest, Progress, Projection, TwoFact
 from twofa.workflows.two_factor import TASK_TIMEOUT, TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
+#: ``Session.end_reason`` of an open session untied from its browser by the disable it asked
+#: for (see ``disable``): it ends if 2FA is still on.
+KEPT_FOR_DISABLE = "kept_for_disable"
+#: The states in which every session comes from a trusted browser.
+ON = (S.ACTIVE, S.LOCKED)
 
 
 class AccountSettings(ServiceCore):
@@ -35,6 +40,9 @@ class AccountSettings(ServiceCore):
         if found is None:
             raise errors.SESSION_ENDED()
         session, account = found
+        if session.end_reason == KEPT_FOR_DISABLE and account.two_factor_state in ON:
+            # its disable did not take effect: with 2FA on, only a trusted browser's session
+            raise errors.SESSION_ENDED()
         if session.token_digest != digests[0]:  # made under a previous pepper: digested anew
             async with self.db.write() as db:
                 await pepper_queries.redigest(db, Session, session.id, digests[0], self.keyring.id)
@@ -144,7 +152,8 @@ class AccountSettings(ServiceCore):
         ``keep``: the session of the user who said Yes, which stays open (no longer tied to a
         browser); every other session a trusted browser opened ends with its browser. It is
         untied first, so the revocation never ends it: a caller repeating the disable after a
-        503 or a lost answer still holds it, and gets 2FA disabled (S9).
+        503 or a lost answer still holds it, and gets 2FA disabled (S9). Should the disable not
+        take effect, that session ends as 2FA is still on (see ``current_session``).
         """
         if not confirm:
             raise errors.CONFIRMATION_REQUIRED()
@@ -181,12 +190,13 @@ class AccountSettings(ServiceCore):
             return await disable_in_store(db, projection)
 
     async def _keep_session(self, kept: Session) -> None:
-        """Unties the session from its browser, whose revocation would end it."""
+        """Unties the session from its browser, whose revocation would end it, and marks it
+        kept for the disable it asked for."""
         async with self.db.write() as db:
             session = await db.get(Session, kept.id)
             if session is None or session.device_id is None or session.ended_at is not None:
                 return
-            session.device_id = None
+            session.device_id, session.end_reason = None, KEPT_FOR_DISABLE
             await audit.append(
                 db, "session_kept", account_id=session.account_id, actor="user", reason="disable"
             )

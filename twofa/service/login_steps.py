@@ -214,11 +214,13 @@ class LoginSteps(ServiceCore):
         self, db: AsyncSession, login_id: str, now: datetime
     ) -> tuple[LoginChallenge, Account]:
         """The login waiting for its PIN, or a repeat's: one this step finished, whose session
-        is still open."""
+        is still open. Only for a lock's length after it finished: a lock taken meanwhile by
+        wrong PINs sent with it ends before that login could take more guesses (S2)."""
         digests = self.keyring.digests("login", login_id)
         found = await login_queries.live_challenge_and_account(db, digests, now)
         if found is None:
-            found = await login_queries.finished_challenge_and_account(db, digests, now)
+            since = now - timedelta(seconds=self.settings.pin_lock_seconds)
+            found = await login_queries.finished_challenge_and_account(db, digests, now, since)
             if found is None or await self._pin_session(db, login_id, now) is None:
                 raise errors.LOGIN_NOT_FOUND()
         if found[0].step not in (Step.PIN, Step.ENROLL_PIN):
@@ -278,15 +280,15 @@ class LoginSteps(ServiceCore):
                 raise errors.locked(current.locked_until)
             if state is not S.ACTIVE:
                 raise errors.LOGIN_NOT_FOUND()
-            if challenge.finished_at is not None:  # a repeat: the session the step opened
+            # a repeat's; or, on PostgreSQL, a double click's that read the login before the
+            # first click's commit finished it: either gets the session that step opened
+            if challenge.finished_at is not None or not await login_queries.advance_challenge(
+                db, challenge.id_digest, challenge.step, None, finished_at=now
+            ):
                 opened = await self._pin_session(db, login_id, now)
                 if opened is None:
                     raise errors.LOGIN_NOT_FOUND()
                 return self._authenticated(token, opened, device_id, device_token)
-            if not await login_queries.advance_challenge(
-                db, challenge.id_digest, challenge.step, None, finished_at=now
-            ):
-                raise errors.LOGIN_NOT_FOUND()
             if current is not None:
                 await self._repepper(db, current, account.pin_hash, new_pin_hash)
             if enrolling:

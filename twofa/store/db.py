@@ -444,8 +444,10 @@ _AWAY_OR_BUSY = ("08", "53", "57P", "40")
 def did_not_answer(error: BaseException) -> bool:
     """The database was away or busy past its timeout, rather than refusing the statement: the
     request's outcome is unknown and repeating it is safe (SPEC S9: 503)."""
-    if isinstance(error, ConnectionError | TimeoutError | PoolTimeout):
-        return True  # ConnectionRefusedError: the pool reconnects to a server that is down
+    if isinstance(error, OSError | PoolTimeout):
+        # a new connection failing comes out unwrapped: refused, timed out, a name that no
+        # longer resolves (socket.gaierror), or every address of a name refusing at once
+        return True
     if not isinstance(error, DBAPIError):
         return False
     if error.connection_invalidated:

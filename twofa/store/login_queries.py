@@ -27,10 +27,10 @@ _LIVE_CHALLENGE_AND_ACCOUNT = with_its_account(LoginChallenge, "login_").where(
     _challenges.c.finished_at.is_(None),
     _challenges.c.expires_at > bindparam("now"),
 )
-#: A login its last step finished (see LoginSteps.submit_pin), until it expires.
+#: A login its last step finished since a moment (see LoginSteps.submit_pin), until it expires.
 _FINISHED_CHALLENGE_AND_ACCOUNT = with_its_account(LoginChallenge, "login_").where(
     _challenges.c.id_digest.in_(bindparam("digests", expanding=True)),
-    _challenges.c.finished_at.is_not(None),
+    _challenges.c.finished_at > bindparam("since"),
     _challenges.c.expires_at > bindparam("now"),
 )
 #: The compare-and-set of a login's step (its new values are set per call).
@@ -56,10 +56,11 @@ async def live_challenge_and_account(
 
 
 async def finished_challenge_and_account(
-    db: AsyncSession, id_digests: Sequence[str], now: datetime
+    db: AsyncSession, id_digests: Sequence[str], now: datetime, since: datetime
 ) -> tuple[LoginChallenge, Account] | None:
-    """A login that has ended but not yet expired, and its account; both transient."""
-    values = {"digests": list(id_digests), "now": now}
+    """A login that ended after ``since`` and has not yet expired, and its account; both
+    transient."""
+    values = {"digests": list(id_digests), "now": now, "since": since}
     row = (await db.execute(_FINISHED_CHALLENGE_AND_ACCOUNT, values)).first()
     return (as_model(LoginChallenge, row, "login_"), as_model(Account, row)) if row else None
 
