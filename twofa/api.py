@@ -302,7 +302,7 @@ async def switch_two_factor(
     if body.enabled:
         response.status_code = 202
         return await svc.enable(await svc.session_for_enable(x_session_token))
-    current = await svc.current_session(x_session_token)
+    current = await svc.current_session(x_session_token, repeating_disable=True)
     return await svc.disable(current.account, body.confirm, keep=current.session)
 
 

@@ -313,9 +313,9 @@ async def test_disable_repeated_after_a_503_answers_disabled_and_no_session_outl
     held: HeldQueue, database: Database
 ) -> None:
     """The session that asks to disable 2FA is untied from its browser first, so the disable's
-    revocation leaves it open for the repeat (S9); while 2FA is still on, that session counts
-    for nothing (only trusted browsers connect), so a disable that has not taken effect leaves
-    no session that a revocation of its browser would miss."""
+    revocation leaves it open for the repeat (S9); while 2FA is still on, that session serves
+    only the disable's repeats (only trusted browsers connect), so a disable that has not taken
+    effect leaves no session that a revocation of its browser would miss."""
     api, user = held.api, new_user("s9-disable")
     async with held.worker():
         await api.activated(user)
@@ -323,6 +323,8 @@ async def test_disable_repeated_after_a_503_answers_disabled_and_no_session_outl
     unavailable(await held.impatient.call("PUT", "/v1/account/two-factor", user, json=disable))
     r = await api.call("GET", "/v1/session", user)
     assert (r.status_code, r.json()["error"]) == (401, "session_ended"), r.text
+    # ... but its repeat is heard (503 here again: still no worker), not refused
+    unavailable(await held.impatient.call("PUT", "/v1/account/two-factor", user, json=disable))
     async with held.worker():
         await state_in_store(database, user.account_id, "disabled")  # the 503'd disable went on
         again = await api.call("PUT", "/v1/account/two-factor", user, json=disable)

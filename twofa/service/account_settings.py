@@ -31,7 +31,11 @@ ON = (S.ACTIVE, S.LOCKED)
 class AccountSettings(ServiceCore):
     """What a signed-in user does: 2FA on and off (R1, R3, R10), browsers (R11), logout."""
 
-    async def current_session(self, session_token: str | None) -> CurrentSession:
+    async def current_session(
+        self, session_token: str | None, *, repeating_disable: bool = False
+    ) -> CurrentSession:
+        """The open session of ``session_token``. One kept for a disable that has not taken
+        effect yet serves only that disable's repeat (``repeating_disable``, S9)."""
         if not session_token:
             raise errors.SESSION_ENDED()
         digests = self.keyring.digests("session", session_token)
@@ -40,8 +44,9 @@ class AccountSettings(ServiceCore):
         if found is None:
             raise errors.SESSION_ENDED()
         session, account = found
-        if session.end_reason == KEPT_FOR_DISABLE and account.two_factor_state in ON:
-            # its disable did not take effect: with 2FA on, only a trusted browser's session
+        kept = session.end_reason == KEPT_FOR_DISABLE and account.two_factor_state in ON
+        if kept and not repeating_disable:
+            # its disable has not taken effect: with 2FA on, only a trusted browser's session
             raise errors.SESSION_ENDED()
         if session.token_digest != digests[0]:  # made under a previous pepper: digested anew
             async with self.db.write() as db:
