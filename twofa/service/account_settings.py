@@ -22,7 +22,7 @@ from twofa.workflows.two_factor import TASK_TIMEOUT, TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
 #: ``Session.end_reason`` of an open session untied from its browser by the disable it asked
-#: for (see ``disable``): it ends if 2FA is still on.
+#: for (see ``disable``): while 2FA is still on, it serves only that disable's repeat.
 KEPT_FOR_DISABLE = "kept_for_disable"
 #: The states in which every session comes from a trusted browser.
 ON = (S.ACTIVE, S.LOCKED)
@@ -157,8 +157,8 @@ class AccountSettings(ServiceCore):
         ``keep``: the session of the user who said Yes, which stays open (no longer tied to a
         browser); every other session a trusted browser opened ends with its browser. It is
         untied first, so the revocation never ends it: a caller repeating the disable after a
-        503 or a lost answer still holds it, and gets 2FA disabled (S9). Should the disable not
-        take effect, that session ends as 2FA is still on (see ``current_session``).
+        503 or a lost answer still holds it, and gets 2FA disabled (S9). Until the disable takes
+        effect, that session serves nothing else (see ``current_session``).
         """
         if not confirm:
             raise errors.CONFIRMATION_REQUIRED()
