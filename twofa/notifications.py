@@ -90,13 +90,13 @@ async def send_due(settings: Settings, db: Database, stop: asyncio.Event) -> int
     while claimed < ROUND and not stop.is_set():
         now = datetime.now(UTC)
         async with db.write() as session:
-            due = await notification_queries.claim_notifications(
-                session, now, now + claim_for(settings), 1
+            due = await notification_queries.claim_notification(
+                session, now, now + claim_for(settings)
             )
-        if not due:
+        if due is None:
             break
         claimed += 1
-        await _send(settings, db, due[0])
+        await _send(settings, db, due)
     return claimed
 
 

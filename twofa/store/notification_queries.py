@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,30 +36,27 @@ async def notify(
     )
 
 
-async def claim_notifications(
-    db: AsyncSession, now: datetime, lease_until: datetime, limit: int
-) -> Sequence[Notification]:
-    """Due mails, each claimed until ``lease_until`` so no other notifier sends it meanwhile."""
+async def claim_notification(
+    db: AsyncSession, now: datetime, lease_until: datetime
+) -> Notification | None:
+    """The mail due first, claimed until ``lease_until`` so no other notifier sends it
+    meanwhile; none if none is due."""
     due = (
-        select(Notification.id)
+        select(Notification)
         .where(
             Notification.sent_at.is_(None),
             Notification.failed_at.is_(None),
             Notification.due_at <= now,
         )
         .order_by(Notification.due_at)
-        .limit(limit)
+        .limit(1)
         .with_for_update(skip_locked=True)
     )
-    ids = list((await db.scalars(due)).all())
-    if not ids:
-        return []
-    await db.execute(
-        update(Notification)
-        .where(Notification.id.in_(ids))
-        .values(due_at=lease_until, attempts=Notification.attempts + 1)
-    )
-    return (await db.scalars(select(Notification).where(Notification.id.in_(ids)))).all()
+    notification = await db.scalar(due)
+    if notification is not None:
+        notification.due_at = lease_until
+        notification.attempts += 1
+    return notification
 
 
 async def notification_done(
