@@ -49,10 +49,8 @@ async def live_challenge_and_account(
     db: AsyncSession, id_digests: Sequence[str], now: datetime
 ) -> tuple[LoginChallenge, Account] | None:
     """A live login and its account, in one round trip; both transient (see store.statements)."""
-    row = (
-        await db.execute(_LIVE_CHALLENGE_AND_ACCOUNT, {"digests": list(id_digests), "now": now})
-    ).first()
-    return (as_model(LoginChallenge, row, "login_"), as_model(Account, row)) if row else None
+    values = {"digests": list(id_digests), "now": now}
+    return await _challenge_and_account(db, _LIVE_CHALLENGE_AND_ACCOUNT, values)
 
 
 async def finished_challenge_and_account(
@@ -61,7 +59,13 @@ async def finished_challenge_and_account(
     """A login that ended after ``since`` and has not yet expired, and its account; both
     transient."""
     values = {"digests": list(id_digests), "now": now, "since": since}
-    row = (await db.execute(_FINISHED_CHALLENGE_AND_ACCOUNT, values)).first()
+    return await _challenge_and_account(db, _FINISHED_CHALLENGE_AND_ACCOUNT, values)
+
+
+async def _challenge_and_account(
+    db: AsyncSession, statement: Any, values: dict[str, Any]
+) -> tuple[LoginChallenge, Account] | None:
+    row = (await db.execute(statement, values)).first()
     return (as_model(LoginChallenge, row, "login_"), as_model(Account, row)) if row else None
 
 
