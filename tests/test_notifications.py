@@ -25,7 +25,15 @@ from temporalio.client import Client
 
 from tests.conftest import ApiFactory
 from tests.support.history import activities_run, header_id
-from tests.support.journey import Api, User, audit_trail, eventually, new_user, untrusted
+from tests.support.journey import (
+    CODE_LINE,
+    Api,
+    User,
+    audit_trail,
+    eventually,
+    new_user,
+    untrusted,
+)
 from tests.support.relay import RelayHandler, api_on_relay, relay
 from twofa import audit
 from twofa.admin import AdminService
@@ -154,6 +162,13 @@ async def test_a_refused_activation_mail_is_audited_and_the_next_login_says_so(
         assert r.status_code == 200, r.text
 
 
+def relayed_code(handler: RelayHandler, number: int = 0) -> str:
+    """The code in the ``number``-th mail the relay accepted."""
+    match = CODE_LINE.search(handler.accepted[number][0].get_content())
+    assert match, "no activation code in the mail"
+    return match.group(1)
+
+
 async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
     client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
 ) -> None:
@@ -164,9 +179,9 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
     )
     async with relayed as api:
         user = await api.registered_and_logged_in(new_user("busy"))
-        enabling = asyncio.create_task(
-            api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
-        )
+        # the enable answers while the relay is busy: the mail is retried after the step
+        enabled = await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+        assert enabled.status_code == 202, enabled.text
         handle = client.get_workflow_handle(workflow_id(user.account_id))
 
         async def tried(times: int) -> int:
@@ -181,14 +196,21 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
         assert await tried(3) == await tried(5)
         [mail] = (await handle.describe()).raw_description.pending_activities
         assert mail.activity_type.name == "send_activation_code" and mail.attempt >= 4
-        assert not enabling.done()
+        # meanwhile the user logs in to the code step: the enable's code is on its way
+        login = await api.login_ok(user)
+        assert login["outcome"] == "activation_code_required", login
+        assert login["code_sent"] is False, login
+        assert handler.accepted == []
+
         handler.refuse = {}
-        r = await enabling
-        assert r.status_code == 202, r.text
+        await eventually(lambda: len(handler.accepted) == 1, "the mail, once the relay takes it")
+        r = await api.submit_code(login["login_id"], relayed_code(handler))
+        assert r.status_code == 200, r.text
         events = (await handle.fetch_history()).events
-        mails = [run for run in activities_run(events) if run[1] == "send_activation_code"]
+        mails = [run for run in activities_run(events) if "activation_code" in run[1]]
         assert mails == [
             ("local", "send_activation_code", True),
+            ("local", "activation_code_digest", False),
             ("remote", "send_activation_code", False),
         ], mails
         # the remote mail carries the enable's request id, as its log line and records do
@@ -197,9 +219,104 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
             for e in events
             if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         ]
-        assert header_id(scheduled.header) == r.headers["x-request-id"]
+        assert header_id(scheduled.header) == enabled.headers["x-request-id"]
         assert len(handler.accepted) == 1
         assert await audited(database, user.account_id, "mail_failed") == []
+
+
+async def test_a_relay_that_is_down_holds_back_neither_the_user_nor_an_admin(
+    client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
+) -> None:
+    """S9: the account is never stuck behind the relay. Before, the enable held the workflow
+    until the relay came back: the store still said "disabled", so a login after the
+    auto-logout got a session that had already ended, and an admin's disable did nothing."""
+    handler = RelayHandler(refuse={"RCPT": "421 4.3.2 service not available"})
+    relayed = api_on_relay(
+        handler, client, base_settings, database, start_api, auto_logout_seconds=2
+    )
+    async with relayed as api:
+        user = await api.registered_and_logged_in(new_user("relay-down"))
+        await api.enable(user)
+
+        async def logged_out() -> bool:
+            return (await api.call("GET", "/v1/session", user)).status_code == 401
+
+        await eventually(logged_out, "the auto-logout")
+        login = await api.login_ok(user)
+        assert login["outcome"] == "activation_code_required", login
+
+        admin = AdminService(TwoFactorService(base_settings, database, client))
+        operator = OperatorView(id=str(uuid.uuid4()), email="root@example.com", role=Role.ADMIN)
+        assert (await admin.disable(operator, user.account_id)).revoked_devices == 0
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+        await asyncio.wait_for(handle.result(), 10)
+        events = (await handle.fetch_history()).events
+        called_off = EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
+        assert any(e.event_type == called_off for e in events)
+        assert (await api.login_ok(user))["outcome"] == "authenticated"
+        handler.refuse = {}
+        assert handler.accepted == []
+        assert await audited(database, user.account_id, "code_issued") == []
+
+
+async def test_a_code_that_expires_before_the_relay_takes_its_mail_is_never_mailed(
+    client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
+) -> None:
+    """R4: only the newest code works, so only the newest code's mail goes out."""
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    relayed = api_on_relay(
+        handler, client, base_settings, database, start_api,
+        auto_logout_seconds=60, code_ttl_seconds=2,
+    )  # fmt: skip
+    async with relayed as api:
+        user = await api.registered_and_logged_in(new_user("expired-on-the-way"))
+        await api.enable(user)
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+
+        async def called_off() -> bool:
+            events = (await handle.fetch_history()).events
+            return any(
+                e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED for e in events
+            )
+
+        await eventually(called_off, "the first code's mail called off at its expiry")
+        handler.refuse = {}
+        login = await api.login_ok(user)
+        assert login["outcome"] == "activation_code_required" and login["code_sent"], login
+        assert len(handler.accepted) == 1
+        r = await api.submit_code(login["login_id"], relayed_code(handler))
+        assert r.status_code == 200, r.text
+        [issued] = await audited(database, user.account_id, "code_issued")
+        assert '"number": 2' in issued.details, issued.details
+
+
+async def test_a_mail_the_relay_refuses_on_a_retry_leaves_no_code_and_the_login_says_so(
+    client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
+) -> None:
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    relayed = api_on_relay(
+        handler, client, base_settings, database, start_api, auto_logout_seconds=60
+    )
+    async with relayed as api:
+        user = await api.registered_and_logged_in(new_user("refused-later"))
+        await api.enable(user)
+        await eventually(lambda: handler.mail_commands >= 2, "a retry", interval=0.05)
+        handler.refuse = {"RCPT": "550 5.1.1 mailbox unavailable"}
+
+        async def refused() -> bool:
+            return bool(await audited(database, user.account_id, "mail_failed"))
+
+        await eventually(refused, "the relay's refusal for good")
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+
+        async def nothing_pending() -> bool:
+            return not (await handle.describe()).raw_description.pending_activities
+
+        await eventually(nothing_pending, "no more retries")
+        login = await api.login_ok(user)  # its new code's mail is refused too
+        assert login["outcome"] == "activation_code_required", login
+        assert login["code_sent"] is False and login["mail_refused"] is True, login
+        assert handler.accepted == []
 
 
 class SlowRelay(RelayHandler):

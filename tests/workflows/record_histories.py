@@ -26,6 +26,7 @@ from tests.support.relay import RelayHandler, api_on_relay
 from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.workflows.messages import workflow_id
+from twofa.workflows.two_factor import TwoFactorWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 RELEASE = os.environ.get("TWOFA_HISTORY_RELEASE", "")
@@ -99,7 +100,8 @@ async def test_code_burned_by_wrong_tries(api: Api, client: Client) -> None:
 async def test_mail_after_a_busy_relay(
     start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
 ) -> None:
-    """Since ea117d1: the mail's first try failed locally, its remote retry delivered it."""
+    """Since ea117d1: the mail's first try failed locally, its remote retry delivered it (since
+    ee3ce23's successor, after the enable had answered)."""
     handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
     async with api_on_relay(handler, client, base_settings, database, start_api) as api:
         user = await api.registered_and_logged_in(new_user("relay-busy"))
@@ -110,7 +112,30 @@ async def test_mail_after_a_busy_relay(
         handler.refuse = {}
         r = await enabling
         assert r.status_code == 202, r.text
+        await eventually(lambda: len(handler.accepted) == 1, "the mail", interval=0.05)
     await save(client, "pending_code_relay_busy", user)
+
+
+async def test_mail_called_off_at_the_code_expiry(
+    start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
+) -> None:
+    """Since the mail's retries run after the step: the code expired while the relay was busy,
+    so its retries were called off, and the next login mailed a new code."""
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    relayed = api_on_relay(handler, client, base_settings, database, start_api, code_ttl_seconds=2)
+    async with relayed as api:
+        user = new_user("mail-called-off")
+        await api.enabled(user)
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+
+        async def code_burnt() -> bool:
+            return not (await handle.query(TwoFactorWorkflow.progress_now)).code_digest
+
+        await eventually(code_burnt, "the code's expiry")
+        handler.refuse = {}
+        login = await api.login_ok(user)
+        assert login["code_sent"] is True, login
+    await save(client, "pending_code_mail_called_off", user)
 
 
 async def test_mail_refused(

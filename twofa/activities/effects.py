@@ -113,6 +113,14 @@ class Effects:
         return self.keyring.code_digest(code)
 
     @activity.defn
+    async def activation_code_digest(self, mail: CodeMail) -> str:
+        """The digest of a code whose mail the relay has not taken yet: the code works once
+        the mail's retries deliver it."""
+        return self.keyring.code_digest(
+            self.keyring.activation_code(mail.enrollment_id, mail.number)
+        )
+
+    @activity.defn
     async def save_projection(self, projection: Projection) -> None:
         async with self.db.write() as db:
             await _project(db, projection)
@@ -206,6 +214,7 @@ class Effects:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.send_activation_code,
+            self.activation_code_digest,
             self.save_projection,
             self.limit_sessions,
             self.end_sessions,

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
@@ -42,7 +43,11 @@ async def run_effect(activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> 
         return await workflow.execute_local_activity_method(
             activity, arg, start_to_close_timeout=EFFECT_TIMEOUT, retry_policy=EFFECT_RETRY
         )
-    return await workflow.execute_activity_method(
+    return await _start_remote(activity, arg)
+
+
+def _start_remote(activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> ActivityHandle[T]:
+    return workflow.start_activity_method(
         activity,
         arg,
         start_to_close_timeout=EFFECT_TIMEOUT,
@@ -59,21 +64,39 @@ async def mail_code(mail: CodeMail) -> str:
     is idempotent (keyed by enrollment and code number, the same code each time), so the
     remote tries may follow a local one that got as far as the relay.
 
-    A permanent refusal (the address refused, the account gone) is raised as it is, and so
-    is a cancellation: a cancelled step does not go on to mail.
+    How runs from before ``PATCH_MAIL_RETRIED_AFTER_THE_STEP`` mail: the step waits for the
+    retries. Later runs call ``first_mail_try`` and ``start_mail_retries`` themselves.
     """
     if workflow.patched(PATCH_LOCAL_MAIL_FIRST):
-        try:
-            return await workflow.execute_local_activity_method(
-                Effects.send_activation_code,
-                mail,
-                start_to_close_timeout=EFFECT_TIMEOUT,
-                retry_policy=FIRST_TRY,
-            )
-        except (ActivityError, ApplicationError) as failure:
-            if is_permanent(failure) or isinstance(_cause(failure), CancelledError):
-                raise
+        digest = await first_mail_try(mail)
+        if digest is not None:
+            return digest
     return await run_effect(Effects.send_activation_code, mail)
+
+
+async def first_mail_try(mail: CodeMail) -> str | None:
+    """One try inside the workflow task; the code's digest once the relay took the mail, None
+    when it said "try later" or did not answer. A permanent refusal (the address refused, the
+    account gone) is raised as it is, and so is a cancellation: a cancelled step does not go on
+    to mail."""
+    try:
+        return await workflow.execute_local_activity_method(
+            Effects.send_activation_code,
+            mail,
+            start_to_close_timeout=EFFECT_TIMEOUT,
+            retry_policy=FIRST_TRY,
+        )
+    except (ActivityError, ApplicationError) as failure:
+        if is_permanent(failure) or isinstance(_cause(failure), CancelledError):
+            raise
+        return None
+
+
+def start_mail_retries(mail: CodeMail) -> ActivityHandle[str]:
+    """The mail's remote tries, with backoff and no history event per try, until the relay
+    takes it or refuses it for good; the caller cancels them when the code is no longer
+    awaited."""
+    return _start_remote(Effects.send_activation_code, mail)
 
 
 def _cause(failure: ActivityError | ApplicationError) -> BaseException | None:

@@ -14,7 +14,14 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
-    from twofa.workflows.effect_calls import mail_code, refusal, run_effect
+    from twofa.workflows.effect_calls import (
+        first_mail_try,
+        is_permanent,
+        mail_code,
+        refusal,
+        run_effect,
+        start_mail_retries,
+    )
     from twofa.workflows.messages import (
         STATE_SEARCH_ATTRIBUTE,
         Activation,
@@ -41,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_ACTIVATION_REFUSAL,
         PATCH_DUE_LOCK_ENDS_FIRST,
         PATCH_MAIL_REFUSAL,
+        PATCH_MAIL_RETRIED_AFTER_THE_STEP,
         PATCH_REPEATED_CODE,
     )
 
@@ -64,6 +72,7 @@ class TwoFactorWorkflow:
         self.policy = input.policy
         self.progress = input.progress or Progress()
         self._lock = asyncio.Lock()
+        self._mails_retried: set[asyncio.Task[None]] = set()
 
     @workflow.run
     async def run(self, input: TwoFactorInput) -> None:
@@ -76,9 +85,12 @@ class TwoFactorWorkflow:
                 )
             async with self._lock:
                 await self._on_deadlines()
-            if self.progress.state is S.DISABLED or self._history_is_long():
-                # handlers finish first: an answered request is never cut off by the end
-                await workflow.wait_condition(workflow.all_handlers_finished)
+            if self.progress.state is S.DISABLED or self._may_continue_as_new():
+                # handlers finish first: an answered request is never cut off by the end; a
+                # mail's retries too, which a disable has called off
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() and not self._mailing()
+                )
                 if self.progress.state is S.DISABLED:
                     return
                 workflow.continue_as_new(replace(input, progress=self.progress))
@@ -287,7 +299,7 @@ class TwoFactorWorkflow:
 
     def _should_leave(self) -> bool:
         due = any(d <= workflow.now() for d in self._deadlines())
-        return due or self.progress.state is S.DISABLED or self._history_is_long()
+        return due or self.progress.state is S.DISABLED or self._may_continue_as_new()
 
     async def _on_deadlines(self) -> None:
         p = self.progress
@@ -304,12 +316,14 @@ class TwoFactorWorkflow:
             self._unlock()
             await self._move_to(S.ACTIVE, actor="system")
 
-    def _history_is_long(self) -> bool:
+    def _may_continue_as_new(self) -> bool:
+        """The history is long, and no mail is being retried: a new run would not know of it."""
         info = workflow.info()
-        return (
+        long = (
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= self.policy.history_event_limit
         )
+        return long and not self._mailing()
 
     # -- helpers
 
@@ -346,13 +360,52 @@ class TwoFactorWorkflow:
         p.code_expires_at = workflow.now() + timedelta(seconds=self.policy.code_ttl_seconds)
         mail = CodeMail(self.account_id, p.enrollment_id, p.code_number, p.code_expires_at)
         try:
-            p.code_digest = await mail_code(mail)
+            if workflow.patched(PATCH_MAIL_RETRIED_AFTER_THE_STEP):
+                p.code_digest = await self._mail_or_retry_later(mail)
+            else:
+                p.code_digest = await mail_code(mail)
         except (ActivityError, ApplicationError):  # remote, local
             if not workflow.patched(PATCH_MAIL_REFUSAL):
                 raise
             # the relay refused the address for good: no code is out, and the next login
             # tries again and tells the user, rather than waiting for a mail (S9)
             p.code_digest = None
+
+    async def _mail_or_retry_later(self, mail: CodeMail) -> str:
+        """The code's digest, once its mail went out or is on its way: a relay that says "try
+        later" or does not answer gets the mail's retries after the step has answered, so a
+        relay that is down delays the mail, never the user or an admin (S9)."""
+        digest = await first_mail_try(mail)
+        if digest is not None:
+            return digest
+        digest = await run_effect(Effects.activation_code_digest, mail)
+        retries = asyncio.create_task(self._retry_mail(mail))
+        self._mails_retried.add(retries)
+        retries.add_done_callback(self._mails_retried.discard)
+        return digest
+
+    async def _retry_mail(self, mail: CodeMail) -> None:
+        """Retries the mail until the relay takes it or refuses it for good, and calls the
+        retries off once the code is no longer awaited: replaced, burnt, used, or 2FA off."""
+        sending = start_mail_retries(mail)
+        await workflow.wait_condition(lambda: sending.done() or not self._awaits(mail))
+        if not sending.done():
+            sending.cancel()
+        try:
+            await sending
+        except (ActivityError, ApplicationError, asyncio.CancelledError) as failure:
+            if isinstance(failure, asyncio.CancelledError) or not is_permanent(failure):
+                return  # called off
+            async with self._lock:  # refused for good: no code is out, as on a first try
+                if self._awaits(mail):
+                    await self._burn_code()
+
+    def _awaits(self, mail: CodeMail) -> bool:
+        p = self.progress
+        return p.code_number == mail.number and p.code_digest is not None
+
+    def _mailing(self) -> bool:
+        return bool(self._mails_retried)
 
     async def _burn_code(self) -> None:
         """The current code stops working: expired, or too many wrong tries (R4, S2)."""
