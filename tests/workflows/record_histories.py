@@ -101,7 +101,7 @@ async def test_mail_after_a_busy_relay(
     start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
 ) -> None:
     """Since ea117d1: the mail's first try failed locally, its remote retry delivered it (since
-    ee3ce23's successor, after the enable had answered)."""
+    614187c, after the enable had answered)."""
     handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
     async with api_on_relay(handler, client, base_settings, database, start_api) as api:
         user = await api.registered_and_logged_in(new_user("relay-busy"))
@@ -119,7 +119,7 @@ async def test_mail_after_a_busy_relay(
 async def test_mail_called_off_at_the_code_expiry(
     start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
 ) -> None:
-    """Since the mail's retries run after the step: the code expired while the relay was busy,
+    """Since 614187c (the mail's retries after the step): the code expired while the relay was busy,
     so its retries were called off, and the next login mailed a new code."""
     handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
     relayed = api_on_relay(handler, client, base_settings, database, start_api, code_ttl_seconds=2)
