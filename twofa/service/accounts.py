@@ -233,8 +233,8 @@ class Accounts(ServiceCore):
             if not (account.code_usable and code_expires_at and code_expires_at > now):
                 # the right password's count cleared first: this call may answer 503, and the
                 # caller's repeats must not add up to a block (S2, S9)
-                async with self._login_write(passed):
-                    pass
+                async with self.db.write() as db:
+                    await throttle_queries.clear_password_failures(db, passed)
                 result = await self.call_workflow(
                     account.id, TwoFactorWorkflow.issue_new_code, NewCodeRequest(reuse_fresh=True)
                 )
