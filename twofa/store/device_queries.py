@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twofa import audit
-from twofa.store.models import Device, LoginChallenge, Session
+from twofa.store.models import Account, Device, LoginChallenge, Session
 from twofa.store.statements import rows_changed, table_of
 
 _devices = table_of(Device)
@@ -45,7 +45,13 @@ async def revoke_devices(
     reason: str,
     device_id: str | None = None,
 ) -> list[str]:
-    """Revoke one device or all, end the sessions they opened, and audit each; returns the ids."""
+    """Revoke one device or all, end the sessions they opened, and audit each; returns the ids.
+
+    The account's row is locked first, as a PIN login's last transaction locks it before the
+    login and the browser: on PostgreSQL the two then wait for each other in turn, instead of
+    each holding what the other needs until one is aborted for a deadlock.
+    """
+    await db.execute(select(Account.id).where(Account.id == account_id).with_for_update())
     query = (
         update(Device)
         .where(Device.account_id == account_id, Device.revoked_at.is_(None))
