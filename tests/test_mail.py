@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
 from tests.support.processes import free_port
-from tests.support.relay import PASSWORD, USERNAME, RelayHandler, relay
+from tests.support.relay import PASSWORD, USERNAME, RelayHandler, relay, silent_server
 from twofa.config import Settings
 from twofa.crypto import CODE_ALPHABET, CODE_LENGTH, Keyring
 from twofa.devstack import read_mails, start_smtp_sink
@@ -410,33 +410,13 @@ async def test_connection_refused_is_transient(tmp_path: Path) -> None:
     assert not error.permanent and error.code is None
 
 
-@asynccontextmanager
-async def silent_server(close_at_once: bool) -> AsyncIterator[int]:
-    """Accepts connections and then says nothing, or hangs up at once (a relay going down)."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if close_at_once:
-            writer.close()
-        else:
-            held.append(writer)
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
-
-
 @pytest.mark.parametrize("security", ["none", "starttls", "tls"])
 async def test_relay_that_never_answers_is_transient(
     tmp_path: Path, pki: Pki, security: str
 ) -> None:
     login = relay_login(pki, security) if security != "none" else {}
-    async with silent_server(close_at_once=False) as port:
+    async with silent_server(close_at_once=False) as silent:
+        port = silent.port
         settings = settings_for(port, tmp_path, smtp_timeout_seconds=0.5, **login)
         error = await refused(a_mail(), settings)
     assert not error.permanent
@@ -446,7 +426,8 @@ async def test_relay_that_never_answers_is_transient(
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 async def test_relay_hanging_up_is_transient(tmp_path: Path, pki: Pki, security: str) -> None:
     """A TLS handshake, or a greeting, cut short by a relay going down."""
-    async with silent_server(close_at_once=True) as port:
+    async with silent_server(close_at_once=True) as silent:
+        port = silent.port
         error = await refused(a_mail(), settings_for(port, tmp_path, **relay_login(pki, security)))
     assert not error.permanent
 

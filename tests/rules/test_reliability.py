@@ -48,6 +48,7 @@ from tests.support.journey import (
     untrusted,
 )
 from tests.support.processes import free_port
+from tests.support.relay import silent_server
 from twofa.config import Settings
 from twofa.devstack import start_smtp_sink
 from twofa.notifications import BROWSER_ENROLLED
@@ -498,12 +499,14 @@ async def test_password_logins_racing_the_enable_end_at_the_auto_logout(
     tmp_path: Path,
 ) -> None:
     """Logins loop while the user enables 2FA. The enable is held between its session cut and
-    its state change (its mail waits for a relay that is not up yet), so logins surely start
-    after the cut and still see 2FA off: their sessions too must end at ``auto_logout_at``."""
+    its state change (its mail's first try waits for a relay that says nothing until the test
+    has seen enough logins), so logins surely start after the cut and still see 2FA off: their
+    sessions too must end at ``auto_logout_at``."""
     queue = f"r3-{uuid.uuid4().hex[:8]}"
     smtp_port = free_port()
     settings = base_settings.model_copy(
-        update={"temporal_task_queue": queue, "smtp_port": smtp_port}
+        # only the test's hang-up ends the first try's wait for the relay's greeting
+        update={"temporal_task_queue": queue, "smtp_port": smtp_port, "smtp_timeout_seconds": 300}
     )
     on_queue = await start_api(temporal_task_queue=queue)
     user = await api.registered_and_logged_in(new_user("r3-race"))
@@ -534,15 +537,18 @@ async def test_password_logins_racing_the_enable_end_at_the_auto_logout(
     async with build_worker(client, settings, database):
         loops = [asyncio.create_task(log_in_again_and_again()) for _ in range(LOGIN_LOOPS)]
         try:
-            enabling = asyncio.create_task(
-                on_queue.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
-            )
-            await eventually(cut, "the enable's session cut")
-            cut_seen.set()
-            await eventually(enough_late_logins, "logins begun after the cut")
+            async with silent_server(close_at_once=False, port=smtp_port) as relay:
+                enabling = asyncio.create_task(
+                    on_queue.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+                )
+                await eventually(cut, "the enable's session cut")
+                cut_seen.set()
+                await eventually(enough_late_logins, "logins begun after the cut")
+                relay.hang_up()  # the first try fails; the mail's retries go to the sink below
             sink = start_smtp_sink(tmp_path / "mail", "127.0.0.1", smtp_port)
             try:
                 r = await enabling
+                await settled(client, user.account_id)
             finally:
                 sink.stop()
             assert r.status_code == 202, r.text

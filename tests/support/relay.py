@@ -3,10 +3,12 @@ over what, and who logged in, and refuses on demand."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -106,3 +108,38 @@ async def api_on_relay(
         )
         async with serving(client, settings, database):
             yield await start_api(temporal_task_queue=queue, smtp_port=port, **api_settings)
+
+
+@dataclass
+class SilentServer:
+    """A relay that accepts connections and says nothing: a client waits for its greeting."""
+
+    port: int
+    held: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    def hang_up(self) -> None:
+        """Ends every connection held so far: each client's wait ends at once."""
+        for writer in self.held:
+            writer.close()
+        self.held.clear()
+
+
+@asynccontextmanager
+async def silent_server(close_at_once: bool, port: int = 0) -> AsyncIterator[SilentServer]:
+    """Accepts connections and then says nothing, or hangs up at once (a relay going down)."""
+    silent = SilentServer(port)
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if close_at_once:
+            writer.close()
+        else:
+            silent.held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", port)
+    silent.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield silent
+    finally:
+        silent.hang_up()
+        server.close()
+        await server.wait_closed()

@@ -29,6 +29,7 @@ from temporalio.workflow import UpdateMethodMultiParam
 
 from tests.support.history import accepted_updates, events_naming, update_refusals
 from tests.support.journey import account_row, count, eventually, new_user, settled
+from tests.support.relay import RelayHandler, relay
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.policy import Policy
@@ -548,3 +549,63 @@ async def test_an_activation_whose_new_email_was_taken_meanwhile_can_take_anothe
     assert (account.email, account.two_factor_state) == (new_email, S.ACTIVE)
     assert (await flow.devices(), await flow.drafts()) == (1, 0)
     assert (await account_row(direct.database, holder.account_id)).email == holder.email
+
+
+# -- a mail the relay keeps refusing "for now": retried beside the steps, never across runs
+
+
+async def test_a_long_history_waits_for_no_mail_retry_and_continues_once_the_code_expires(
+    client: Client, base_settings: Settings, database: Database
+) -> None:
+    """The mail's retries live in their run: with the history past its bound, the run goes on
+    (its deadlines too) while a code's mail is retried, and continues as new once the code's
+    expiry has called the retries off, never carrying a mail it would forget."""
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    with relay(handler) as port:
+        settings = base_settings.model_copy(
+            update={"temporal_task_queue": f"busy-{uuid.uuid4().hex[:8]}", "smtp_port": port}
+        )
+        async with build_worker(client, settings, database):
+            own = Direct(
+                client, settings, database, TwoFactorService(settings, database, client),
+                Keyring.of(settings),
+            )  # fmt: skip
+            flow = await registered(own)
+            policy = own.policy(
+                history_event_limit=SHORT_HISTORY, code_ttl_seconds=AHEAD, auto_logout_seconds=600
+            )
+            assert (await flow.enable(policy)).code_sent
+            first_run = await flow.run_id()
+            # each new code's first try fails and leaves its mail to retry, calling off the last
+            for _ in range(SHORT_HISTORY):
+                if len((await flow.handle.fetch_history()).events) >= SHORT_HISTORY:
+                    break
+                issuing = flow.handle.execute_update(
+                    TwoFactorWorkflow.issue_new_code, NewCodeRequest()
+                )
+                await asyncio.wait_for(issuing, AHEAD)  # a run that spins never answers
+                assert await flow.run_id() == first_run, "a new run while a mail was retried"
+            issued = await flow.progress()
+            assert issued.code_digest is not None and issued.code_expires_at is not None
+            assert await flow.run_id() == first_run
+            [mail] = (await flow.handle.describe()).raw_description.pending_activities
+            assert mail.activity_type.name == "send_activation_code"
+
+            async def continued_as_new() -> bool:
+                return await flow.run_id() != first_run
+
+            await eventually(continued_as_new, "a new run once the code has expired", AHEAD * 3)
+            carried = await flow.progress()
+            assert carried.code_number == issued.code_number and carried.code_digest is None
+            assert datetime.now(UTC) >= issued.code_expires_at
+            old = await client.get_workflow_handle(
+                workflow_id(flow.account_id), run_id=first_run
+            ).fetch_history()
+            called_off = [
+                e
+                for e in old.events
+                if e.HasField("activity_task_cancel_requested_event_attributes")
+            ]
+            assert len(called_off) == issued.code_number  # each replaced, the last expired
+            assert not (await flow.handle.describe()).raw_description.pending_activities
+            assert handler.accepted == []

@@ -86,13 +86,18 @@ class TwoFactorWorkflow:
             async with self._lock:
                 await self._on_deadlines()
             if self.progress.state is S.DISABLED or self._may_continue_as_new():
-                # handlers finish first: an answered request is never cut off by the end; a
-                # mail's retries too, which a disable has called off
+                # handlers finish first: an answered request is never cut off by the end; so do
+                # a mail's retries, which the disable has called off
                 await workflow.wait_condition(
-                    lambda: workflow.all_handlers_finished() and not self._mailing()
+                    lambda: (
+                        workflow.all_handlers_finished()
+                        and (self.progress.state is not S.DISABLED or not self._mailing())
+                    )
                 )
                 if self.progress.state is S.DISABLED:
                     return
+                if self._mailing():
+                    continue  # a step meanwhile left a mail to retry, which a new run would not
                 workflow.continue_as_new(replace(input, progress=self.progress))
 
     # -- updates: request/response steps; validators keep refused requests out of history
