@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -21,6 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
@@ -169,16 +171,54 @@ def relayed_code(handler: RelayHandler, number: int = 0) -> str:
     return match.group(1)
 
 
+@dataclass
+class Relayed:
+    """A user logged in on an API whose mail goes through a relay the test controls."""
+
+    api: Api
+    user: User
+    relay: RelayHandler
+    events: Callable[[], Awaitable[list[HistoryEvent]]]
+
+    async def called_off(self) -> bool:
+        """A mail's retries were called off (its activity's cancel requested)."""
+        cancelled = EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
+        return any(e.event_type == cancelled for e in await self.events())
+
+
+@asynccontextmanager
+async def relay_saying(
+    reply: str,
+    name: str,
+    client: Client,
+    base_settings: Settings,
+    database: Database,
+    start_api: ApiFactory,
+    **api_settings: object,
+) -> AsyncIterator[Relayed]:
+    """A relay answering every recipient with ``reply``, until the test changes its mind; no
+    auto-logout timer fires meanwhile unless ``api_settings`` says otherwise."""
+    handler = RelayHandler(refuse={"RCPT": reply})
+    settings: dict[str, object] = {"auto_logout_seconds": 60, **api_settings}
+    async with api_on_relay(handler, client, base_settings, database, start_api, **settings) as api:
+        user = await api.registered_and_logged_in(new_user(name))
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+
+        async def events() -> list[HistoryEvent]:
+            return list((await handle.fetch_history()).events)
+
+        yield Relayed(api, user, handler, events)
+
+
+BUSY = "451 4.3.0 try again later"
+
+
 async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
     client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
 ) -> None:
-    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
     # no auto-logout timer fires while the relay is busy: the history is the mail's alone
-    relayed = api_on_relay(
-        handler, client, base_settings, database, start_api, auto_logout_seconds=60
-    )
-    async with relayed as api:
-        user = await api.registered_and_logged_in(new_user("busy"))
+    async with relay_saying(BUSY, "busy", client, base_settings, database, start_api) as relayed:
+        api, user, handler = relayed.api, relayed.user, relayed.relay
         # the enable answers while the relay is busy: the mail is retried after the step
         enabled = await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
         assert enabled.status_code == 202, enabled.text
@@ -230,12 +270,12 @@ async def test_a_relay_that_is_down_holds_back_neither_the_user_nor_an_admin(
     """S9: the account is never stuck behind the relay. Before, the enable held the workflow
     until the relay came back: the store still said "disabled", so a login after the
     auto-logout got a session that had already ended, and an admin's disable did nothing."""
-    handler = RelayHandler(refuse={"RCPT": "421 4.3.2 service not available"})
-    relayed = api_on_relay(
-        handler, client, base_settings, database, start_api, auto_logout_seconds=2
-    )
-    async with relayed as api:
-        user = await api.registered_and_logged_in(new_user("relay-down"))
+    down = relay_saying(
+        "421 4.3.2 service not available", "relay-down",
+        client, base_settings, database, start_api, auto_logout_seconds=2,
+    )  # fmt: skip
+    async with down as relayed:
+        api, user, handler = relayed.api, relayed.user, relayed.relay
         await api.enable(user)
 
         async def logged_out() -> bool:
@@ -250,9 +290,7 @@ async def test_a_relay_that_is_down_holds_back_neither_the_user_nor_an_admin(
         assert (await admin.disable(operator, user.account_id)).revoked_devices == 0
         handle = client.get_workflow_handle(workflow_id(user.account_id))
         await asyncio.wait_for(handle.result(), 10)
-        events = (await handle.fetch_history()).events
-        called_off = EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
-        assert any(e.event_type == called_off for e in events)
+        assert await relayed.called_off()
         assert (await api.login_ok(user))["outcome"] == "authenticated"
         assert handler.accepted == []
 
@@ -261,23 +299,13 @@ async def test_a_code_that_expires_before_the_relay_takes_its_mail_is_never_mail
     client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
 ) -> None:
     """R4: only the newest code works, so only the newest code's mail goes out."""
-    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
-    relayed = api_on_relay(
-        handler, client, base_settings, database, start_api,
-        auto_logout_seconds=60, code_ttl_seconds=2,
-    )  # fmt: skip
-    async with relayed as api:
-        user = await api.registered_and_logged_in(new_user("expired-on-the-way"))
+    expiring = relay_saying(
+        BUSY, "expired-on-the-way", client, base_settings, database, start_api, code_ttl_seconds=2
+    )
+    async with expiring as relayed:
+        api, user, handler = relayed.api, relayed.user, relayed.relay
         await api.enable(user)
-        handle = client.get_workflow_handle(workflow_id(user.account_id))
-
-        async def called_off() -> bool:
-            events = (await handle.fetch_history()).events
-            return any(
-                e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED for e in events
-            )
-
-        await eventually(called_off, "the first code's mail called off at its expiry")
+        await eventually(relayed.called_off, "the first code's mail called off at its expiry")
         handler.refuse = {}
         login = await api.login_ok(user)
         assert login["outcome"] == "activation_code_required" and login["code_sent"], login
@@ -291,12 +319,9 @@ async def test_a_code_that_expires_before_the_relay_takes_its_mail_is_never_mail
 async def test_a_mail_the_relay_refuses_on_a_retry_leaves_no_code_and_the_login_says_so(
     client: Client, base_settings: Settings, database: Database, start_api: ApiFactory
 ) -> None:
-    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
-    relayed = api_on_relay(
-        handler, client, base_settings, database, start_api, auto_logout_seconds=60
-    )
-    async with relayed as api:
-        user = await api.registered_and_logged_in(new_user("refused-later"))
+    refusing = relay_saying(BUSY, "refused-later", client, base_settings, database, start_api)
+    async with refusing as relayed:
+        api, user, handler = relayed.api, relayed.user, relayed.relay
         await api.enable(user)
         await eventually(lambda: handler.mail_commands >= 2, "a retry", interval=0.05)
         handler.refuse = {"RCPT": "550 5.1.1 mailbox unavailable"}
