@@ -14,7 +14,14 @@ from sqlalchemy import func, select
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
-from tests.support.journey import Api, count, eventually, new_user
+from tests.support.journey import (
+    Api,
+    account_row,
+    count,
+    eventually,
+    new_user,
+    parse_time,
+)
 from tests.support.processes import (
     REPO,
     TWOFA,
@@ -24,9 +31,10 @@ from tests.support.processes import (
     wait_for_http,
     worker_polls,
 )
+from tests.support.relay import silent_server
 from twofa.config import Settings
 from twofa.store.db import Database
-from twofa.store.models import ActivationDraft, Device, SentMail
+from twofa.store.models import ActivationDraft, Device, SentMail, Session
 
 
 async def _one_device_one_mail_per_code(
@@ -155,3 +163,53 @@ async def test_python_worker_py_serves_the_queue_as_temporal_samples_do(
         await api.enabled(user)  # answered only once a worker ran the enable
         await api.code_mail(user)
         assert process.poll() is None
+
+
+async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
+    start_api: ApiFactory,
+    base_settings: Settings,
+    database: Database,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """R3: the only worker is SIGKILLed inside the enable, after its session cut and while its
+    mail's first try waits at the relay. The next worker runs the enable again, later: it keeps
+    the cut already in force, so the answer's ``auto_logout_at`` is when the sessions end
+    (before, it answered its own later time, and the countdown outlived the session)."""
+    queue = f"cut-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    user = await api.registered_and_logged_in(new_user("cut"))
+
+    async def cut() -> bool:
+        return (await account_row(database, user.account_id)).auto_logout_at is not None
+
+    async with silent_server(close_at_once=False) as relay:
+        # only the kill ends the first try's wait for the relay's greeting
+        env = environment(
+            base_settings,
+            temporal_task_queue=queue,
+            smtp_port=str(relay.port),
+            smtp_timeout_seconds="300",
+        )
+        async with started([TWOFA, "worker"], env, tmp_path / "first.log") as worker:
+            await worker_polls(client, queue, worker, tmp_path / "first.log")
+            enabling = asyncio.create_task(
+                api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+            )
+            await eventually(cut, "the enable's session cut")
+            await eventually(lambda: bool(relay.held), "the mail's first try at the relay")
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()  # dead before started() stops it: no SIGTERM to judge
+    first_cut = (await account_row(database, user.account_id)).auto_logout_at
+    async with started([TWOFA, "worker"], env, tmp_path / "second.log"):
+        r = await enabling
+        if r.status_code == 503:  # the call's wait ran out meanwhile: the repeat answers (S9)
+            r = await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+        assert r.status_code == 202, r.text
+    assert parse_time(r.json()["auto_logout_at"]) == first_cut
+    assert (await account_row(database, user.account_id)).auto_logout_at == first_cut
+    async with database.read() as db:
+        [session] = (
+            await db.scalars(select(Session).where(Session.account_id == user.account_id))
+        ).all()
+    assert session.expires_at == first_cut

@@ -130,10 +130,13 @@ class Effects:
             await _project(db, projection)
 
     @activity.defn
-    async def limit_sessions(self, cut: SessionCut) -> None:
-        """Sessions end at ``cut.at`` exactly, even if the timer that follows fires late (R3)."""
+    async def limit_sessions(self, cut: SessionCut) -> datetime | None:
+        """Sessions end at the cut exactly, even if the timer that follows fires late (R3);
+        returns the cut in force (``None`` in histories from before it did)."""
         async with self.db.write() as db:
-            await session_queries.limit_sessions(db, cut.account_id, cut.at, cut.opened_before)
+            return await session_queries.limit_sessions(
+                db, cut.account_id, cut.at, cut.opened_before
+            )
 
     @activity.defn
     async def end_sessions(self, cut: SessionCut) -> None:

@@ -84,18 +84,33 @@ def _before_two_factor(account_id: str, opened_before: datetime) -> Any:
 
 async def limit_sessions(
     db: AsyncSession, account_id: str, at: datetime, opened_before: datetime
-) -> None:
+) -> datetime:
     """Every session 2FA did not open ends at ``at``; password-only logins from now on too.
+    Returns the cut in force: an earlier one, written while 2FA is still off, is this enable's
+    own, made by a try whose worker died before the workflow heard of it; the sessions it
+    capped end then, and so it stands (R3).
 
-    The account row is written first: on PostgreSQL its lock orders this cut against a racing
-    login's ``session_cap``, which then sees ``at`` (SQLite writers are serial anyway).
+    The account row is locked first: on PostgreSQL its lock orders this cut against a racing
+    login's ``session_cap``, which then sees the cut (SQLite writers are serial anyway).
     """
+    row = (
+        await db.execute(
+            select(Account.auto_logout_at, Account.two_factor_state)
+            .where(Account.id == account_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is not None and row.two_factor_state == TwoFactorState.DISABLED:
+        earlier = row.auto_logout_at
+        if earlier is not None and earlier < at:
+            at = earlier
     await db.execute(update(Account).where(Account.id == account_id).values(auto_logout_at=at))
     await db.execute(
         update(Session)
         .where(_before_two_factor(account_id, opened_before), Session.expires_at > at)
         .values(expires_at=at)
     )
+    return at
 
 
 async def session_cap(db: AsyncSession, account_id: str) -> datetime | None:

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from twofa.workflows.patches import (
         PATCH_ACTIVATION_REFUSAL,
         PATCH_DUE_LOCK_ENDS_FIRST,
+        PATCH_EARLIER_CUT_STANDS,
         PATCH_MAIL_REFUSAL,
         PATCH_MAIL_RETRIED_AFTER_THE_STEP,
         PATCH_REPEATED_CODE,
@@ -111,9 +112,12 @@ class TwoFactorWorkflow:
             p.enrollment_id = str(workflow.uuid4())
             p.enabled_at = now
             p.auto_logout_at = now + timedelta(seconds=self.policy.auto_logout_seconds)
-            await run_effect(
-                Effects.limit_sessions, SessionCut(self.account_id, p.auto_logout_at, now)
-            )
+            cut = SessionCut(self.account_id, p.auto_logout_at, now)
+            in_force = await run_effect(Effects.limit_sessions, cut)
+            if workflow.patched(PATCH_EARLIER_CUT_STANDS):
+                # a try of this enable whose worker died cut the sessions earlier: the answer
+                # and the timer keep to that cut (R3)
+                p.auto_logout_at = in_force or p.auto_logout_at
             await self._issue_code()
             await self._move_to(S.PENDING_CODE)
             assert p.code_expires_at is not None
