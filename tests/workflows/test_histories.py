@@ -38,7 +38,7 @@ SCENARIOS = {
 #: Recorded since release ea117d1 (the mail's first try local): its two ways out.
 MAIL_SCENARIOS = {"pending_code_relay_busy", "pending_code_mail_refused"}
 RELEASES_BEFORE_MAIL_SCENARIOS = {"be3d6ff", "2026-12-01", "2026-12-02"}
-#: Recorded since release 42e1477 (the mail's retries after the step): retries called off.
+#: Recorded since release ea0e2f8 (the mail's retries after the step): retries called off.
 CALLED_OFF_SCENARIOS = {"pending_code_mail_called_off"}
 RELEASES_BEFORE_CALLED_OFF = RELEASES_BEFORE_MAIL_SCENARIOS | {"ea117d1", "855e7da"}
 
