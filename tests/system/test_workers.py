@@ -10,7 +10,9 @@ import uuid
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import httpx
 from sqlalchemy import func, select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
@@ -35,6 +37,7 @@ from tests.support.relay import silent_server
 from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.store.models import ActivationDraft, Device, SentMail, Session
+from twofa.workflows.messages import workflow_id
 
 
 async def _one_device_one_mail_per_code(
@@ -177,35 +180,50 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
     the cut already in force, so the answer's ``auto_logout_at`` is when the sessions end
     (before, it answered its own later time, and the countdown outlived the session)."""
     queue = f"cut-{uuid.uuid4().hex[:8]}"
-    api = await start_api(temporal_task_queue=queue)
+    # the session outlives a 503 and its repeat, whose answer then comes from the store
+    api = await start_api(temporal_task_queue=queue, auto_logout_seconds=60)
     user = await api.registered_and_logged_in(new_user("cut"))
 
     async def cut() -> bool:
         return (await account_row(database, user.account_id)).auto_logout_at is not None
 
-    async with silent_server(close_at_once=False) as relay:
-        # only the kill ends the first try's wait for the relay's greeting
-        env = environment(
-            base_settings,
-            temporal_task_queue=queue,
-            smtp_port=str(relay.port),
-            smtp_timeout_seconds="300",
-        )
-        async with started([TWOFA, "worker"], env, tmp_path / "first.log") as worker:
-            await worker_polls(client, queue, worker, tmp_path / "first.log")
-            enabling = asyncio.create_task(
-                api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+    async def enable() -> httpx.Response:
+        return await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+
+    enabling: asyncio.Task[httpx.Response] | None = None
+    try:
+        async with silent_server(close_at_once=False) as relay:
+            # only the kill ends the first try's wait for the relay's greeting
+            env = environment(
+                base_settings,
+                temporal_task_queue=queue,
+                smtp_port=str(relay.port),
+                smtp_timeout_seconds="300",
             )
-            await eventually(cut, "the enable's session cut")
-            await eventually(lambda: bool(relay.held), "the mail's first try at the relay")
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()  # dead before started() stops it: no SIGTERM to judge
-    first_cut = (await account_row(database, user.account_id)).auto_logout_at
-    async with started([TWOFA, "worker"], env, tmp_path / "second.log"):
-        r = await enabling
-        if r.status_code == 503:  # the call's wait ran out meanwhile: the repeat answers (S9)
-            r = await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
-        assert r.status_code == 202, r.text
+            async with started([TWOFA, "worker"], env, tmp_path / "first.log") as worker:
+                await worker_polls(client, queue, worker, tmp_path / "first.log")
+                enabling = asyncio.create_task(enable())
+                await eventually(cut, "the enable's session cut")
+                await eventually(lambda: bool(relay.held), "the mail's first try at the relay")
+                worker.send_signal(signal.SIGKILL)
+                worker.wait()  # dead before started() stops it: no SIGTERM to judge
+        first_cut = (await account_row(database, user.account_id)).auto_logout_at
+        # the relay is gone: the next worker's first try fails at once and its step answers
+        async with started([TWOFA, "worker"], env, tmp_path / "second.log"):
+            r = await enabling
+            if r.status_code == 503:  # the call's wait ran out: the repeat answers (S9)
+                r = await enable()
+            assert r.status_code == 202, r.text
+    finally:
+        if enabling is not None:
+            enabling.cancel()
+    # the second worker ran the enable afresh, later: the killed try's task timed out first
+    events = (await client.get_workflow_handle(workflow_id(user.account_id)).fetch_history()).events
+    kinds = [e.event_type for e in events]
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT in kinds
+    assert kinds.index(EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT) < kinds.index(
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
     assert parse_time(r.json()["auto_logout_at"]) == first_cut
     assert (await account_row(database, user.account_id)).auto_logout_at == first_cut
     async with database.read() as db:

@@ -97,7 +97,7 @@ async def limit_sessions(
         await db.execute(
             select(Account.auto_logout_at, Account.two_factor_state)
             .where(Account.id == account_id)
-            .with_for_update()
+            .with_for_update(key_share=True)  # as the UPDATE below: rows referring to it go on
         )
     ).first()
     if row is not None and row.two_factor_state == TwoFactorState.DISABLED:
