@@ -182,8 +182,14 @@ class Relayed:
 
     async def called_off(self) -> bool:
         """A mail's retries were called off (its activity's cancel requested)."""
-        cancelled = EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
-        return any(e.event_type == cancelled for e in await self.events())
+        return await self._seen(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+
+    async def retries_over(self) -> bool:
+        """A called-off mail has no try left under way: its activity is cancelled."""
+        return await self._seen(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED)
+
+    async def _seen(self, kind: EventType.ValueType) -> bool:
+        return any(e.event_type == kind for e in await self.events())
 
 
 @asynccontextmanager
@@ -306,6 +312,9 @@ async def test_a_code_that_expires_before_the_relay_takes_its_mail_is_never_mail
         api, user, handler = relayed.api, relayed.user, relayed.relay
         await api.enable(user)
         await eventually(relayed.called_off, "the first code's mail called off at its expiry")
+        # a try already talking to the relay when the code expired would still deliver it (its
+        # code no longer works): the relay takes mail again once no try is under way
+        await eventually(relayed.retries_over, "the first code's mail cancelled")
         handler.refuse = {}
         login = await api.login_ok(user)
         assert login["outcome"] == "activation_code_required" and login["code_sent"], login
