@@ -9,21 +9,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
 from tests.conftest import ApiFactory
 from tests.support.history import activities_run, header_id
@@ -179,14 +179,12 @@ class Relayed:
     api: Api
     user: User
     relay: RelayHandler
-    events: Callable[[], Awaitable[list[HistoryEvent]]]
+    handle: WorkflowHandle[Any, Any]  # the user's workflow
 
     async def called_off(self) -> bool:
         """A mail's retries were called off (its activity's cancel requested)."""
-        return await self._seen(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
-
-    async def _seen(self, kind: EventType.ValueType) -> bool:
-        return any(e.event_type == kind for e in await self.events())
+        cancelled = EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
+        return any(e.event_type == cancelled for e in (await self.handle.fetch_history()).events)
 
 
 @asynccontextmanager
@@ -205,12 +203,7 @@ async def relay_saying(
     settings: dict[str, object] = {"auto_logout_seconds": 60, **api_settings}
     async with api_on_relay(handler, client, base_settings, database, start_api, **settings) as api:
         user = await api.registered_and_logged_in(new_user(name))
-        handle = client.get_workflow_handle(workflow_id(user.account_id))
-
-        async def events() -> list[HistoryEvent]:
-            return list((await handle.fetch_history()).events)
-
-        yield Relayed(api, user, handler, events)
+        yield Relayed(api, user, handler, client.get_workflow_handle(workflow_id(user.account_id)))
 
 
 BUSY = "451 4.3.0 try again later"
@@ -225,7 +218,7 @@ async def test_a_busy_relay_delays_the_mail_and_never_sends_two_codes(
         # the enable answers while the relay is busy: the mail is retried after the step
         enabled = await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
         assert enabled.status_code == 202, enabled.text
-        handle = client.get_workflow_handle(workflow_id(user.account_id))
+        handle = relayed.handle
 
         async def tried(times: int) -> int:
             """The history's length once the relay has refused ``times`` tries."""
@@ -291,8 +284,7 @@ async def test_a_relay_that_is_down_holds_back_neither_the_user_nor_an_admin(
         admin = AdminService(TwoFactorService(base_settings, database, client))
         operator = OperatorView(id=str(uuid.uuid4()), email="root@example.com", role=Role.ADMIN)
         assert (await admin.disable(operator, user.account_id)).revoked_devices == 0
-        handle = client.get_workflow_handle(workflow_id(user.account_id))
-        await asyncio.wait_for(handle.result(), 10)
+        await asyncio.wait_for(relayed.handle.result(), 10)
         assert await relayed.called_off()
         assert (await api.login_ok(user))["outcome"] == "authenticated"
         assert handler.accepted == []
@@ -308,7 +300,7 @@ async def test_a_code_that_expires_before_the_relay_takes_its_mail_is_never_mail
     async with expiring as relayed:
         api, user, handler = relayed.api, relayed.user, relayed.relay
         await api.enable(user)
-        handle = client.get_workflow_handle(workflow_id(user.account_id))
+        handle = relayed.handle
 
         async def retries_over() -> bool:
             """The code is burnt and no try of its mail is left: called off, or a try that

@@ -62,18 +62,18 @@ class Effects:
     @activity.defn
     async def send_activation_code(self, mail: CodeMail) -> str:
         """Mails code number ``mail.number`` once; returns only its keyed digest (S1, S4)."""
-        code = self.keyring.activation_code(mail.enrollment_id, mail.number)
+        code = self._code(mail)
         key = f"{mail.enrollment_id}:{mail.number}"
         async with self.db.read() as db:
             account = await account_queries.account_by_id(db, mail.account_id)
             already_sent = await activation_queries.mail_sent(db, key)
         if account is None:
             raise permanent("account_gone", f"account {mail.account_id} does not exist")
-        if not already_sent and mail.expires_at <= _now():
-            # a retry that outlived its code (R4): the workflow calls such retries off, and this
-            # stops one that had started before it did
-            raise permanent("code_expired", f"code {mail.number} expired before it was mailed")
         if not already_sent:
+            if mail.expires_at <= _now():
+                # a retry that outlived its code (R4): the workflow calls such retries off, and
+                # this stops one that had started before it did
+                raise permanent("code_expired", f"code {mail.number} expired before it was mailed")
             message_id = f"<activation-{mail.enrollment_id}.{mail.number}@cockpit-2fa>"
             message = activation_mail(
                 sender=self.settings.mail_from,
@@ -120,9 +120,11 @@ class Effects:
     async def activation_code_digest(self, mail: CodeMail) -> str:
         """The digest of a code whose mail the relay has not taken yet: the code works once
         the mail's retries deliver it."""
-        return self.keyring.code_digest(
-            self.keyring.activation_code(mail.enrollment_id, mail.number)
-        )
+        return self.keyring.code_digest(self._code(mail))
+
+    def _code(self, mail: CodeMail) -> str:
+        """The code a mail carries, derived the same on every try and for its digest."""
+        return self.keyring.activation_code(mail.enrollment_id, mail.number)
 
     @activity.defn
     async def save_projection(self, projection: Projection) -> None:
