@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -18,11 +19,15 @@ from temporalio.client import Client
 from tests.conftest import ApiFactory
 from tests.support.journey import (
     Api,
+    User,
     account_row,
     count,
     eventually,
     new_user,
     parse_time,
+    settled,
+    sleep_until,
+    state_in_store,
 )
 from tests.support.processes import (
     REPO,
@@ -168,6 +173,46 @@ async def test_python_worker_py_serves_the_queue_as_temporal_samples_do(
         assert process.poll() is None
 
 
+async def _killed_inside_the_enable(
+    api: Api,
+    user: User,
+    queue: str,
+    base_settings: Settings,
+    database: Database,
+    client: Client,
+    tmp_path: Path,
+) -> asyncio.Task[httpx.Response]:
+    """Runs ``user``'s enable on the only worker of ``queue`` and SIGKILLs it after the session
+    cut, while the mail's first try waits at a relay that says nothing until then. Returns the
+    enable's call, still waiting; the relay is gone."""
+
+    async def cut() -> bool:
+        return (await account_row(database, user.account_id)).auto_logout_at is not None
+
+    enabling = asyncio.create_task(
+        api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+    )
+    try:
+        async with silent_server(close_at_once=False) as relay:
+            # only the kill ends the first try's wait for the relay's greeting
+            env = environment(
+                base_settings,
+                temporal_task_queue=queue,
+                smtp_port=str(relay.port),
+                smtp_timeout_seconds="300",
+            )
+            async with started([TWOFA, "worker"], env, tmp_path / "killed.log") as worker:
+                await worker_polls(client, queue, worker, tmp_path / "killed.log")
+                await eventually(cut, "the enable's session cut")
+                await eventually(lambda: bool(relay.held), "the mail's first try at the relay")
+                worker.send_signal(signal.SIGKILL)
+                worker.wait()  # dead before started() stops it: no SIGTERM to judge
+    except BaseException:
+        enabling.cancel()
+        raise
+    return enabling
+
+
 async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
     start_api: ApiFactory,
     base_settings: Settings,
@@ -184,39 +229,23 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
     api = await start_api(temporal_task_queue=queue, auto_logout_seconds=60)
     user = await api.registered_and_logged_in(new_user("cut"))
 
-    async def cut() -> bool:
-        return (await account_row(database, user.account_id)).auto_logout_at is not None
-
     async def enable() -> httpx.Response:
         return await api.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
 
-    enabling: asyncio.Task[httpx.Response] | None = None
+    enabling = await _killed_inside_the_enable(
+        api, user, queue, base_settings, database, client, tmp_path
+    )
     try:
-        async with silent_server(close_at_once=False) as relay:
-            # only the kill ends the first try's wait for the relay's greeting
-            env = environment(
-                base_settings,
-                temporal_task_queue=queue,
-                smtp_port=str(relay.port),
-                smtp_timeout_seconds="300",
-            )
-            async with started([TWOFA, "worker"], env, tmp_path / "first.log") as worker:
-                await worker_polls(client, queue, worker, tmp_path / "first.log")
-                enabling = asyncio.create_task(enable())
-                await eventually(cut, "the enable's session cut")
-                await eventually(lambda: bool(relay.held), "the mail's first try at the relay")
-                worker.send_signal(signal.SIGKILL)
-                worker.wait()  # dead before started() stops it: no SIGTERM to judge
         first_cut = (await account_row(database, user.account_id)).auto_logout_at
         # the relay is gone: the next worker's first try fails at once and its step answers
+        env = environment(base_settings, temporal_task_queue=queue, smtp_port=str(free_port()))
         async with started([TWOFA, "worker"], env, tmp_path / "second.log"):
             r = await enabling
             if r.status_code == 503:  # the call's wait ran out: the repeat answers (S9)
                 r = await enable()
             assert r.status_code == 202, r.text
     finally:
-        if enabling is not None:
-            enabling.cancel()
+        enabling.cancel()
     # the second worker ran the enable afresh, later: the killed try's task timed out first
     events = (await client.get_workflow_handle(workflow_id(user.account_id)).fetch_history()).events
     kinds = [e.event_type for e in events]
@@ -231,3 +260,50 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
             await db.scalars(select(Session).where(Session.account_id == user.account_id))
         ).all()
     assert session.expires_at == first_cut
+
+
+async def test_an_enable_an_operator_terminated_after_its_cut_strands_no_one(
+    start_api: ApiFactory,
+    base_settings: Settings,
+    database: Database,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """The only worker dies inside the enable, after its session cut, and an operator then
+    terminates the run: the store says 2FA is off, but keeps the cut. Once it has passed, the
+    password logs in to a session that works (before: capped at the passed cut, every session
+    ended at birth, and no disable cleared it), and enabling 2FA again plans its own auto-logout
+    (before: it took the stray cut over and logged the user out at once)."""
+    queue = f"stray-cut-{uuid.uuid4().hex[:8]}"
+    api = await start_api(temporal_task_queue=queue)
+    user = await api.registered_and_logged_in(new_user("stray-cut"))
+    enabling = await _killed_inside_the_enable(
+        api, user, queue, base_settings, database, client, tmp_path
+    )
+    try:
+        await client.get_workflow_handle(workflow_id(user.account_id)).terminate(
+            "an operator's mistake"
+        )
+        r = await enabling
+        # the enable's outcome: none, and a repeat would start anew (S9)
+        assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable", r.text
+    finally:
+        enabling.cancel()
+    stray = await account_row(database, user.account_id)
+    assert stray.two_factor_state == "disabled" and stray.auto_logout_at is not None
+    await sleep_until(stray.auto_logout_at)
+
+    body = await api.login_ok(user)  # its new session token goes to the user
+    assert body["outcome"] == "authenticated", body
+    assert parse_time(body["expires_at"]) > datetime.now(UTC), body
+    r = await api.call("GET", "/v1/session", user)
+    assert r.status_code == 200, r.text
+
+    env = environment(base_settings, temporal_task_queue=queue)
+    async with started([TWOFA, "worker"], env, tmp_path / "next.log"):
+        began = datetime.now(UTC)
+        enabled = await api.enable(user)
+        assert parse_time(enabled["auto_logout_at"]) > began, (enabled, stray.auto_logout_at)
+        await api.code_mail(user)
+        await state_in_store(database, user.account_id, "pending_code")
+        await settled(client, user.account_id)

@@ -130,15 +130,21 @@ class AccountSettings(ServiceCore):
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             task_timeout=TASK_TIMEOUT,
         )
-        result = await self._call(
-            self.client.execute_update_with_start_workflow(
-                TwoFactorWorkflow.enable,
-                start_workflow_operation=start,
-                # the last disable's version names this enrollment: a repeat before its first
-                # state change lands gets the first request's answer from the server
-                id=f"enable-{account.projection_version}",
+        try:
+            result = await self._call(
+                self.client.execute_update_with_start_workflow(
+                    TwoFactorWorkflow.enable,
+                    start_workflow_operation=start,
+                    # the last disable's version names this enrollment: a repeat before its
+                    # first state change lands gets the first request's answer from the server
+                    id=f"enable-{account.projection_version}",
+                )
             )
-        )
+        except ServiceError as error:
+            if error.code != errors.NOT_ENABLED.code:
+                raise
+            # the run closed under the enable (an operator terminated it): a repeat starts anew
+            raise errors.UNAVAILABLE() from None
         log.info("2FA enabled for account %s", account.id)
         return EnabledView(
             auto_logout_at=result.auto_logout_at, code_expires_at=result.code_expires_at

@@ -212,7 +212,7 @@ class Accounts(ServiceCore):
         if state is S.DISABLED:
             token, session = self._new_session(account.id, None, now)
             async with self._login_write(passed) as db:
-                cap = await session_queries.session_cap(db, account.id)
+                cap = await session_queries.session_cap(db, account.id, now)
                 if cap is not None:  # an enable began since the state was read (R3)
                     session.expires_at = min(session.expires_at, cap)
                 await session_queries.add_session(db, session)

@@ -86,9 +86,11 @@ async def limit_sessions(
     db: AsyncSession, account_id: str, at: datetime, opened_before: datetime
 ) -> datetime:
     """Every session 2FA did not open ends at ``at``; password-only logins from now on too.
-    Returns the cut in force: an earlier one, written while 2FA is still off, is this enable's
-    own, made by a try whose worker died before the workflow heard of it; the sessions it
-    capped end then, and so it stands (R3).
+    Returns the cut in force: an earlier one still ahead, written while 2FA is still off, is
+    this enable's own, made by a try whose worker died before the workflow heard of it; the
+    sessions it capped end then, and so it stands (R3). One already passed is not kept: its
+    sessions are over, and it may be a stray, left by a run an operator terminated mid-enable,
+    which would log the user out at once.
 
     The account row is locked first: on PostgreSQL its lock orders this cut against a racing
     login's ``session_cap``, which then sees the cut (SQLite writers are serial anyway).
@@ -102,7 +104,7 @@ async def limit_sessions(
     ).first()
     if row is not None and row.two_factor_state == TwoFactorState.DISABLED:
         earlier = row.auto_logout_at
-        if earlier is not None and earlier < at:
+        if earlier is not None and opened_before < earlier < at:
             at = earlier
     await db.execute(update(Account).where(Account.id == account_id).values(auto_logout_at=at))
     await db.execute(
@@ -113,11 +115,27 @@ async def limit_sessions(
     return at
 
 
-async def session_cap(db: AsyncSession, account_id: str) -> datetime | None:
-    """When a password-only session opened now must end: the auto-logout of a racing enable."""
-    return await db.scalar(
-        select(Account.auto_logout_at).where(Account.id == account_id).with_for_update()
-    )
+async def session_cap(db: AsyncSession, account_id: str, now: datetime) -> datetime | None:
+    """When a password-only session opened now must end: the auto-logout of a racing enable.
+
+    While the store still says 2FA is off, only a cut still ahead caps: one already passed was
+    left by a run an operator terminated mid-enable (it would end every later session at
+    birth, and no disable clears it), or belongs to an enable whose step outlived its own
+    auto-logout, whose timer ends this session too, as every session without a trusted browser,
+    once the step is recorded (R3).
+    """
+    row = (
+        await db.execute(
+            select(Account.auto_logout_at, Account.two_factor_state)
+            .where(Account.id == account_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None or row.auto_logout_at is None:
+        return None
+    if row.two_factor_state == TwoFactorState.DISABLED and row.auto_logout_at <= now:
+        return None
+    return row.auto_logout_at
 
 
 async def end_sessions(
