@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
@@ -26,6 +27,21 @@ log = logging.getLogger(__name__)
 KEPT_FOR_DISABLE = "kept_for_disable"
 #: The states in which every session comes from a trusted browser.
 ON = (S.ACTIVE, S.LOCKED)
+
+
+async def _read_start_outcome(start: WithStartWorkflowOperation[Any, Any]) -> None:
+    """The start's own outcome, which the SDK settles when an update-with-start fails: left
+    unread, it is logged as "Future exception was never retrieved" (an error with a traceback,
+    for every 503) once collected."""
+    try:
+        async with asyncio.timeout(1):  # settled already: this does not wait
+            await start.workflow_handle()
+    except asyncio.CancelledError:  # the outcome of a call cancelled by its timeout
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # this request is being cancelled itself
+            raise
+    except Exception:  # the start's failure: the update's has been answered already
+        pass
 
 
 class AccountSettings(ServiceCore):
@@ -141,6 +157,7 @@ class AccountSettings(ServiceCore):
                 )
             )
         except ServiceError as error:
+            await _read_start_outcome(start)
             if error.code != errors.NOT_ENABLED.code:
                 raise
             # the run closed under the enable (an operator terminated it): a repeat starts anew
