@@ -33,6 +33,8 @@ class Sizes:
     journey_levels: tuple[tuple[int, int], ...] = ((1, 20), (20, 200), (100, 300))
     journey_ratio_concurrency: int = 20
     login_levels: tuple[tuple[int, int], ...] = ((1, 40), (8, 160), (32, 320))
+    #: after the stack's own database, a durable throwaway PostgreSQL server where installed
+    login_backends: str = "sqlite,postgresql"
     argon2_samples_c1: int = 40
     auto_logout_enrollments: int = 500
     listing_accounts: int = 1_000_000
@@ -65,6 +67,7 @@ class Sizes:
             journey_levels=((1, 3),),
             journey_ratio_concurrency=1,
             login_levels=((1, 5),),
+            login_backends="sqlite",
             argon2_samples_c1=5,
             auto_logout_enrollments=10,
             listing_accounts=1_000,

@@ -4,23 +4,27 @@ Each login is ``POST /v1/login`` (password + device token, answered ``pin_requir
 ``POST /v1/login/pin``: two argon2id verifications (password, PIN). The bare cost of that
 pair is measured in this process at the same concurrency, just before each level. "No login
 touches Temporal" is shown by the history length of every account's workflow before and after.
+All of it runs on the stack's database, then on a throwaway PostgreSQL server with its default
+durability (where Debian's packages are installed), through an API and a worker of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rich.table import Table
 
-from bench.client import BenchUser, journey, new_user, pin_login, run_pool
+from bench.client import ApiClient, BenchUser, journey, new_user, pin_login, run_pool
 from bench.context import Context
 from bench.monitor import Usage
 from bench.profile import PySpy, profile_tables
 from bench.report import Check, num, process_table, settings_table
 from bench.stats import Summary, ms
+from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.store.db import Database
 from twofa.wiring import Services
@@ -74,13 +78,39 @@ async def history_lengths(ctx: Context, users: list[BenchUser]) -> dict[str, int
 
 
 async def login_bench(ctx: Context) -> None:
+    stack = ctx.stack.settings
+    backend = "PostgreSQL" if stack.database_url else "SQLite"
+    await _login_on(ctx, backend, stack, ctx.api, "api")
+    if "postgresql" not in ctx.sizes.login_backends.split(",") or backend == "PostgreSQL":
+        return
+    from tests.support.postgres import throwaway_server  # the tests' server, durable here
+
+    with contextlib.ExitStack() as servers:
+        try:
+            url = servers.enter_context(throwaway_server("twofa-bench-login-", durable=True))
+        except FileNotFoundError as missing:
+            ctx.note(f"login: PostgreSQL skipped ({missing})")
+            return
+        ctx.note("login: an API and a worker on a throwaway PostgreSQL server")
+        settings = await ctx.stack.start_beside("PostgreSQL", url)
+        api = ApiClient(f"http://127.0.0.1:{settings.api_port}", settings.resolved_service_token)
+        try:
+            await _login_on(ctx, "PostgreSQL", settings, api, "api (PostgreSQL)")
+        finally:
+            await api.close()
+            await ctx.stack.stop_beside("PostgreSQL")
+
+
+async def _login_on(
+    ctx: Context, backend: str, stack: Settings, api: ApiClient, api_part: str
+) -> None:
+    """The login levels through ``api``, whose process is ``api_part``, on ``stack``'s
+    database."""
     sizes = ctx.sizes
     accounts = max(c for c, _ in sizes.login_levels)
-    ctx.note(f"login: {accounts} active accounts through the journey")
+    ctx.note(f"login on {backend}: {accounts} active accounts through the journey")
     users = [new_user("login") for _ in range(accounts)]
-    setup = await run_pool(
-        accounts, min(8, accounts), lambda i: journey(ctx.api, ctx.mails, users[i])
-    )
+    setup = await run_pool(accounts, min(8, accounts), lambda i: journey(api, ctx.mails, users[i]))
     if setup.errors:
         raise RuntimeError(f"login setup failed: {setup.errors[0]}")
     # Quiet workflows: every auto-logout timer has fired before the first count.
@@ -88,13 +118,11 @@ async def login_bench(ctx: Context) -> None:
     if wait > 0:
         await asyncio.sleep(wait)
     before = await history_lengths(ctx, users)
-    bare = await asyncio.to_thread(
-        BarePairs, Keyring(ctx.stack.settings.pepper_bytes), new_user("bare")
-    )
-    await run_pool(min(accounts, 4), 4, lambda i: pin_login(ctx.api, users[i]))  # warm-up
+    bare = await asyncio.to_thread(BarePairs, Keyring(stack.pepper_bytes), new_user("bare"))
+    await run_pool(min(accounts, 4), 4, lambda i: pin_login(api, users[i]))  # warm-up
     # The same login through the service layer in this process: what HTTP adds, and what not.
-    db = Database(ctx.stack.settings.resolved_database_url)
-    service = Services.on(ctx.stack.settings, db, ctx.client).users
+    db = Database(stack.resolved_database_url)
+    service = Services.on(stack, db, ctx.client).users
 
     async def direct(user: BenchUser) -> float:
         start = time.perf_counter()
@@ -120,9 +148,7 @@ async def login_bench(ctx: Context) -> None:
                 took, wall = await asyncio.to_thread(bare.batch, concurrency)
                 bare_took += took
                 bare_wall += wall
-                run = await run_pool(
-                    concurrency, concurrency, lambda i: pin_login(ctx.api, users[i])
-                )
+                run = await run_pool(concurrency, concurrency, lambda i: pin_login(api, users[i]))
                 results += run.results
                 errors += [str(e) for e in run.errors]
                 login_wall += run.wall_seconds
@@ -150,16 +176,18 @@ async def login_bench(ctx: Context) -> None:
     if ctx.profile:  # a pass of its own: py-spy's CPU stays out of the measured levels
         count = 200
         ctx.note(f"login: {count} more logins at c=1 under py-spy")
-        spy = PySpy(ctx.stack.parts["api"].process.pid, ctx.stack.data_dir / "api-login.prof")
+        spy = PySpy(ctx.stack.parts[api_part].process.pid, ctx.stack.data_dir / "api-login.prof")
         spy.start()
-        await run_pool(count, 1, lambda i: pin_login(ctx.api, users[i % len(users)]))
+        await run_pool(count, 1, lambda i: pin_login(api, users[i % len(users)]))
         profiles = profile_tables(
-            f"profile: api process, {count} logins at c=1", spy.stop(), spy.rate
+            f"profile: {api_part} process, {count} logins at c=1", spy.stop(), spy.rate
         )
     after = await history_lengths(ctx, users)
     new_events = sum(after[a] - before[a] for a in before)
 
-    table = Table(title="login — trusted browser + PIN, vs bare argon2", title_justify="left")
+    table = Table(
+        title=f"login on {backend} — trusted browser + PIN, vs bare argon2", title_justify="left"
+    )
     for column in (
         "concurrency",
         "logins",
@@ -197,7 +225,7 @@ async def login_bench(ctx: Context) -> None:
         )
         ctx.checks.append(
             Check(
-                "login",
+                f"login, {backend}",
                 f"c={level.concurrency}: p50 ≤ 1.3x bare argon2 (2 verifications)",
                 f"{level.total.p50:.1f} ms vs {level.bare.p50:.1f} ms = {ratio:.2f}x",
                 ratio <= 1.3,
@@ -218,7 +246,7 @@ async def login_bench(ctx: Context) -> None:
         "in-process service = TwoFactorService.login + submit_pin called in the bench process "
         "(same store, no HTTP), at c=1"
     )
-    temporal = Table(title="login — no login touches Temporal", title_justify="left")
+    temporal = Table(title=f"login on {backend} — no login touches Temporal", title_justify="left")
     temporal.add_column("accounts (workflows)", justify="right")
     temporal.add_column("history events before", justify="right")
     temporal.add_column("after", justify="right")
@@ -233,7 +261,7 @@ async def login_bench(ctx: Context) -> None:
     temporal.caption = f"{total_logins} measured logins (+ warm-up) on these accounts"
     ctx.checks.append(
         Check(
-            "login",
+            f"login, {backend}",
             "no login touches Temporal",
             f"{new_events} new history events after {total_logins} logins",
             new_events == 0,
@@ -242,10 +270,11 @@ async def login_bench(ctx: Context) -> None:
     )
     tables: list[Table] = [table, temporal, *profiles]
     tables += [
-        process_table(f"login c={lv.concurrency}", lv.usage, ("login", lv.logins)) for lv in levels
+        process_table(f"login on {backend} c={lv.concurrency}", lv.usage, ("login", lv.logins))
+        for lv in levels
     ]
     ctx.printer.tables(tables)
-    ctx.results["login"] = levels
+    ctx.results[f"login, {backend}"] = levels
     settings = {
         "accounts": f"{accounts} active accounts made by the journey (c=8), each with its device",
         "levels (concurrency: logins)": ", ".join(f"{c}: {n}" for c, n in sizes.login_levels),
@@ -256,4 +285,9 @@ async def login_bench(ctx: Context) -> None:
         "warm-up": f"{min(accounts, 4)} logins, not counted",
         **ctx.common_settings(),
     }
-    ctx.printer.tables([settings_table("login", settings)])
+    if stack is not ctx.stack.settings:
+        settings["database"] = (
+            f"a throwaway PostgreSQL server ({stack.database_url}), fsync and synchronous_commit "
+            f"on, through its own API and worker (task queue {stack.temporal_task_queue})"
+        )
+    ctx.printer.tables([settings_table(f"login on {backend}", settings)])

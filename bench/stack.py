@@ -135,6 +135,34 @@ class Stack:
         await wait_for_http(f"{self.api_url}/healthz", alive=self._check_alive)
         return client
 
+    async def start_beside(self, label: str, database_url: str) -> Settings:
+        """An API and a worker of their own on another database, beside this stack's (the same
+        dev server and sink, a task queue of their own): ``api (label)`` and ``worker
+        (label)``. Returns their settings."""
+        settings = self.settings.model_copy(
+            update={
+                "database_url": database_url,
+                "api_port": free_port(),
+                "temporal_task_queue": f"{self.settings.temporal_task_queue}-{label.lower()}",
+            }
+        )
+        env = settings.environment()
+        await asyncio.to_thread(migrate, database_url)
+        self._spawn(f"worker ({label})", [str(BIN / "twofa"), "worker"], env)
+        self._spawn(f"api ({label})", [str(BIN / "twofa"), "api"], env)
+        assert self.client is not None
+        worker = self.parts[f"worker ({label})"]
+        await worker_polls(self.client, settings.temporal_task_queue, worker.process, worker.log)
+        url = f"http://127.0.0.1:{settings.api_port}/healthz"
+        await wait_for_http(url, alive=self._check_alive)
+        return settings
+
+    async def stop_beside(self, label: str) -> None:
+        for name in (f"api ({label})", f"worker ({label})"):
+            part = self.parts.pop(name, None)
+            if part is not None:
+                await stop_process(part.process)
+
     async def restart_worker(self) -> None:
         """A fresh ``twofa worker`` (empty workflow cache), e.g. before measuring its memory."""
         part = self.parts["worker"]

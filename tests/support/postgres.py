@@ -29,8 +29,10 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server(directory: Path) -> Iterator[str]:
-    """Yields a plain ``postgresql://`` URL to a fresh database; stops the server afterwards."""
+def postgres_server(directory: Path, *, durable: bool = False) -> Iterator[str]:
+    """Yields a plain ``postgresql://`` URL to a fresh database; stops the server afterwards.
+    ``durable``: every commit flushed to disk, as PostgreSQL's defaults do (the bench's logins);
+    else, for the tests' speed, nothing is."""
     directory.mkdir(parents=True, exist_ok=True)
     data, sockets = directory / "data", directory / "sockets"
     sockets.mkdir(exist_ok=True)
@@ -45,7 +47,7 @@ def postgres_server(directory: Path) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    start(directory, port)
+    start(directory, port, durable=durable)
     try:
         subprocess.run(
             [_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "twofa", "twofa"],
@@ -57,12 +59,13 @@ def postgres_server(directory: Path) -> Iterator[str]:
         stop(directory)
 
 
-def start(directory: Path, port: int) -> None:
+def start(directory: Path, port: int, *, durable: bool = False) -> None:
     """The server of ``postgres_server(directory)``, started (again) on ``port``."""
     options = (
-        f"-p {port} -k {directory / 'sockets'} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        f"-p {port} -k {directory / 'sockets'} -c listen_addresses=127.0.0.1 -c max_connections=200"
     )
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     started = _pg_ctl(directory, "-o", options, "-w", "-l", str(directory / "log"), "start")
     started.check_returncode()
 
@@ -96,7 +99,10 @@ def throwaway_directory(prefix: str) -> Iterator[Path]:
 
 
 @contextmanager
-def throwaway_server(prefix: str) -> Iterator[str]:
+def throwaway_server(prefix: str, *, durable: bool = False) -> Iterator[str]:
     """A PostgreSQL server in a throwaway directory."""
-    with throwaway_directory(prefix) as directory, postgres_server(directory / "server") as url:
+    with (
+        throwaway_directory(prefix) as directory,
+        postgres_server(directory / "server", durable=durable) as url,
+    ):
         yield url

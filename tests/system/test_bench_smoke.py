@@ -1,9 +1,10 @@
 """The benchmark suite runs end to end and prints its tables (smoke sizes, well under a minute).
 
 ``make bench`` runs the real sizes; this only guards ``python -m bench`` against rot: a private
-stack starts on free ports, the engine floor, the journey at concurrency 1, the listing and the
-overview over 1,000 accounts (SQLite only) and one worker kill per step (recovery) run, every
-table prints, and every process is gone afterwards.
+stack starts on free ports, the engine floor, the journey at concurrency 1, five logins on SQLite
+and five on a throwaway PostgreSQL server (through an API and a worker of their own), the listing
+and the overview over 1,000 accounts (SQLite only) and one worker kill per step (recovery) run,
+every table prints, and every process is gone afterwards.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ pytestmark = pytest.mark.single_backend
 
 def test_quick_bench_prints_every_table(tmp_path: Path) -> None:
     results = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "bench", "--quick", "--only", "floor,journey,listing,recovery"]
+    only = "floor,journey,login,listing,recovery"
+    command = [sys.executable, "-m", "bench", "--quick", "--only", only]
+    command += ["--set", "login_backends=sqlite,postgresql"]  # make test installs PostgreSQL
     run = subprocess.run(
         [*command, "--json", str(results)],
         cwd=REPO,
@@ -43,6 +46,9 @@ def test_quick_bench_prints_every_table(tmp_path: Path) -> None:
         "journey — per-step latency (ms)",
         "journey c=1 vs engine floor c=1",
         "journey c=1 — processes",
+        "login on SQLite — trusted browser + PIN, vs bare argon2",
+        "login on PostgreSQL — trusted browser + PIN, vs bare argon2",
+        "login on PostgreSQL c=1 — processes",
         "listing — AdminService.accounts, 1,000 accounts",
         "overview — AdminService.overview, 1,000 accounts",
         "listing — processes",
