@@ -1,9 +1,9 @@
 """The enable's session cut (R3), as a password login and a re-run enable read it.
 
-A cut still ahead caps every password-only session; one already passed, on an account the store
-still says has 2FA off, is a stray an operator's terminate left (or an enable that outlived its
-own auto-logout, whose timer ends such sessions anyway): it neither caps a session nor is taken
-over by the next enable.
+A cut caps every password-only session, passed or not, for as long as its enable could still be
+under way; one passed longer ago, on an account the store still says has 2FA off, is a stray an
+operator's terminate left, and caps nothing. A re-run enable keeps an earlier cut only while it
+is ahead, so a stray is never taken over by the next enable.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from twofa.vocabulary import TwoFactorState as S
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 AHEAD, PASSED = NOW + timedelta(seconds=5), NOW - timedelta(seconds=5)
+STRAYS_AFTER = timedelta(seconds=30)
+LONG_PASSED = NOW - STRAYS_AFTER - timedelta(seconds=1)
 
 
 @pytest.fixture
@@ -51,16 +53,17 @@ async def account_with_cut(db: Database, state: S, cut: datetime | None) -> str:
     [
         (S.DISABLED, None, None),
         (S.DISABLED, AHEAD, AHEAD),  # an enable under way: the session ends with the others
-        (S.DISABLED, PASSED, None),  # a stray: it would end the session at birth
-        (S.PENDING_CODE, PASSED, PASSED),  # the enable landed since the login read the state
+        (S.DISABLED, PASSED, PASSED),  # an enable a slow relay holds past its own cut
+        (S.DISABLED, LONG_PASSED, None),  # a stray: it would end every session at birth
+        (S.PENDING_CODE, LONG_PASSED, LONG_PASSED),  # the enable landed since the state was read
     ],
 )
-async def test_a_password_session_is_capped_by_a_cut_still_ahead_or_an_enable_landed(
+async def test_a_password_session_is_capped_by_a_cut_its_enable_may_still_make(
     db: Database, state: S, cut: datetime | None, cap: datetime | None
 ) -> None:
     account_id = await account_with_cut(db, state, cut)
     async with db.write() as session:
-        assert await session_queries.session_cap(session, account_id, NOW) == cap
+        assert await session_queries.session_cap(session, account_id, NOW, STRAYS_AFTER) == cap
 
 
 @pytest.mark.parametrize(

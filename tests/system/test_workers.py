@@ -43,6 +43,7 @@ from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.store.models import ActivationDraft, Device, SentMail, Session
 from twofa.workflows.messages import workflow_id
+from twofa.workflows.two_factor import ENABLE_OUTLIVES_ITS_CUT_AT_MOST
 
 
 async def _one_device_one_mail_per_code(
@@ -270,10 +271,12 @@ async def test_an_enable_an_operator_terminated_after_its_cut_strands_no_one(
     tmp_path: Path,
 ) -> None:
     """The only worker dies inside the enable, after its session cut, and an operator then
-    terminates the run: the store says 2FA is off, but keeps the cut. Once it has passed, the
-    password logs in to a session that works (before: capped at the passed cut, every session
-    ended at birth, and no disable cleared it), and enabling 2FA again plans its own auto-logout
-    (before: it took the stray cut over and logged the user out at once)."""
+    terminates the run: the store says 2FA is off, but keeps the cut. For as long as an enable
+    could still be under way after its cut, a password login is capped at it (R3, as for an
+    enable a slow relay holds); after that, the password logs in to a session that works
+    (before: every session ended at birth, and no disable mended it), and enabling 2FA again
+    plans its own auto-logout (before: it took the stray cut over and logged the user out at
+    once)."""
     queue = f"stray-cut-{uuid.uuid4().hex[:8]}"
     api = await start_api(temporal_task_queue=queue)
     user = await api.registered_and_logged_in(new_user("stray-cut"))
@@ -292,7 +295,11 @@ async def test_an_enable_an_operator_terminated_after_its_cut_strands_no_one(
     stray = await account_row(database, user.account_id)
     assert stray.two_factor_state == "disabled" and stray.auto_logout_at is not None
     await sleep_until(stray.auto_logout_at)
+    body = await api.login_ok(user)
+    assert body["outcome"] == "authenticated", body
+    assert parse_time(body["expires_at"]) == stray.auto_logout_at, body
 
+    await sleep_until(stray.auto_logout_at + ENABLE_OUTLIVES_ITS_CUT_AT_MOST)
     body = await api.login_ok(user)  # its new session token goes to the user
     assert body["outcome"] == "authenticated", body
     assert parse_time(body["expires_at"]) > datetime.now(UTC), body

@@ -35,7 +35,7 @@ from twofa.views import AccountView, LoginView
 from twofa.vocabulary import Outcome, Step
 from twofa.vocabulary import TwoFactorState as S
 from twofa.workflows.messages import NewCodeRequest
-from twofa.workflows.two_factor import TwoFactorWorkflow
+from twofa.workflows.two_factor import ENABLE_OUTLIVES_ITS_CUT_AT_MOST, TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,9 @@ class Accounts(ServiceCore):
         if state is S.DISABLED:
             token, session = self._new_session(account.id, None, now)
             async with self._login_write(passed) as db:
-                cap = await session_queries.session_cap(db, account.id, now)
+                cap = await session_queries.session_cap(
+                    db, account.id, now, ENABLE_OUTLIVES_ITS_CUT_AT_MOST
+                )
                 if cap is not None:  # an enable began since the state was read (R3)
                     session.expires_at = min(session.expires_at, cap)
                 await session_queries.add_session(db, session)

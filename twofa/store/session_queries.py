@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, or_, select, update
@@ -115,14 +115,16 @@ async def limit_sessions(
     return at
 
 
-async def session_cap(db: AsyncSession, account_id: str, now: datetime) -> datetime | None:
-    """When a password-only session opened now must end: the auto-logout of a racing enable.
+async def session_cap(
+    db: AsyncSession, account_id: str, now: datetime, strays_after: timedelta
+) -> datetime | None:
+    """When a password-only session opened now must end: the auto-logout of a racing enable,
+    passed or not (R3: an enable held by a slow relay past its own cut still logs out every
+    session).
 
-    While the store still says 2FA is off, only a cut still ahead caps: one already passed was
-    left by a run an operator terminated mid-enable (it would end every later session at
-    birth, and no disable clears it), or belongs to an enable whose step outlived its own
-    auto-logout, whose timer ends this session too, as every session without a trusted browser,
-    once the step is recorded (R3).
+    While the store still says 2FA is off, a cut passed more than ``strays_after`` ago (longer
+    than an enable can be under way after it) caps nothing: a run an operator terminated
+    mid-enable left it, and it would end every later session at birth, which no disable mends.
     """
     row = (
         await db.execute(
@@ -133,7 +135,7 @@ async def session_cap(db: AsyncSession, account_id: str, now: datetime) -> datet
     ).first()
     if row is None or row.auto_logout_at is None:
         return None
-    if row.two_factor_state == TwoFactorState.DISABLED and row.auto_logout_at <= now:
+    if row.two_factor_state == TwoFactorState.DISABLED and row.auto_logout_at + strays_after < now:
         return None
     return row.auto_logout_at
 
