@@ -1,9 +1,9 @@
-"""The enable's session cut (R3), as a password login and a re-run enable read it.
+"""The enable's session cut (R3), as a password login, a re-run enable and a stray read it.
 
-A cut caps every password-only session, passed or not, for as long as its enable could still be
-under way; one passed longer ago, on an account the store still says has 2FA off, is a stray an
-operator's terminate left, and caps nothing. A re-run enable keeps an earlier cut only while it
-is ahead, so a stray is never taken over by the next enable.
+A cut caps every password-only session, passed or not. It names the workflow run that made it:
+a try of the same enable run again keeps it however late it comes, another run's cut is not
+taken over, and a cut whose run closed before 2FA was on is forgotten only while no other
+enable has made one since.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from twofa.vocabulary import TwoFactorState as S
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 AHEAD, PASSED = NOW + timedelta(seconds=5), NOW - timedelta(seconds=5)
-STRAYS_AFTER = timedelta(seconds=30)
-LONG_PASSED = NOW - STRAYS_AFTER - timedelta(seconds=1)
+LATER = AHEAD + timedelta(seconds=3)  # the cut a try made now would make
+RUN, OTHER_RUN = "run-of-this-enable", "run-of-another-enable"
 
 
 @pytest.fixture
@@ -36,51 +36,70 @@ async def db(fresh_url: str, base_settings: Settings) -> AsyncIterator[Database]
     await database.dispose()
 
 
-async def account_with_cut(db: Database, state: S, cut: datetime | None) -> str:
+async def account_with_cut(db: Database, state: S, cut: datetime | None, run: str | None) -> str:
     account_id = str(uuid.uuid4())
     async with db.write() as session:
         session.add(
             Account(
                 id=account_id, email=f"{account_id}@example.com", password_hash="-",
                 created_at=NOW, updated_at=NOW, two_factor_state=state, auto_logout_at=cut,
+                auto_logout_run=run,
             )
         )  # fmt: skip
     return account_id
 
 
-@pytest.mark.parametrize(
-    ("state", "cut", "cap"),
-    [
-        (S.DISABLED, None, None),
-        (S.DISABLED, AHEAD, AHEAD),  # an enable under way: the session ends with the others
-        (S.DISABLED, PASSED, PASSED),  # an enable a slow relay holds past its own cut
-        (S.DISABLED, LONG_PASSED, None),  # a stray: it would end every session at birth
-        (S.PENDING_CODE, LONG_PASSED, LONG_PASSED),  # the enable landed since the state was read
-    ],
-)
-async def test_a_password_session_is_capped_by_a_cut_its_enable_may_still_make(
-    db: Database, state: S, cut: datetime | None, cap: datetime | None
-) -> None:
-    account_id = await account_with_cut(db, state, cut)
-    async with db.write() as session:
-        assert await session_queries.session_cap(session, account_id, NOW, STRAYS_AFTER) == cap
-
-
-@pytest.mark.parametrize(
-    ("earlier", "in_force"),
-    [
-        (None, AHEAD + timedelta(seconds=3)),
-        (AHEAD, AHEAD),  # a try of this enable whose worker died: its cut stands
-        (PASSED, AHEAD + timedelta(seconds=3)),  # a stray: the user is not logged out at once
-    ],
-)
-async def test_an_enable_keeps_an_earlier_cut_only_while_it_is_ahead(
-    db: Database, earlier: datetime | None, in_force: datetime
-) -> None:
-    account_id = await account_with_cut(db, S.DISABLED, earlier)
-    at = AHEAD + timedelta(seconds=3)
-    async with db.write() as session:
-        assert await session_queries.limit_sessions(session, account_id, at, NOW) == in_force
+async def stored_cut(db: Database, account_id: str) -> tuple[datetime | None, str | None]:
     async with db.read() as session:
         account = await session.get(Account, account_id)
-    assert account is not None and account.auto_logout_at == in_force
+    assert account is not None
+    return account.auto_logout_at, account.auto_logout_run
+
+
+@pytest.mark.parametrize("cut", [None, AHEAD, PASSED])
+async def test_a_password_session_is_capped_by_any_cut_passed_or_not(
+    db: Database, cut: datetime | None
+) -> None:
+    account_id = await account_with_cut(db, S.DISABLED, cut, RUN)
+    async with db.write() as session:
+        assert await session_queries.session_cap(session, account_id) == cut
+
+
+@pytest.mark.parametrize(
+    ("state", "earlier", "made_by", "in_force"),
+    [
+        (S.DISABLED, None, None, LATER),
+        (S.DISABLED, AHEAD, RUN, AHEAD),  # a try of this enable whose worker died
+        (S.DISABLED, PASSED, RUN, PASSED),  # the same, run again after its cut
+        (S.PENDING_CODE, PASSED, RUN, PASSED),  # the same, after its state change
+        (S.DISABLED, AHEAD, OTHER_RUN, LATER),  # a stray: the user is not logged out early
+        (S.DISABLED, AHEAD, None, AHEAD),  # made before cuts named their run: 2FA still off
+        (S.PENDING_CODE, AHEAD, None, LATER),
+    ],
+)
+async def test_an_enable_keeps_an_earlier_cut_of_its_own_run(
+    db: Database, state: S, earlier: datetime | None, made_by: str | None, in_force: datetime
+) -> None:
+    account_id = await account_with_cut(db, state, earlier, made_by)
+    async with db.write() as session:
+        assert (
+            await session_queries.limit_sessions(session, account_id, LATER, NOW, RUN) == in_force
+        )
+    assert await stored_cut(db, account_id) == (in_force, RUN)
+
+
+@pytest.mark.parametrize(
+    ("state", "made_by", "forgotten"),
+    [
+        (S.DISABLED, RUN, True),  # the closed run's cut
+        (S.DISABLED, OTHER_RUN, False),  # another enable made a cut since
+        (S.PENDING_CODE, RUN, False),  # the enable landed: its cut stands
+    ],
+)
+async def test_a_cut_is_forgotten_only_as_its_closed_run_left_it(
+    db: Database, state: S, made_by: str, forgotten: bool
+) -> None:
+    account_id = await account_with_cut(db, state, PASSED, made_by)
+    async with db.write() as session:
+        assert await session_queries.forget_cut(session, account_id, RUN) is forgotten
+    assert await stored_cut(db, account_id) == ((None, None) if forgotten else (PASSED, made_by))

@@ -43,7 +43,6 @@ from twofa.config import Settings
 from twofa.store.db import Database
 from twofa.store.models import ActivationDraft, Device, SentMail, Session
 from twofa.workflows.messages import workflow_id
-from twofa.workflows.two_factor import ENABLE_OUTLIVES_ITS_CUT_AT_MOST
 
 
 async def _one_device_one_mail_per_code(
@@ -221,13 +220,15 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
     client: Client,
     tmp_path: Path,
 ) -> None:
-    """R3: the only worker is SIGKILLed inside the enable, after its session cut and while its
-    mail's first try waits at the relay. The next worker runs the enable again, later: it keeps
-    the cut already in force, so the answer's ``auto_logout_at`` is when the sessions end
-    (before, it answered its own later time, and the countdown outlived the session)."""
+    """R3, S9: the only worker is SIGKILLed inside the enable, after its session cut and while
+    its mail's first try waits at the relay, and no worker comes back before the cut has
+    passed. A password login meanwhile is capped at the cut all the same (the enable is under
+    way). The next worker runs the enable again, later: it keeps the cut its run made, so the
+    answer's ``auto_logout_at`` is when the sessions ended, and the caller's repeat, with the
+    session that cut ended, gets that answer (before: the repeat answered its own later time;
+    and once the cut had passed, a new one, with the repeat refused 401)."""
     queue = f"cut-{uuid.uuid4().hex[:8]}"
-    # the session outlives a 503 and its repeat, whose answer then comes from the store
-    api = await start_api(temporal_task_queue=queue, auto_logout_seconds=60)
+    api = await start_api(temporal_task_queue=queue)
     user = await api.registered_and_logged_in(new_user("cut"))
 
     async def enable() -> httpx.Response:
@@ -238,6 +239,10 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
     )
     try:
         first_cut = (await account_row(database, user.account_id)).auto_logout_at
+        assert first_cut is not None
+        await sleep_until(first_cut)
+        late = await api.login_ok(User(email=user.email, password=user.password))
+        assert parse_time(late["expires_at"]) == first_cut, late
         # the relay is gone: the next worker's first try fails at once and its step answers
         env = environment(base_settings, temporal_task_queue=queue, smtp_port=str(free_port()))
         async with started([TWOFA, "worker"], env, tmp_path / "second.log"):
@@ -245,6 +250,10 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
             if r.status_code == 503:  # the call's wait ran out: the repeat answers (S9)
                 r = await enable()
             assert r.status_code == 202, r.text
+            assert parse_time(r.json()["auto_logout_at"]) == first_cut
+            r = await enable()  # a repeat, with the session that enable's cut ended
+            assert r.status_code == 202, r.text
+            assert parse_time(r.json()["auto_logout_at"]) == first_cut
     finally:
         enabling.cancel()
     # the second worker ran the enable afresh, later: the killed try's task timed out first
@@ -254,13 +263,12 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
     assert kinds.index(EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT) < kinds.index(
         EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
     )
-    assert parse_time(r.json()["auto_logout_at"]) == first_cut
     assert (await account_row(database, user.account_id)).auto_logout_at == first_cut
     async with database.read() as db:
-        [session] = (
+        sessions = (
             await db.scalars(select(Session).where(Session.account_id == user.account_id))
         ).all()
-    assert session.expires_at == first_cut
+    assert [session.expires_at for session in sessions] == [first_cut, first_cut]
 
 
 async def test_an_enable_an_operator_terminated_after_its_cut_strands_no_one(
@@ -271,19 +279,22 @@ async def test_an_enable_an_operator_terminated_after_its_cut_strands_no_one(
     tmp_path: Path,
 ) -> None:
     """The only worker dies inside the enable, after its session cut, and an operator then
-    terminates the run: the store says 2FA is off, but keeps the cut. For as long as an enable
-    could still be under way after its cut, a password login is capped at it (R3, as for an
-    enable a slow relay holds); after that, the password logs in to a session that works
-    (before: every session ended at birth, and no disable mended it), and enabling 2FA again
+    terminates the run: the store says 2FA is off, but keeps the cut. The next password login
+    finds the cut's run closed and forgets the cut: its session works (before: capped at the
+    passed cut, every session ended at birth, and no disable mended it). Enabling 2FA again
     plans its own auto-logout (before: it took the stray cut over and logged the user out at
     once)."""
     queue = f"stray-cut-{uuid.uuid4().hex[:8]}"
-    api = await start_api(temporal_task_queue=queue)
+    # the enable's call waits past the terminate: its 503 is the closed run's, not a timeout's
+    api = await start_api(temporal_task_queue=queue, workflow_call_timeout_seconds=120)
     user = await api.registered_and_logged_in(new_user("stray-cut"))
     enabling = await _killed_inside_the_enable(
         api, user, queue, base_settings, database, client, tmp_path
     )
     try:
+        stray = await account_row(database, user.account_id)
+        assert stray.auto_logout_at is not None
+        await sleep_until(stray.auto_logout_at)
         await client.get_workflow_handle(workflow_id(user.account_id)).terminate(
             "an operator's mistake"
         )
@@ -292,19 +303,14 @@ async def test_an_enable_an_operator_terminated_after_its_cut_strands_no_one(
         assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable", r.text
     finally:
         enabling.cancel()
-    stray = await account_row(database, user.account_id)
-    assert stray.two_factor_state == "disabled" and stray.auto_logout_at is not None
-    await sleep_until(stray.auto_logout_at)
-    body = await api.login_ok(user)
-    assert body["outcome"] == "authenticated", body
-    assert parse_time(body["expires_at"]) == stray.auto_logout_at, body
+    assert (await account_row(database, user.account_id)).two_factor_state == "disabled"
 
-    await sleep_until(stray.auto_logout_at + ENABLE_OUTLIVES_ITS_CUT_AT_MOST)
     body = await api.login_ok(user)  # its new session token goes to the user
     assert body["outcome"] == "authenticated", body
     assert parse_time(body["expires_at"]) > datetime.now(UTC), body
     r = await api.call("GET", "/v1/session", user)
     assert r.status_code == 200, r.text
+    assert (await account_row(database, user.account_id)).auto_logout_at is None
 
     env = environment(base_settings, temporal_task_queue=queue)
     async with started([TWOFA, "worker"], env, tmp_path / "next.log"):

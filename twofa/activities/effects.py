@@ -134,10 +134,11 @@ class Effects:
     @activity.defn
     async def limit_sessions(self, cut: SessionCut) -> datetime | None:
         """Sessions end at the cut exactly, even if the timer that follows fires late (R3);
-        returns the cut in force (``None`` in histories from before it did)."""
+        returns the cut in force (``None`` in histories from before it did). The cut names the
+        run making it: a try of the same enable run again finds it as its own."""
         async with self.db.write() as db:
             return await session_queries.limit_sessions(
-                db, cut.account_id, cut.at, cut.opened_before
+                db, cut.account_id, cut.at, cut.opened_before, activity.info().workflow_run_id
             )
 
     @activity.defn

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import RPCTimeoutOrCancelledError, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from twofa import audit, errors
 from twofa.crypto import new_token
@@ -34,10 +36,13 @@ from twofa.store.models import Account, Device, LoginChallenge
 from twofa.views import AccountView, LoginView
 from twofa.vocabulary import Outcome, Step
 from twofa.vocabulary import TwoFactorState as S
-from twofa.workflows.messages import NewCodeRequest
-from twofa.workflows.two_factor import ENABLE_OUTLIVES_ITS_CUT_AT_MOST, TwoFactorWorkflow
+from twofa.workflows.messages import NewCodeRequest, workflow_id
+from twofa.workflows.two_factor import TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
+RUNNING = WorkflowExecutionStatus.RUNNING
+#: How long a login waits for Temporal on the rare path that asks it (a passed session cut).
+_ASKED_AT_LOGIN = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -210,12 +215,12 @@ class Accounts(ServiceCore):
         """The login after the right password (``passed``: the failure counter to clear)."""
         state = state_of(account, now)
         if state is S.DISABLED:
+            if account.auto_logout_at is not None and account.auto_logout_at <= now:
+                await self._forget_stray_cut(account)
             token, session = self._new_session(account.id, None, now)
             async with self._login_write(passed) as db:
-                cap = await session_queries.session_cap(
-                    db, account.id, now, ENABLE_OUTLIVES_ITS_CUT_AT_MOST
-                )
-                if cap is not None:  # an enable began since the state was read (R3)
+                cap = await session_queries.session_cap(db, account.id)
+                if cap is not None:  # an enable is under way, or began since the state was read
                     session.expires_at = min(session.expires_at, cap)
                 await session_queries.add_session(db, session)
                 await audit.append(
@@ -260,6 +265,29 @@ class Accounts(ServiceCore):
         return LoginView(
             outcome=Outcome.PIN_REQUIRED, login_id=login_id, seal=self._seal_of(account)
         )
+
+    async def _forget_stray_cut(self, account: Account) -> None:
+        """A passed session cut on an account whose 2FA is still off: an enable under way past
+        it (a slow relay, a worker away), whose sessions must still end there (R3), or the cut
+        of a run that closed before its state change (an operator terminated it), which would
+        end every session at birth and which no disable clears. Temporal tells them apart; only
+        this rare path asks it."""
+        run = self.client.get_workflow_handle(
+            workflow_id(account.id), run_id=account.auto_logout_run
+        )
+        try:
+            if (await run.describe(rpc_timeout=_ASKED_AT_LOGIN)).status == RUNNING:
+                return
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:  # unknown: the cut stands (R3)
+                log.warning("the cut of account %s stands: Temporal did not answer", account.id)
+                return
+        except (TimeoutError, RPCTimeoutOrCancelledError):
+            log.warning("the cut of account %s stands: Temporal did not answer", account.id)
+            return
+        async with self.db.write() as db:
+            if await session_queries.forget_cut(db, account.id, account.auto_logout_run):
+                log.info("account %s: a session cut its closed run left behind cleared", account.id)
 
     @asynccontextmanager
     async def _login_write(self, passed: str) -> AsyncIterator[AsyncSession]:

@@ -72,6 +72,8 @@ class Account(Base):
         default=TwoFactorState.DISABLED,
     )
     auto_logout_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The workflow run whose enable made that cut (migration 0013; None for older cuts).
+    auto_logout_run: Mapped[str | None] = mapped_column(String(64))
     code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     code_usable: Mapped[bool] = mapped_column(default=False)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, or_, select, update
@@ -83,30 +83,39 @@ def _before_two_factor(account_id: str, opened_before: datetime) -> Any:
 
 
 async def limit_sessions(
-    db: AsyncSession, account_id: str, at: datetime, opened_before: datetime
+    db: AsyncSession, account_id: str, at: datetime, opened_before: datetime, run: str | None
 ) -> datetime:
     """Every session 2FA did not open ends at ``at``; password-only logins from now on too.
-    Returns the cut in force: an earlier one still ahead, written while 2FA is still off, is
-    this enable's own, made by a try whose worker died before the workflow heard of it; the
-    sessions it capped end then, and so it stands (R3). One already passed is not kept: its
-    sessions are over, and it may be a stray, left by a run an operator terminated mid-enable,
-    which would log the user out at once.
+    ``run``: the workflow run of the enable making the cut, kept beside it.
+
+    Returns the cut in force: an earlier one of the same run is this enable's own, made by a try
+    whose worker died before the workflow heard of it, however late this try comes; the sessions
+    it capped end then, and so it stands (R3). A cut made before cuts named their run counts as
+    this enable's own if 2FA is still off.
 
     The account row is locked first: on PostgreSQL its lock orders this cut against a racing
     login's ``session_cap``, which then sees the cut (SQLite writers are serial anyway).
     """
     row = (
         await db.execute(
-            select(Account.auto_logout_at, Account.two_factor_state)
+            select(Account.auto_logout_at, Account.auto_logout_run, Account.two_factor_state)
             .where(Account.id == account_id)
             .with_for_update(key_share=True)  # as the UPDATE below: rows referring to it go on
         )
     ).first()
-    if row is not None and row.two_factor_state == TwoFactorState.DISABLED:
-        earlier = row.auto_logout_at
-        if earlier is not None and opened_before < earlier < at:
-            at = earlier
-    await db.execute(update(Account).where(Account.id == account_id).values(auto_logout_at=at))
+    if row is not None and row.auto_logout_at is not None and row.auto_logout_at < at:
+        own = (
+            row.auto_logout_run == run
+            if row.auto_logout_run is not None
+            else row.two_factor_state == TwoFactorState.DISABLED
+        )
+        if own:
+            at = row.auto_logout_at
+    await db.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(auto_logout_at=at, auto_logout_run=run)
+    )
     await db.execute(
         update(Session)
         .where(_before_two_factor(account_id, opened_before), Session.expires_at > at)
@@ -115,29 +124,31 @@ async def limit_sessions(
     return at
 
 
-async def session_cap(
-    db: AsyncSession, account_id: str, now: datetime, strays_after: timedelta
-) -> datetime | None:
+async def session_cap(db: AsyncSession, account_id: str) -> datetime | None:
     """When a password-only session opened now must end: the auto-logout of a racing enable,
-    passed or not (R3: an enable held by a slow relay past its own cut still logs out every
-    session).
+    passed or not (an enable a slow relay holds past its cut still logs every session out)."""
+    return await db.scalar(
+        select(Account.auto_logout_at).where(Account.id == account_id).with_for_update()
+    )
 
-    While the store still says 2FA is off, a cut passed more than ``strays_after`` ago (longer
-    than an enable can be under way after it) caps nothing: a run an operator terminated
-    mid-enable left it, and it would end every later session at birth, which no disable mends.
-    """
-    row = (
-        await db.execute(
-            select(Account.auto_logout_at, Account.two_factor_state)
-            .where(Account.id == account_id)
-            .with_for_update()
+
+async def forget_cut(db: AsyncSession, account_id: str, run: str | None) -> bool:
+    """Clears the cut ``run`` made on an account whose 2FA is still off: that run closed before
+    its state change (an operator terminated it), and the cut would end every later session at
+    birth. Unless another enable has made a cut since."""
+    column = Account.auto_logout_run
+    made_by = column == run if run is not None else column.is_(None)
+    result = await db.execute(
+        update(Account)
+        .where(
+            Account.id == account_id,
+            Account.two_factor_state == TwoFactorState.DISABLED,
+            Account.auto_logout_at.is_not(None),
+            made_by,
         )
-    ).first()
-    if row is None or row.auto_logout_at is None:
-        return None
-    if row.two_factor_state == TwoFactorState.DISABLED and row.auto_logout_at + strays_after < now:
-        return None
-    return row.auto_logout_at
+        .values(auto_logout_at=None, auto_logout_run=None)
+    )
+    return bool(rows_changed(result))
 
 
 async def end_sessions(

@@ -15,7 +15,6 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from twofa.activities.effects import Effects
     from twofa.workflows.effect_calls import (
-        EFFECT_TIMEOUT,
         first_mail_try,
         is_permanent,
         mail_code,
@@ -61,10 +60,6 @@ STATE_KEY = SearchAttributeKey.for_keyword(STATE_SEARCH_ATTRIBUTE)
 #: activities), so this bounds a step's stall after a worker SIGKILL; the SDK heartbeats a task
 #: whose local activity runs longer, so a slow database does not hit it.
 TASK_TIMEOUT = timedelta(seconds=4)
-#: How long after its session cut an enable may still be under way: its mail's first try takes
-#: an effect's timeout at most, and a try of it run again keeps only a cut still ahead. An older
-#: cut on an account the store says has 2FA off is a stray (``session_queries.session_cap``).
-ENABLE_OUTLIVES_ITS_CUT_AT_MOST = EFFECT_TIMEOUT + TASK_TIMEOUT
 
 ENABLED = (S.PENDING_CODE, S.PENDING_ACTIVATION, S.ACTIVE, S.LOCKED)
 EXPECTING_CODE = (S.PENDING_CODE, S.ACTIVE)
