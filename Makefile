@@ -59,7 +59,7 @@ lint: $(STAMP)
 # Benchmarks against the engine floor (README "Benchmarks"; not part of `make test`, ~17 min).
 # Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" or "--only journey --profile".
 .PHONY: bench
-bench: $(STAMP) system-packages  # PostgreSQL for the login and listing; psutil, py-spy: the test extra
+bench: $(STAMP)  # the test extra pulls in the bench extra (psutil, py-spy)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Record the workflow histories of a release (run on the release's commit; see tests/workflows/record_histories.py).

@@ -33,7 +33,8 @@ class Sizes:
     journey_levels: tuple[tuple[int, int], ...] = ((1, 20), (20, 200), (100, 300))
     journey_ratio_concurrency: int = 20
     login_levels: tuple[tuple[int, int], ...] = ((1, 40), (8, 160), (32, 320))
-    #: after the stack's own database, a durable throwaway PostgreSQL server where installed
+    #: the stack's own database (sqlite, unless TWOFA_DATABASE_URL), then a durable throwaway
+    #: PostgreSQL server where Debian's packages are installed
     login_backends: str = "sqlite,postgresql"
     argon2_samples_c1: int = 40
     auto_logout_enrollments: int = 500

@@ -80,8 +80,10 @@ async def history_lengths(ctx: Context, users: list[BenchUser]) -> dict[str, int
 async def login_bench(ctx: Context) -> None:
     stack = ctx.stack.settings
     backend = "PostgreSQL" if stack.database_url else "SQLite"
-    await _login_on(ctx, backend, stack, ctx.api, "api")
-    if "postgresql" not in ctx.sizes.login_backends.split(",") or backend == "PostgreSQL":
+    chosen = ctx.sizes.login_backends.split(",")
+    if backend.lower() in chosen:
+        await _login_on(ctx, backend, stack, ctx.api, "api")
+    if "postgresql" not in chosen or backend == "PostgreSQL":
         return
     from tests.support.postgres import throwaway_server  # the tests' server, durable here
 
@@ -176,7 +178,8 @@ async def _login_on(
     if ctx.profile:  # a pass of its own: py-spy's CPU stays out of the measured levels
         count = 200
         ctx.note(f"login: {count} more logins at c=1 under py-spy")
-        spy = PySpy(ctx.stack.parts[api_part].process.pid, ctx.stack.data_dir / "api-login.prof")
+        profile = ctx.stack.data_dir / f"api-login-{backend.lower()}.prof"
+        spy = PySpy(ctx.stack.parts[api_part].process.pid, profile)
         spy.start()
         await run_pool(count, 1, lambda i: pin_login(api, users[i % len(users)]))
         profiles = profile_tables(

@@ -1,4 +1,4 @@
-"""The benchmark suite runs end to end and prints its tables (smoke sizes, well under a minute).
+"""The benchmark suite runs end to end and prints its tables (smoke sizes, a minute or two).
 
 ``make bench`` runs the real sizes; this only guards ``python -m bench`` against rot: a private
 stack starts on free ports, the engine floor, the journey at concurrency 1, five logins on SQLite
