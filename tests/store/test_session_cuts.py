@@ -17,10 +17,11 @@ import pytest
 from twofa import audit
 from twofa.config import Settings
 from twofa.crypto import Keyring
-from twofa.store import session_queries
+from twofa.store import account_queries, session_queries
 from twofa.store.db import Database, migrate
 from twofa.store.models import Account
 from twofa.vocabulary import TwoFactorState as S
+from twofa.workflows.messages import Projection
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 AHEAD, PASSED = NOW + timedelta(seconds=5), NOW - timedelta(seconds=5)
@@ -103,3 +104,16 @@ async def test_a_cut_is_forgotten_only_as_its_closed_run_left_it(
     async with db.write() as session:
         assert await session_queries.forget_cut(session, account_id, RUN) is forgotten
     assert await stored_cut(db, account_id) == ((None, None) if forgotten else (PASSED, made_by))
+
+
+@pytest.mark.parametrize(("state", "cut"), [(S.PENDING_CODE, AHEAD), (S.DISABLED, None)])
+async def test_a_projection_keeps_the_cut_and_its_run_together(
+    db: Database, state: S, cut: datetime | None
+) -> None:
+    """A disable's projection drops the cut, and its run with it: a run id left behind would
+    be paired with a cut an older release writes without one."""
+    account_id = await account_with_cut(db, S.PENDING_CODE, AHEAD, RUN)
+    projection = Projection(account_id=account_id, state=state, version=1, auto_logout_at=cut)
+    async with db.write() as session:
+        assert await account_queries.save_projection(session, projection, NOW)
+    assert await stored_cut(db, account_id) == ((cut, RUN) if cut else (None, None))

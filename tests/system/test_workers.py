@@ -223,10 +223,11 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
     """R3, S9: the only worker is SIGKILLed inside the enable, after its session cut and while
     its mail's first try waits at the relay, and no worker comes back before the cut has
     passed. A password login meanwhile is capped at the cut all the same (the enable is under
-    way). The next worker runs the enable again, later: it keeps the cut its run made, so the
-    answer's ``auto_logout_at`` is when the sessions ended, and the caller's repeat, with the
-    session that cut ended, gets that answer (before: the repeat answered its own later time;
-    and once the cut had passed, a new one, with the repeat refused 401)."""
+    way), and the caller's repeat with the session the cut ended gets 503 (the outcome is not
+    known yet). The next worker runs the enable again, later: it keeps the cut its run made, so
+    the answer's ``auto_logout_at`` is when the sessions ended, and the repeat gets that answer
+    (before: the re-run answered its own later time; once the cut had passed, a new one; and
+    the repeat was refused 401 until the enable landed)."""
     queue = f"cut-{uuid.uuid4().hex[:8]}"
     api = await start_api(temporal_task_queue=queue)
     user = await api.registered_and_logged_in(new_user("cut"))
@@ -243,6 +244,11 @@ async def test_a_worker_killed_inside_the_enable_answers_the_cut_its_try_made(
         await sleep_until(first_cut)
         late = await api.login_ok(User(email=user.email, password=user.password))
         assert parse_time(late["expires_at"]) == first_cut, late
+        # the caller's repeat with the session the cut ended: the enable's outcome is not known
+        # yet, and a session the enable cut may still ask it (S9; before: 401 session_ended)
+        impatient = await start_api(temporal_task_queue=queue, workflow_call_timeout_seconds=1)
+        r = await impatient.call("PUT", "/v1/account/two-factor", user, json={"enabled": True})
+        assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable", r.text
         # the relay is gone: the next worker's first try fails at once and its step answers
         env = environment(base_settings, temporal_task_queue=queue, smtp_port=str(free_port()))
         async with started([TWOFA, "worker"], env, tmp_path / "second.log"):

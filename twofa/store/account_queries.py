@@ -81,12 +81,15 @@ async def email_taken(db: AsyncSession, email: str, *, except_account: str | Non
 
 
 async def save_projection(db: AsyncSession, projection: Projection, now: datetime) -> bool:
-    """Apply a workflow's state unless a newer one is there already (retries arrive late)."""
+    """Apply a workflow's state unless a newer one is there already (retries arrive late).
+    A cut the projection drops (a disable) goes with the run that made it."""
+    dropped = {"auto_logout_run": None} if projection.auto_logout_at is None else {}
     result = await db.execute(
         update(Account)
         .where(Account.id == projection.account_id)
         .where(Account.projection_version < projection.version)
         .values(
+            **dropped,
             two_factor_state=projection.state.value,
             auto_logout_at=projection.auto_logout_at,
             code_expires_at=projection.code_expires_at,

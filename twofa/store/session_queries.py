@@ -52,7 +52,8 @@ async def session_cut_by_enable(
     """A session the account's current enrollment ended at its auto-logout, with its account.
 
     Its expiry was capped to exactly this enrollment's ``auto_logout_at`` (``limit_sessions``),
-    and nothing but the auto-logout ended it.
+    and nothing but the auto-logout ended it; the enable may still be under way (the store then
+    says 2FA is off, and the cut is there all the same: a disable clears it).
     """
     row = (
         await db.execute(
@@ -60,7 +61,6 @@ async def session_cut_by_enable(
             .join(Account, Account.id == Session.account_id)
             .where(
                 digest_is(Session.token_digest, token_digest),
-                Account.two_factor_state != TwoFactorState.DISABLED,
                 Session.expires_at == Account.auto_logout_at,
                 or_(Session.ended_at.is_(None), Session.end_reason == "auto_logout"),
             )
