@@ -90,19 +90,21 @@ async def test_an_enable_keeps_an_earlier_cut_of_its_own_run(
 
 
 @pytest.mark.parametrize(
-    ("state", "made_by", "forgotten"),
+    ("state", "made_by", "seen", "forgotten"),
     [
-        (S.DISABLED, RUN, True),  # the closed run's cut
-        (S.DISABLED, OTHER_RUN, False),  # another enable made a cut since
-        (S.PENDING_CODE, RUN, False),  # the enable landed: its cut stands
+        (S.DISABLED, RUN, RUN, True),  # the closed run's cut
+        (S.DISABLED, None, None, True),  # the same, made before cuts named their run
+        (S.DISABLED, OTHER_RUN, RUN, False),  # another enable made a cut since
+        (S.DISABLED, RUN, None, False),  # the same, the login having read an older cut
+        (S.PENDING_CODE, RUN, RUN, False),  # the enable landed: its cut stands
     ],
 )
 async def test_a_cut_is_forgotten_only_as_its_closed_run_left_it(
-    db: Database, state: S, made_by: str, forgotten: bool
+    db: Database, state: S, made_by: str | None, seen: str | None, forgotten: bool
 ) -> None:
     account_id = await account_with_cut(db, state, PASSED, made_by)
     async with db.write() as session:
-        assert await session_queries.forget_cut(session, account_id, RUN) is forgotten
+        assert await session_queries.forget_cut(session, account_id, seen) is forgotten
     assert await stored_cut(db, account_id) == ((None, None) if forgotten else (PASSED, made_by))
 
 
