@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.conftest import BACKEND
-from twofa.store.db import sync_url
+from twofa import audit
+from twofa.config import Settings
+from twofa.crypto import Keyring
+from twofa.store.db import Database, migrate, sync_url
 
 
 @pytest.fixture
@@ -30,3 +33,12 @@ def fresh_url(database_url: str, tmp_path: Path) -> Iterator[str]:
             connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture
+async def db(fresh_url: str, base_settings: Settings) -> AsyncIterator[Database]:
+    """A migrated database of the test's own, writing audit records as the service does."""
+    migrate(fresh_url)
+    database = Database(fresh_url, audit=audit.chain_for(base_settings, Keyring.of(base_settings)))
+    yield database
+    await database.dispose()

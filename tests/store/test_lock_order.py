@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import BACKEND
-from twofa import audit
-from twofa.config import Settings
-from twofa.crypto import Keyring
 from twofa.store import account_queries, device_queries, login_queries
-from twofa.store.db import Database, migrate
+from twofa.store.db import Database
 from twofa.store.models import Account, Device, LoginChallenge
 from twofa.vocabulary import Step
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgresql", reason="PostgreSQL's row locks")
-
-
-@pytest.fixture
-async def db(fresh_url: str, base_settings: Settings) -> AsyncIterator[Database]:
-    migrate(fresh_url)
-    database = Database(fresh_url, audit=audit.chain_for(base_settings, Keyring.of(base_settings)))
-    yield database
-    await database.dispose()
 
 
 async def waiting_for_a_lock(db: Database) -> bool:

@@ -9,16 +9,12 @@ enable has made one since.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from twofa import audit
-from twofa.config import Settings
-from twofa.crypto import Keyring
 from twofa.store import account_queries, session_queries
-from twofa.store.db import Database, migrate
+from twofa.store.db import Database
 from twofa.store.models import Account
 from twofa.vocabulary import TwoFactorState as S
 from twofa.workflows.messages import Projection
@@ -27,14 +23,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 AHEAD, PASSED = NOW + timedelta(seconds=5), NOW - timedelta(seconds=5)
 LATER = AHEAD + timedelta(seconds=3)  # the cut a try made now would make
 RUN, OTHER_RUN = "run-of-this-enable", "run-of-another-enable"
-
-
-@pytest.fixture
-async def db(fresh_url: str, base_settings: Settings) -> AsyncIterator[Database]:
-    migrate(fresh_url)
-    database = Database(fresh_url, audit=audit.chain_for(base_settings, Keyring.of(base_settings)))
-    yield database
-    await database.dispose()
 
 
 async def account_with_cut(db: Database, state: S, cut: datetime | None, run: str | None) -> str:
