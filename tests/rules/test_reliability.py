@@ -18,7 +18,7 @@ import gc
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,19 @@ from tests.support.journey import (
 from tests.support.processes import free_port
 from tests.support.relay import silent_server
 from twofa.config import Settings
+from twofa.crypto import Keyring
 from twofa.devstack import start_smtp_sink
+from twofa.errors import ServiceError
 from twofa.notifications import BROWSER_ENROLLED
 from twofa.store.db import Database, did_not_answer, migrate
-from twofa.store.models import ActivationDraft, Notification, SentMail, Session
+from twofa.store.models import (
+    Account,
+    ActivationDraft,
+    LoginThrottle,
+    Notification,
+    SentMail,
+    Session,
+)
 from twofa.temporal import build_worker
 from twofa.web.security import SESSION_COOKIE
 from twofa.wiring import Services
@@ -649,6 +658,35 @@ async def test_disable_works_after_the_workflow_was_terminated(
     assert (await progress(client, user.account_id))["state"] == "pending_code"
 
     await state_in_store(database, user.account_id, "pending_code")  # the new run's projection
+
+
+async def test_a_login_temporal_cannot_tell_about_a_passed_cut_answers_503(
+    api: Api, base_settings: Settings, database: Database
+) -> None:
+    """A password login finds a passed session cut on an account still without 2FA, and
+    Temporal does not say whether an enable is under way (it holds the connection and never
+    answers): 503, which the caller repeats, rather than a session ended at birth or one that
+    outlives an enable (R3). The right password's count is cleared first, so the repeats add
+    up to no block (S2); the cut stays."""
+    user = await api.registered_and_logged_in(new_user("cut-unanswered"))
+    async with database.write() as db:
+        account = await db.get(Account, user.account_id)
+        assert account is not None
+        account.auto_logout_at = datetime.now(UTC) - timedelta(seconds=1)
+        account.auto_logout_run = "a-run-nobody-can-ask-about"
+    key = Keyring.of(base_settings).digests("login-throttle", user.email)[0]
+    async with silent_server(close_at_once=False) as temporal:
+        unanswering = await Client.connect(f"127.0.0.1:{temporal.port}", lazy=True)
+        users = Services.on(base_settings, database, unanswering).users
+        with pytest.raises(ServiceError) as refused:
+            await users.login(user.email, user.password, None)
+        temporal.hang_up()
+    assert refused.value.status == 503, refused.value.body()
+    async with database.read() as db:
+        throttle = await db.get(LoginThrottle, key)
+        account = await db.get(Account, user.account_id)
+    assert throttle is None, throttle.failures  # the attempt counted, then cleared
+    assert account is not None and account.auto_logout_at is not None
 
 
 async def test_right_pin_at_the_end_of_a_lock_is_locked_or_opens_a_session(
