@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from importlib import metadata
 from typing import Any
@@ -98,6 +100,22 @@ class Context:
 
     def note(self, text: str) -> None:
         self.printer.note(text)
+
+    @contextlib.contextmanager
+    def throwaway_postgresql(self, bench: str, *, durable: bool = False) -> Iterator[str | None]:
+        """A throwaway PostgreSQL server (the tests' flags; ``durable``: its default fsync and
+        commits) where Debian's packages are installed; None, and a note, where not."""
+        from tests.support.postgres import throwaway_server
+
+        with contextlib.ExitStack() as servers:
+            try:
+                url = servers.enter_context(
+                    throwaway_server(f"twofa-bench-{bench}-", durable=durable)
+                )
+            except FileNotFoundError as missing:
+                self.note(f"{bench}: PostgreSQL skipped ({missing})")
+                url = None
+            yield url
 
     async def settle(self, seconds: float | None = None) -> None:
         """Let the timers of the previous phase fire (auto-logout) before measuring again."""

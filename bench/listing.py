@@ -80,12 +80,8 @@ def _databases(ctx: Context) -> Iterator[list[tuple[str, str]]]:
     found = [("SQLite", f"sqlite:///{ctx.stack.data_dir / 'listing.db'}")] * ("sqlite" in chosen)
     with contextlib.ExitStack() as stack:
         if "postgresql" in chosen:
-            from tests.support.postgres import throwaway_server  # the tests' server flags
-
-            try:
-                found.append(("PostgreSQL", stack.enter_context(throwaway_server("twofa-bench-"))))
-            except FileNotFoundError as missing:
-                ctx.note(f"listing: PostgreSQL skipped ({missing})")
+            url = stack.enter_context(ctx.throwaway_postgresql("listing"))
+            found += [("PostgreSQL", url)] if url else []
         yield found
 
 

@@ -11,7 +11,6 @@ durability (where Debian's packages are installed), through an API and a worker 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,13 +84,8 @@ async def login_bench(ctx: Context) -> None:
         await _login_on(ctx, backend, stack, ctx.api, "api")
     if "postgresql" not in chosen or backend == "PostgreSQL":
         return
-    from tests.support.postgres import throwaway_server  # the tests' server, durable here
-
-    with contextlib.ExitStack() as servers:
-        try:
-            url = servers.enter_context(throwaway_server("twofa-bench-login-", durable=True))
-        except FileNotFoundError as missing:
-            ctx.note(f"login: PostgreSQL skipped ({missing})")
+    with ctx.throwaway_postgresql("login", durable=True) as url:
+        if url is None:
             return
         ctx.note("login: an API and a worker on a throwaway PostgreSQL server")
         settings = await ctx.stack.start_beside("PostgreSQL", url)

@@ -120,20 +120,27 @@ class Stack:
         self._spawn("smtp sink", [str(BIN / "twofa"), "smtp-sink"], env)
         await asyncio.to_thread(migrate, settings.resolved_database_url)
         self.client = client = await connect(settings)
-        self._spawn("worker", [str(BIN / "twofa"), "worker"], env)
         self._spawn(
             "floor worker",
             [sys.executable, "-m", "bench.floor_worker", settings.resolved_temporal_address],
             env,
         )
-        self._spawn("api", [str(BIN / "twofa"), "api"], env)
-        for name, queue in (
-            ("worker", settings.temporal_task_queue),
-            ("floor worker", FLOOR_TASK_QUEUE),
-        ):
-            await worker_polls(client, queue, self.parts[name].process, self.parts[name].log)
-        await wait_for_http(f"{self.api_url}/healthz", alive=self._check_alive)
+        await self._start_app(settings, "worker", "api")
+        floor = self.parts["floor worker"]
+        await worker_polls(client, FLOOR_TASK_QUEUE, floor.process, floor.log)
         return client
+
+    async def _start_app(self, settings: Settings, worker_name: str, api_name: str) -> None:
+        """``twofa worker`` and ``twofa api`` on ``settings``, until the worker polls its queue
+        and the API answers."""
+        env = settings.environment()
+        self._spawn(worker_name, [str(BIN / "twofa"), "worker"], env)
+        self._spawn(api_name, [str(BIN / "twofa"), "api"], env)
+        assert self.client is not None
+        worker = self.parts[worker_name]
+        await worker_polls(self.client, settings.temporal_task_queue, worker.process, worker.log)
+        url = f"http://127.0.0.1:{settings.api_port}/healthz"
+        await wait_for_http(url, alive=self._check_alive)
 
     async def start_beside(self, label: str, database_url: str) -> Settings:
         """An API and a worker of their own on another database, beside this stack's (the same
@@ -146,15 +153,8 @@ class Stack:
                 "temporal_task_queue": f"{self.settings.temporal_task_queue}-{label.lower()}",
             }
         )
-        env = settings.environment()
         await asyncio.to_thread(migrate, database_url)
-        self._spawn(f"worker ({label})", [str(BIN / "twofa"), "worker"], env)
-        self._spawn(f"api ({label})", [str(BIN / "twofa"), "api"], env)
-        assert self.client is not None
-        worker = self.parts[f"worker ({label})"]
-        await worker_polls(self.client, settings.temporal_task_queue, worker.process, worker.log)
-        url = f"http://127.0.0.1:{settings.api_port}/healthz"
-        await wait_for_http(url, alive=self._check_alive)
+        await self._start_app(settings, f"worker ({label})", f"api ({label})")
         return settings
 
     async def stop_beside(self, label: str) -> None:
