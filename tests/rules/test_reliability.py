@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import socket
 import uuid
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from tests.support.journey import (
     User,
     account_row,
     at_activation_step,
+    audit_trail,
     count,
     device_rows,
     eventually,
@@ -370,6 +372,39 @@ async def test_pin_step_repeated_after_a_lost_answer_gets_that_session(
     assert (await api.call("DELETE", "/v1/session", user)).status_code == 204
     ended = await api.pin(login["login_id"], user.pin)
     assert (ended.status_code, ended.json()["error"]) == (404, "login_not_found"), ended.text
+
+
+async def test_no_pin_is_checked_while_a_wrong_one_goes_uncounted(
+    held: HeldQueue, database: Database, client: Client
+) -> None:
+    """S2 while Temporal cannot count: a wrong PIN whose count no worker confirms answers 503,
+    and every PIN after it, the right one too and on another login, gets 503 unchecked until
+    the workflow has counted it, once: no outage hands out uncounted guesses. The password step
+    needs no Temporal, so an attacker holding the password and a stolen browser could
+    otherwise try PINs without end (each wrong one a 503, the right one a session)."""
+    api, user = held.api, new_user("s2-uncounted")
+    async with held.worker():
+        await api.activated(user)
+    login = await held.impatient.login_ok(user)
+    assert login["outcome"] == "pin_required", login
+    unavailable(await held.impatient.pin(login["login_id"], "13572468"))
+    another = await held.impatient.login_ok(user)
+    for login_id in (login["login_id"], login["login_id"], another["login_id"]):
+        unavailable(await held.impatient.pin(login_id, user.pin))
+    account = await account_row(database, user.account_id)
+    assert account.pin_failure_unrecorded is not None and account.pin_failures == 0
+    async with held.worker():
+        # the uncounted one counts first, once however often it was sent, then this one
+        r = await api.pin(login["login_id"], "24681357")
+        assert r.status_code == 400 and r.json()["attempts_left"] == 3, r.text
+        assert (await progress(client, user.account_id))["pin_failures"] == 2
+        r = await api.pin(another["login_id"], user.pin)
+        assert r.status_code == 200, r.text
+        assert (await progress(client, user.account_id))["pin_failures"] == 0
+    trail = await audit_trail(database, user.account_id)
+    rejected = [a for a in trail if a.event == "pin_rejected"]
+    assert [json.loads(a.details)["attempts_left"] for a in rejected] == [4, 3], rejected
+    assert (await account_row(database, user.account_id)).pin_failure_unrecorded is None
 
 
 async def test_browser_enrollment_pin_repeated_hands_the_same_trusted_browser(

@@ -72,9 +72,11 @@ async def lock_by_wrong_pins(api: Api, user: User) -> dict[str, Any]:
     body: dict[str, Any] = r.json()
     assert body["error"] == "locked"
     assert "locked_until" in body
-    # S2: a lock ends the login in progress, even for the right PIN.
-    r = await api.pin(login["login_id"], user.pin)
-    assert r.status_code in (404, 423), r.text
+    # S2: a lock ends the login in progress, even for the right PIN; the login answers the
+    # lock while it lasts, as the fifth did (S9: a repeat of it after a lost answer learns it).
+    for pin in (user.pin, WRONG_PIN):
+        r = await api.pin(login["login_id"], pin)
+        assert r.status_code == 423 and r.json() == body, r.text
     return body
 
 
@@ -273,7 +275,7 @@ async def test_s2_pin_lock_ends_logins_and_expires(
     locked_until = parse_time(body["locked_until"])
     assert 0 < (locked_until - datetime.now(UTC)).total_seconds() <= 3
     r = await api.pin(bystander["login_id"], user.pin)
-    assert r.status_code in (404, 423), r.text
+    assert r.status_code == 423 and r.json() == body, r.text
     login = await api.login_ok(user)
     assert login["outcome"] == "locked", login
     assert parse_time(login["locked_until"]) == locked_until
@@ -286,6 +288,21 @@ async def test_s2_pin_lock_ends_logins_and_expires(
     await api.pin_login(user)
     r = await api.call("GET", "/v1/session", user)
     assert r.status_code == 200, r.text
+
+
+async def test_s2_lock_ends_a_browser_enrollment_at_its_code(api: Api) -> None:
+    """A second browser's enrollment at its code step when a lock falls: its code is no
+    guess any more, and the step answers the lock (423 and its end), not an unknown login."""
+    user = await api.activated(new_user("s2enrolling"))
+    enrolling = await api.login_ok(untrusted(user))
+    r = await api.enroll(enrolling["login_id"])
+    assert r.status_code == 202, r.text
+    code = await api.code_mail(user, count=2)
+    body = await lock_by_wrong_pins(api, user)
+    r = await api.submit_code(enrolling["login_id"], code)
+    assert r.status_code == 423 and r.json() == body, r.text
+    r = await api.enroll(enrolling["login_id"])
+    assert r.status_code == 423 and r.json() == body, r.text
 
 
 async def test_s2_pin_failures_count_in_a_row_only(api: Api) -> None:

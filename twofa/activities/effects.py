@@ -247,6 +247,7 @@ async def disable_in_store(db: AsyncSession, projection: Projection) -> int:
     if account is not None:
         account.pin_hash = None
         account.seal_ciphertext = None
+        account.pin_failure_unrecorded = None  # no PIN of this enrollment counts any more
     await login_queries.finish_challenges(db, account_id, now)
     if await _project(db, projection) and account is not None:
         by_admin = projection.actor.startswith("admin:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,13 @@ from twofa.store.models import Account, Device, LoginChallenge, Session
 from twofa.views import LoginView
 from twofa.vocabulary import Outcome, Step
 from twofa.vocabulary import TwoFactorState as S
-from twofa.workflows.messages import Activation, CodeSubmission, CodeVerdict, NewCodeRequest
+from twofa.workflows.messages import (
+    Activation,
+    CodeSubmission,
+    CodeVerdict,
+    NewCodeRequest,
+    PinFailureResult,
+)
 from twofa.workflows.two_factor import TwoFactorWorkflow
 
 
@@ -210,6 +217,34 @@ class LoginSteps(ServiceCore):
                 await account_queries.release_pin_check(db, account.id)
             raise
 
+    async def _record_pin_failure(self, account_id: str, failure_id: str) -> PinFailureResult:
+        """A wrong PIN counted by the workflow, once however often ``failure_id`` is sent; then
+        forgotten by the store and audited, in one transaction. 423 when it locked.
+
+        While the workflow does not answer (Temporal or the worker away), the store keeps it
+        and every PIN check of the account sends it again before it checks anything: an outage
+        hands out no uncounted guesses, and its answer, once it comes, is the lock if it locked
+        (S2, S9). A refusal (2FA no longer on) counts no PIN, so nothing is kept then.
+        """
+        try:
+            failure = await self.call_workflow(
+                account_id, TwoFactorWorkflow.record_pin_failure, update_id=failure_id
+            )
+        except ServiceError as error:
+            if error.status != 503:
+                async with self.db.write() as db:
+                    await account_queries.forget_pin_failure(db, account_id, failure_id)
+            raise
+        async with self.db.write() as db:
+            if await account_queries.forget_pin_failure(db, account_id, failure_id):
+                await audit.append(
+                    db, "pin_rejected", account_id=account_id, actor="user",
+                    attempts_left=failure.attempts_left, locked=failure.locked,
+                )  # fmt: skip
+        if failure.locked:
+            raise errors.locked(failure.locked_until)
+        return failure
+
     async def _pin_challenge(
         self, db: AsyncSession, login_id: str, now: datetime
     ) -> tuple[LoginChallenge, Account]:
@@ -219,8 +254,7 @@ class LoginSteps(ServiceCore):
         digests = self.keyring.digests("login", login_id)
         found = await login_queries.live_challenge_and_account(db, digests, now)
         if found is None:
-            since = now - timedelta(seconds=self.settings.pin_lock_seconds)
-            found = await login_queries.finished_challenge_and_account(db, digests, now, since)
+            found = await self._ended_login(db, digests, now)
             if found is None or await self._pin_session(db, login_id, now) is None:
                 raise errors.LOGIN_NOT_FOUND()
         if found[0].step not in (Step.PIN, Step.ENROLL_PIN):
@@ -238,26 +272,25 @@ class LoginSteps(ServiceCore):
     async def _check_pin(
         self, challenge: LoginChallenge, account: Account, login_id: str, pin: str, now: datetime
     ) -> LoginView:
+        counted = bool(account.pin_failures or account.pin_locks_in_a_row)
+        if account.pin_failure_unrecorded:  # the workflow has yet to count a wrong PIN: first
+            await self._record_pin_failure(account.id, account.pin_failure_unrecorded)
+            counted = True
         right = await self.kdf(
             self.keyring.verify_secret, account.pin_hash, pin, account.pin_pepper
         )
         new_pin_hash = None
         if right and self.keyring.stale(account.pin_pepper):  # hashed anew under the current
             new_pin_hash = await self.kdf(self.keyring.hash_secret, pin)
-        if not right or account.pin_failures or account.pin_locks_in_a_row:
+        if not right or counted:
             await self._still_live(challenge, login_id)  # a browser revoked: no counter moves
         if not right:  # each try counts, a repeated one too: S2 errs on the side of the lock
-            failure = await self.call_workflow(account.id, TwoFactorWorkflow.record_pin_failure)
-            await self._audit(
-                "pin_rejected",
-                account.id,
-                attempts_left=failure.attempts_left,
-                locked=failure.locked,
-            )
-            if failure.locked:
-                raise errors.locked(failure.locked_until)
+            failure_id = f"pin-failure-{uuid.uuid4().hex}"
+            async with self.db.write() as db:
+                await account_queries.note_pin_failure(db, account.id, failure_id)
+            failure = await self._record_pin_failure(account.id, failure_id)
             raise errors.INVALID_PIN(attempts_left=failure.attempts_left)
-        if account.pin_failures or account.pin_locks_in_a_row:
+        if counted:
             await self.call_workflow(
                 account.id,
                 TwoFactorWorkflow.record_pin_success,
@@ -357,13 +390,26 @@ class LoginSteps(ServiceCore):
         self, db: AsyncSession, login_id: str, now: datetime, *steps: Step
     ) -> tuple[LoginChallenge, Account]:
         """``_challenge`` in the caller's transaction: the login and its account, one query."""
-        found = await login_queries.live_challenge_and_account(
-            db, self.keyring.digests("login", login_id), now
-        )
+        digests = self.keyring.digests("login", login_id)
+        found = await login_queries.live_challenge_and_account(db, digests, now)
         if found is None:
+            await self._ended_login(db, digests, now)
             raise errors.LOGIN_NOT_FOUND()
         if found[0].step not in steps:
             raise errors.wrong_step(found[0].step)
+        return found
+
+    async def _ended_login(
+        self, db: AsyncSession, digests: list[str], now: datetime
+    ) -> tuple[LoginChallenge, Account] | None:
+        """A login that ended within a lock's length, and its account. While a lock that ended
+        it lasts, every step of it answers 423 with the lock's end, as the guess that locked
+        did, so a caller repeating that guess after a lost answer learns the lock (S2, S9); it
+        takes no guess, and stays ended once the lock is over."""
+        since = now - timedelta(seconds=self.settings.pin_lock_seconds)
+        found = await login_queries.finished_challenge_and_account(db, digests, now, since)
+        if found is not None and state_of(found[1], now) is S.LOCKED:
+            raise errors.locked(found[1].locked_until)
         return found
 
     async def _still_live(self, challenge: LoginChallenge, login_id: str) -> None:

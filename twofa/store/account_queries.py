@@ -52,6 +52,20 @@ _RELEASE_PIN_CHECK = (
     .returning(*_accounts.c)
 )
 
+_NOTE_PIN_FAILURE = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("account"))
+    .values(pin_failure_unrecorded=bindparam("failure"))
+)
+_FORGET_PIN_FAILURE = (
+    update(_accounts)
+    .where(
+        _accounts.c.id == bindparam("account"),
+        _accounts.c.pin_failure_unrecorded == bindparam("failure"),
+    )
+    .values(pin_failure_unrecorded=None)
+)
+
 
 async def account_by_id(db: AsyncSession, account_id: str) -> Account | None:
     return await db.get(Account, account_id)
@@ -109,6 +123,17 @@ async def claim_pin_check(
 ) -> bool:
     """Takes the account's one PIN-check slot until ``until``, unless another check holds it."""
     result = await db.execute(_CLAIM_PIN_CHECK, {"account": account_id, "now": now, "until": until})
+    return bool(rows_changed(result))
+
+
+async def note_pin_failure(db: AsyncSession, account_id: str, failure_id: str) -> None:
+    """A wrong PIN, kept until the workflow confirms it counted (``forget_pin_failure``)."""
+    await db.execute(_NOTE_PIN_FAILURE, {"account": account_id, "failure": failure_id})
+
+
+async def forget_pin_failure(db: AsyncSession, account_id: str, failure_id: str) -> bool:
+    """The workflow counted ``failure_id``; True when this call is the one that learnt it."""
+    result = await db.execute(_FORGET_PIN_FAILURE, {"account": account_id, "failure": failure_id})
     return bool(rows_changed(result))
 
 

@@ -81,6 +81,9 @@ class Account(Base):
     pin_locks_in_a_row: Mapped[int] = mapped_column(Integer, default=0)
     #: One PIN check at a time per account, so parallel guesses cannot outrun the counter (S2).
     pin_check_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A wrong PIN the workflow has yet to confirm counting: its update's id (migration 0014).
+    #: The account's next PIN check sends it again before it checks anything (S2).
+    pin_failure_unrecorded: Mapped[str | None] = mapped_column(String(64))
     pin_hash: Mapped[str | None] = mapped_column(String(200))
     seal_ciphertext: Mapped[str | None] = mapped_column(Text)
     #: The id of the pepper each secret was made under (None: before peppers were tagged).
