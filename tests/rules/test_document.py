@@ -850,8 +850,11 @@ async def test_r11_delete_one_browser_others_keep_working(api: Api, database: Da
     await api.pin_login(second)
     assert (await account_row(database, user.account_id)).two_factor_state == "active"
 
-    # Unknown, already deleted, and another account's devices: 404, and nothing changes.
-    for device_id in ("no-such-device", first_device, stranger.device_id):
+    # The deletion repeated (S9: its answer lost) answers as it did; unknown and another
+    # account's devices: 404, and nothing changes.
+    r = await api.call("DELETE", f"/v1/account/devices/{first_device}", second)
+    assert r.status_code == 204, r.text
+    for device_id in ("no-such-device", stranger.device_id):
         r = await api.call("DELETE", f"/v1/account/devices/{device_id}", second)
         assert_error(r, 404, "device_not_found")
     assert (await api.login_ok(stranger))["outcome"] == "pin_required"

@@ -238,14 +238,17 @@ class AccountSettings(ServiceCore):
         ]
 
     async def delete_device(self, current: CurrentSession, device_id: str) -> None:
-        """R11: one browser goes; the others keep working."""
+        """R11: one browser goes; the others keep working. A browser of the account already
+        gone (this deletion repeated after a lost answer, S9) answers as its deletion did."""
+        account_id = current.account.id
         async with self.db.write() as db:
             revoked = await device_queries.revoke_devices(
-                db, current.account.id, utcnow(), actor="user", reason="user", device_id=device_id
+                db, account_id, utcnow(), actor="user", reason="user", device_id=device_id
             )
-        if not revoked:
-            raise errors.DEVICE_NOT_FOUND()
-        log.info("device %s of account %s deleted by its user", device_id, current.account.id)
+            if not revoked and not await device_queries.revoked_device(db, account_id, device_id):
+                raise errors.DEVICE_NOT_FOUND()
+        if revoked:
+            log.info("device %s of account %s deleted by its user", device_id, account_id)
 
     async def health(self) -> dict[str, bool]:
         checks = {"database": False, "temporal": False}

@@ -36,6 +36,18 @@ async def touch_device(db: AsyncSession, device_id: str | None, now: datetime) -
     return bool(rows_changed(result))
 
 
+async def revoked_device(db: AsyncSession, account_id: str, device_id: str) -> bool:
+    """The account's browser ``device_id`` was revoked (by whom and when does not matter)."""
+    found = await db.scalar(
+        select(Device.id).where(
+            Device.id == device_id,
+            Device.account_id == account_id,
+            Device.revoked_at.is_not(None),
+        )
+    )
+    return found is not None
+
+
 async def revoke_devices(
     db: AsyncSession,
     account_id: str,
