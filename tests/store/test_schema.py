@@ -185,6 +185,32 @@ async def test_the_store_holds_only_the_vocabulary_words(database_url: str) -> N
         await database.dispose()
 
 
+async def test_a_refused_write_names_none_of_its_values(database_url: str) -> None:
+    """S4: a statement's error carries its SQL, not its values (hashes, ciphertexts, keyed
+    digests), as a traceback in a log or a failed activity's cause in history would show it."""
+    migrate(database_url)
+    database = Database(database_url)
+    now, key = datetime.now(UTC), str(uuid.uuid4())
+    pin_hash = f"$argon2id$v=19$m=19456,t=2,p=1${uuid.uuid4().hex}"
+
+    def account() -> Account:
+        return Account(
+            id=key, email=f"{key}@example.com", password_hash="x", pin_hash=pin_hash,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+
+    try:
+        async with database.write() as db:
+            db.add(account())
+        with pytest.raises(IntegrityError) as refused:
+            async with database.write() as db:
+                db.add(account())
+    finally:
+        await database.dispose()
+    assert "INSERT INTO accounts" in str(refused.value)
+    assert pin_hash not in str(refused.value) and key not in str(refused.value)
+
+
 @pytest.mark.single_backend
 def test_the_checks_keep_the_sqlite_triggers_and_indexes(tmp_path: Path) -> None:
     """SQLite adds a CHECK by copying the table: its triggers (the overview's tallies) and

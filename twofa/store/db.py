@@ -267,7 +267,9 @@ class Database:
         self.audit = audit
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
-        options: dict[str, Any] = {}
+        # a statement's values are hashes, ciphertexts and keyed digests: never in an error's
+        # text, which a traceback logs or a failed activity's cause carries into history (S4)
+        options: dict[str, Any] = {"hide_parameters": True}
         if self.is_sqlite:
             options["connect_args"] = {"timeout": 30}
         else:
