@@ -49,3 +49,21 @@ def test_messages_with_words_are_filled() -> None:
         "expected": "enroll_code",
     }
     assert errors.PAYLOAD_TOO_LARGE(65536).message == "The request body is larger than 65536 bytes."
+
+
+
+def test_docs_list_every_code() -> None:
+    """docs/api.md's table of codes holds each code the catalog and the rules make (a caller
+    codes against it), each with its status, and no code that neither makes."""
+    docs = (PACKAGE.parent / "docs" / "api.md").read_text()
+    section = docs.split("### Every error code", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| (\d{3}) \| ([^|]+) \|", section, re.MULTILINE)
+    listed = {(int(status), code) for status, cell in rows for code in re.findall(r"`(\w+)`", cell)}
+    made = {(r.status, r.code) for r in vars(errors).values() if isinstance(r, errors.Refusal)}
+    made |= set(errors.HTTP_CODES.items())
+    rules = (PACKAGE / "policy.py").read_text()
+    made |= {(422, c) for c in re.findall(r'RuleViolation\(\s*(?:"\w+"|field),\s*"(\w+)"', rules)}
+    operators = re.findall(r"`(\w+)` \((\d{3})", section.split("have their own:", 1)[1])
+    listed |= {(int(status), code) for code, status in operators}
+    assert made - listed == set()
+    assert listed - made == set()
