@@ -51,7 +51,6 @@ def test_messages_with_words_are_filled() -> None:
     assert errors.PAYLOAD_TOO_LARGE(65536).message == "The request body is larger than 65536 bytes."
 
 
-
 def test_docs_list_every_code() -> None:
     """docs/api.md's table of codes holds each code the catalog and the rules make (a caller
     codes against it), each with its status, and no code that neither makes."""

@@ -71,6 +71,7 @@ from twofa.web.security import SESSION_COOKIE
 from twofa.wiring import Services
 from twofa.workflows.messages import workflow_id
 
+ENABLE, DISABLE = {"enabled": True}, {"enabled": False, "confirm": True}
 #: Password logins looping while the user enables 2FA (R3).
 LOGIN_LOOPS = 4
 #: Of them, how many must have started after the enable's cut for the race to count.
@@ -348,6 +349,30 @@ async def test_disable_repeated_after_a_503_answers_disabled_and_no_session_outl
     assert again.json() == {"state": "disabled", "revoked_devices": 0}
     assert await trusted_devices(database, user.account_id) == 0
     assert (await api.call("GET", "/v1/session", user)).status_code == 200
+
+
+async def test_disable_sent_while_an_enable_is_under_way_is_the_last_word(
+    held: HeldQueue, database: Database, client: Client
+) -> None:
+    """An enable answered 503 (no worker), then a disable with the same session: the store
+    still says 2FA is off, but the enable is on its way and would turn it on after a "disabled"
+    answer. The disable waits for it (503 while it cannot land), and its repeat, once it has
+    landed, turns 2FA off: the last request wins (S9, R10)."""
+    api, user = held.api, new_user("s9-enable-then-disable")
+    await api.registered_and_logged_in(user)
+    unavailable(await held.impatient.call("PUT", "/v1/account/two-factor", user, json=ENABLE))
+    unavailable(await held.impatient.call("PUT", "/v1/account/two-factor", user, json=DISABLE))
+    assert (await account_row(database, user.account_id)).two_factor_state == "disabled"
+    async with held.worker():
+        r = await api.call("PUT", "/v1/account/two-factor", user, json=DISABLE)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"state": "disabled", "revoked_devices": 0}
+        assert (await progress(client, user.account_id))["state"] == "disabled"
+    assert (await account_row(database, user.account_id)).two_factor_state == "disabled"
+    # a disable of an account that never enabled 2FA (no workflow at all) answers at once
+    stranger = await api.registered_and_logged_in(new_user("s9-never-enabled"))
+    r = await held.impatient.call("PUT", "/v1/account/two-factor", stranger, json=DISABLE)
+    assert r.status_code == 200 and r.json() == {"state": "disabled", "revoked_devices": 0}
 
 
 async def test_pin_step_repeated_after_a_lost_answer_gets_that_session(

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
-from temporalio.client import WithStartWorkflowOperation
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateHandle,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 
 from twofa import audit, errors
@@ -42,6 +47,20 @@ async def _read_start_outcome(start: WithStartWorkflowOperation[Any, Any]) -> No
             raise
     except Exception:  # the start's failure: the update's has been answered already
         pass
+
+
+async def _ended(update: WorkflowUpdateHandle[Any]) -> None:
+    """Until ``update`` has ended, whether it succeeded or failed (a failed enable may still
+    have changed the state: the workflow's disable then tells)."""
+    with contextlib.suppress(WorkflowUpdateFailedError):
+        await update.result()
+
+
+def enable_update_id(version: int) -> str:
+    """The enable's update id: the last disable's projection version names the enrollment, so
+    a repeat before its first state change lands gets the first request's answer from the
+    server, and a disable meanwhile finds it."""
+    return f"enable-{version}"
 
 
 class AccountSettings(ServiceCore):
@@ -151,9 +170,7 @@ class AccountSettings(ServiceCore):
                 self.client.execute_update_with_start_workflow(
                     TwoFactorWorkflow.enable,
                     start_workflow_operation=start,
-                    # the last disable's version names this enrollment: a repeat before its
-                    # first state change lands gets the first request's answer from the server
-                    id=f"enable-{account.projection_version}",
+                    id=enable_update_id(account.projection_version),
                 )
             )
         except ServiceError as error:
@@ -185,7 +202,7 @@ class AccountSettings(ServiceCore):
         """
         if not confirm:
             raise errors.CONFIRMATION_REQUIRED()
-        if account.two_factor_state == S.DISABLED:
+        if account.two_factor_state == S.DISABLED and not await self._enable_under_way(account):
             return DisabledView(revoked_devices=0)
         if keep is not None:
             await self._keep_session(keep)
@@ -200,6 +217,24 @@ class AccountSettings(ServiceCore):
             revoked = await self._disable_without_workflow(account, actor)
         log.info("2FA disabled for account %s by %s", account.id, actor)
         return DisabledView(revoked_devices=revoked)
+
+    async def _enable_under_way(self, account: Account) -> bool:
+        """2FA off in the store, and maybe an enable under way (its worker away, its mail held
+        at a slow relay) that would turn it on after this disable answered "disabled". Its
+        update, named by the store's projection version, is waited for until it lands (then
+        the workflow disables, so the last request wins), up to the call's timeout (503: the
+        caller repeats, S9). False when there is none: no run, no such update, or its run
+        closed under it."""
+        enable = self.client.get_workflow_handle(workflow_id(account.id)).get_update_handle(
+            enable_update_id(account.projection_version)
+        )
+        try:
+            await self._call(_ended(enable))
+        except ServiceError as error:
+            if error.code == errors.NOT_ENABLED.code:
+                return False
+            raise
+        return True
 
     async def _disable_without_workflow(self, account: Account, actor: str) -> int:
         """The store says 2FA is on but no workflow runs to turn it off (it ended or was
