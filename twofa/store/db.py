@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import asyncpg
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, registry, sqlite
@@ -26,7 +27,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     SQLiteDialect_aiosqlite,
 )
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -279,6 +280,7 @@ class Database:
             _tune_sqlite(self.engine)
         else:
             _drop_closed_connections(self.engine)
+            _hide_row_values(self.engine)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(
             self.engine.execution_options(twofa_write=True), expire_on_commit=False
@@ -400,6 +402,21 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
     def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         if dbapi_connection.driver_connection.is_closed():
             raise DisconnectionError("the server closed this pooled connection")
+
+
+def _hide_row_values(engine: AsyncEngine) -> None:
+    """PostgreSQL's error detail quotes the values a statement was refused for ("Key (email)=
+    (…)", "Failing row contains (…)", a PIN hash and a seal's ciphertext among them): cleared
+    from the driver's error, which a traceback prints as the cause, so none reaches a log or a
+    failed activity's history (S4), as ``hide_parameters`` keeps out the statement's own."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        error: BaseException | None = context.original_exception
+        while error is not None:
+            if isinstance(error, asyncpg.PostgresError):
+                error.detail = error.hint = None
+            error = error.__cause__
 
 
 def alembic_config(url: str) -> Config:
