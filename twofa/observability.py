@@ -145,7 +145,8 @@ class Metrics:
         )
         self.locks = Counter(
             "twofa_locks",
-            "Locks the API saw happen: kind=pin when a wrong PIN locked an account's 2FA.",
+            "PIN steps answered 423 locked (kind=pin): the wrong PIN that locked an account's "
+            "2FA, and, while the lock lasts, its repeats and other logins' PIN steps.",
             ["kind"],
             registry=self.registry,
         )

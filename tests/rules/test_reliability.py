@@ -69,7 +69,7 @@ from twofa.store.models import (
 from twofa.temporal import build_worker
 from twofa.web.security import SESSION_COOKIE
 from twofa.wiring import Services
-from twofa.workflows.messages import workflow_id
+from twofa.workflows.messages import ActorRequest, workflow_id
 
 ENABLE, DISABLE = {"enabled": True}, {"enabled": False, "confirm": True}
 #: Password logins looping while the user enables 2FA (R3).
@@ -349,6 +349,32 @@ async def test_disable_repeated_after_a_503_answers_disabled_and_no_session_outl
     assert again.json() == {"state": "disabled", "revoked_devices": 0}
     assert await trusted_devices(database, user.account_id) == 0
     assert (await api.call("GET", "/v1/session", user)).status_code == 200
+
+
+async def test_a_locking_pin_whose_answer_was_lost_is_not_sent_again_after_the_lock(
+    held: HeldQueue, database: Database, client: Client
+) -> None:
+    """The fifth wrong PIN answered 503 (no worker) is kept, then counted once a worker is
+    back, and locks: the lock's projection lets go of it, so once an admin unlocks, the right
+    PIN opens a session instead of the kept one being sent again and answering the old lock."""
+    api, user = held.api, new_user("s2-lost-lock")
+    async with held.worker():
+        await api.activated(user)
+        login = await api.login_ok(user)
+        for attempts_left in (4, 3, 2, 1):
+            r = await api.pin(login["login_id"], "13572468")
+            assert r.status_code == 400 and r.json()["attempts_left"] == attempts_left, r.text
+    unavailable(await held.impatient.pin(login["login_id"], "13572468"))
+    assert (await account_row(database, user.account_id)).pin_failure_unrecorded is not None
+    async with held.worker():
+        await state_in_store(database, user.account_id, "locked")
+        assert (await account_row(database, user.account_id)).pin_failure_unrecorded is None
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+        await handle.execute_update("unlock", ActorRequest(actor="admin:test"))
+        await state_in_store(database, user.account_id, "active")
+        again = await api.login_ok(user)
+        r = await api.pin(again["login_id"], user.pin)
+        assert r.status_code == 200, r.text
 
 
 async def test_disable_sent_while_an_enable_is_under_way_is_the_last_word(

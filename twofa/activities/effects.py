@@ -270,6 +270,9 @@ async def _project(db: AsyncSession, projection: Projection) -> bool:
         return False
     assert account is not None
     if projection.state is TwoFactorState.LOCKED:
+        # a locked workflow counts no more PINs: a wrong one the API still keeps (the locking
+        # one, its answer lost) must not be sent again once the lock is over
+        account.pin_failure_unrecorded = None
         await login_queries.finish_challenges(db, projection.account_id, _now())
         await notification_queries.notify(
             db,

@@ -198,7 +198,8 @@ class LoginSteps(ServiceCore):
         while that session is open (S9).
         """
         now = utcnow()
-        lease = now + timedelta(seconds=self.settings.workflow_call_timeout_seconds + 10)
+        # the check's two workflow calls at most (a kept wrong PIN sent again, then its own)
+        lease = now + timedelta(seconds=2 * self.settings.workflow_call_timeout_seconds + 10)
         async with self.db.write() as db:  # read and claim at once; a refusal writes nothing
             challenge, account = await self._pin_challenge(db, login_id, now)
             if state_of(account, now) is S.LOCKED:
@@ -287,7 +288,7 @@ class LoginSteps(ServiceCore):
         if not right:  # each try counts, a repeated one too: S2 errs on the side of the lock
             failure_id = f"pin-failure-{uuid.uuid4().hex}"
             async with self.db.write() as db:
-                await account_queries.note_pin_failure(db, account.id, failure_id)
+                await account_queries.note_pin_failure(db, account.id, account.pin_hash, failure_id)
             failure = await self._record_pin_failure(account.id, failure_id)
             raise errors.INVALID_PIN(attempts_left=failure.attempts_left)
         if counted:

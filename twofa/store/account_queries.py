@@ -54,7 +54,7 @@ _RELEASE_PIN_CHECK = (
 
 _NOTE_PIN_FAILURE = (
     update(_accounts)
-    .where(_accounts.c.id == bindparam("account"))
+    .where(_accounts.c.id == bindparam("account"), _accounts.c.pin_hash == bindparam("checked"))
     .values(pin_failure_unrecorded=bindparam("failure"))
 )
 _FORGET_PIN_FAILURE = (
@@ -126,9 +126,13 @@ async def claim_pin_check(
     return bool(rows_changed(result))
 
 
-async def note_pin_failure(db: AsyncSession, account_id: str, failure_id: str) -> None:
-    """A wrong PIN, kept until the workflow confirms it counted (``forget_pin_failure``)."""
-    await db.execute(_NOTE_PIN_FAILURE, {"account": account_id, "failure": failure_id})
+async def note_pin_failure(
+    db: AsyncSession, account_id: str, pin_hash: str | None, failure_id: str
+) -> None:
+    """A wrong PIN, kept until the workflow confirms it counted (``forget_pin_failure``); not
+    if the PIN it was checked against is gone meanwhile (a disable, a new enrollment)."""
+    values = {"account": account_id, "checked": pin_hash, "failure": failure_id}
+    await db.execute(_NOTE_PIN_FAILURE, values)
 
 
 async def forget_pin_failure(db: AsyncSession, account_id: str, failure_id: str) -> bool:
