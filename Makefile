@@ -6,10 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint system-packages clean admin seed user
 
-$(BIN)/python:
+# A fresh Debian has Python without the venv module's pip (python3-venv): installed as root,
+# else named. A .venv left without pip by a failed try is made again.
+$(BIN)/pip:
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || python3 -c 'import ensurepip' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	  else \
+	    echo "missing Debian package: python3-venv (sudo apt-get install python3-venv)"; exit 1; \
+	  fi; }
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/pip pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
