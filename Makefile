@@ -6,17 +6,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint system-packages clean admin seed user
 
-# A fresh Debian has Python without the venv module's pip (python3-venv): installed as root,
+# A fresh Debian has Python without the venv module's pip ($(PYTHON)-venv): installed as root,
 # else named. A .venv left without pip by a failed try is made again.
 $(BIN)/pip:
-	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || python3 -c 'import ensurepip' 2>/dev/null || { \
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(notdir $(PYTHON))-venv; \
 	  else \
-	    echo "missing Debian package: python3-venv (sudo apt-get install python3-venv)"; exit 1; \
+	    echo "missing Debian package: $(notdir $(PYTHON))-venv (sudo apt-get install $(notdir $(PYTHON))-venv)"; exit 1; \
 	  fi; }
 	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/pip pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip

@@ -369,6 +369,9 @@ async def test_a_locking_pin_whose_answer_was_lost_is_not_sent_again_after_the_l
     async with held.worker():
         await state_in_store(database, user.account_id, "locked")
         assert (await account_row(database, user.account_id)).pin_failure_unrecorded is None
+        trail = await audit_trail(database, user.account_id)
+        rejected = [json.loads(a.details) for a in trail if a.event == "pin_rejected"]
+        assert [r["attempts_left"] for r in rejected] == [4, 3, 2, 1, 0], rejected  # once each
         handle = client.get_workflow_handle(workflow_id(user.account_id))
         await handle.execute_update("unlock", ActorRequest(actor="admin:test"))
         await state_in_store(database, user.account_id, "active")

@@ -27,6 +27,7 @@ from tests.support.journey import (
     Api,
     User,
     account_row,
+    audit_trail,
     eventually,
     new_user,
     parse_time,
@@ -286,13 +287,19 @@ async def test_s2_wrong_codes_burn_the_code_and_a_new_login_mails_another(api: A
 async def test_s2_pin_lock_ends_logins_and_expires(
     start_api: ApiFactory, database: Database
 ) -> None:
-    api = await start_api(pin_lock_seconds=2)
+    api = await start_api(pin_lock_seconds=6)  # long enough for every check while it lasts
     user = await api.activated(new_user("s2pin"))
     bystander = await api.login_ok(user)  # another login in progress when the lock falls
     assert bystander["outcome"] == "pin_required"
     body = await lock_by_wrong_pins(api, user)
     locked_until = parse_time(body["locked_until"])
-    assert 0 < (locked_until - datetime.now(UTC)).total_seconds() <= 3
+    assert 0 < (locked_until - datetime.now(UTC)).total_seconds() <= 7
+    # S5: each wrong PIN audited once, the fifth as the one that locked
+    trail = await audit_trail(database, user.account_id)
+    rejected = [json.loads(a.details) for a in trail if a.event == "pin_rejected"]
+    assert [(r["attempts_left"], r["locked"]) for r in rejected] == [
+        (4, False), (3, False), (2, False), (1, False), (0, True),
+    ]  # fmt: skip
     await ended_by_the_lock(lambda: api.pin(bystander["login_id"], user.pin), body)
     login = await api.login_ok(user)
     assert login["outcome"] == "locked", login

@@ -270,9 +270,15 @@ async def _project(db: AsyncSession, projection: Projection) -> bool:
         return False
     assert account is not None
     if projection.state is TwoFactorState.LOCKED:
-        # a locked workflow counts no more PINs: a wrong one the API still keeps (the locking
-        # one, its answer lost) must not be sent again once the lock is over
-        account.pin_failure_unrecorded = None
+        if account.pin_failure_unrecorded is not None:
+            # the wrong PIN that locked, which the API kept until the workflow answered: a
+            # locked workflow counts no more, so it goes now, audited here as the API (finding
+            # it gone) will not, and is never sent again once the lock is over (S2, S5)
+            account.pin_failure_unrecorded = None
+            await audit.append(
+                db, "pin_rejected", account_id=projection.account_id, actor="user",
+                attempts_left=0, locked=True,
+            )  # fmt: skip
         await login_queries.finish_challenges(db, projection.account_id, _now())
         await notification_queries.notify(
             db,

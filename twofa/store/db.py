@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-import asyncpg
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, registry, sqlite
@@ -413,9 +413,13 @@ def _hide_row_values(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:
         error: BaseException | None = context.original_exception
-        while error is not None:
-            if isinstance(error, asyncpg.PostgresError):
-                error.detail = error.hint = None
+        seen: set[int] = set()
+        while error is not None and id(error) not in seen:  # the driver's error, its copy
+            seen.add(id(error))
+            for name in ("detail", "hint"):
+                if isinstance(getattr(error, name, None), str):
+                    with contextlib.suppress(AttributeError):
+                        setattr(error, name, None)
             error = error.__cause__
 
 
