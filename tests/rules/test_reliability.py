@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import socket
 import uuid
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from tests.support.journey import (
     User,
     account_row,
     at_activation_step,
-    audit_trail,
+    audited,
     count,
     device_rows,
     eventually,
@@ -369,8 +368,7 @@ async def test_a_locking_pin_whose_answer_was_lost_is_not_sent_again_after_the_l
     async with held.worker():
         await state_in_store(database, user.account_id, "locked")
         assert (await account_row(database, user.account_id)).pin_failure_unrecorded is None
-        trail = await audit_trail(database, user.account_id)
-        rejected = [json.loads(a.details) for a in trail if a.event == "pin_rejected"]
+        rejected = await audited(database, user.account_id, "pin_rejected")
         assert [r["attempts_left"] for r in rejected] == [4, 3, 2, 1, 0], rejected  # once each
         handle = client.get_workflow_handle(workflow_id(user.account_id))
         await handle.execute_update("unlock", ActorRequest(actor="admin:test"))
@@ -455,9 +453,8 @@ async def test_no_pin_is_checked_while_a_wrong_one_goes_uncounted(
         r = await api.pin(another["login_id"], user.pin)
         assert r.status_code == 200, r.text
         assert (await progress(client, user.account_id))["pin_failures"] == 0
-    trail = await audit_trail(database, user.account_id)
-    rejected = [a for a in trail if a.event == "pin_rejected"]
-    assert [json.loads(a.details)["attempts_left"] for a in rejected] == [4, 3], rejected
+    rejected = await audited(database, user.account_id, "pin_rejected")
+    assert [r["attempts_left"] for r in rejected] == [4, 3], rejected
     assert (await account_row(database, user.account_id)).pin_failure_unrecorded is None
 
 

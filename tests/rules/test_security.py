@@ -27,7 +27,7 @@ from tests.support.journey import (
     Api,
     User,
     account_row,
-    audit_trail,
+    audited,
     eventually,
     new_user,
     parse_time,
@@ -295,8 +295,7 @@ async def test_s2_pin_lock_ends_logins_and_expires(
     locked_until = parse_time(body["locked_until"])
     assert 0 < (locked_until - datetime.now(UTC)).total_seconds() <= 7
     # S5: each wrong PIN audited once, the fifth as the one that locked
-    trail = await audit_trail(database, user.account_id)
-    rejected = [json.loads(a.details) for a in trail if a.event == "pin_rejected"]
+    rejected = await audited(database, user.account_id, "pin_rejected")
     assert [(r["attempts_left"], r["locked"]) for r in rejected] == [
         (4, False), (3, False), (2, False), (1, False), (0, True),
     ]  # fmt: skip

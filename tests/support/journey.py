@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,13 @@ async def audit_trail(database: Database, account_id: str) -> list[AuditRecord]:
     """The account's audit records, oldest first."""
     async with database.read() as db:
         return await audit.history(db, account_id)
+
+
+async def audited(database: Database, account_id: str, event: str) -> list[dict[str, Any]]:
+    """The details of the account's ``event`` records, oldest first."""
+    return [
+        json.loads(a.details) for a in await audit_trail(database, account_id) if a.event == event
+    ]
 
 
 def new_user(prefix: str = "user") -> User:
