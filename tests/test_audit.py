@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,6 +76,27 @@ async def test_refusals_are_audited(api: Api, database: Database) -> None:
     failed = [r for r in records if r.event == "login_failed"]
     assert len(failed) == 1 and '"reason": "invalid_credentials"' in failed[0].details
     assert "wrong!!!" not in failed[0].details
+
+
+async def test_an_unknown_email_is_audited_as_a_digest(api: Api, database: Database) -> None:
+    """What was typed as an email may be a password: the log keeps it only as a digest (S4)."""
+    typed = f"Hunter2-{uuid.uuid4().hex[:8]}"  # a password typed into the email field
+    async with database.read() as db:
+        before = await db.scalar(select(func.coalesce(func.max(AuditRecord.seq), 0)))
+    for _ in range(2):
+        r = await api.call("POST", "/v1/login", json={"email": typed, "password": "wrong!!!"})
+        assert r.status_code == 401, r.text
+    async with database.read() as db:
+        rows = await db.execute(
+            select(AuditRecord.details).where(
+                AuditRecord.seq > before, AuditRecord.event == "login_failed"
+            )
+        )
+    details = [json.loads(d) for (d,) in rows]
+    mine = [d for d in details if "email" not in d]
+    assert len(mine) == 2, details
+    assert not [d for d in details if typed.lower() in json.dumps(d).lower()], details
+    assert mine[0]["email_digest"] == mine[1]["email_digest"]  # repeats still tell apart
 
 
 WRITER = """

@@ -123,7 +123,7 @@ class AdminService:
             email,
             password,
             operator.password_hash if operator else None,
-            actor=f"operator:{email}",
+            actor=f"operator:{email}" if operator else "operator",  # never what was typed (S4)
             stored_pepper=operator.pepper_id if operator else None,
         )
         assert operator is not None

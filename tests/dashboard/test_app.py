@@ -43,7 +43,7 @@ from twofa.errors import ServiceError
 from twofa.seed import seed
 from twofa.service import utcnow
 from twofa.store.db import Database
-from twofa.store.models import Account, OperatorSession
+from twofa.store.models import Account, AuditRecord, OperatorSession
 from twofa.views import AuditRow, OperatorView, TimelineRow
 from twofa.wiring import Services
 
@@ -201,6 +201,27 @@ async def test_wrong_passwords_are_refused_then_throttled(
                 r"Too many failed logins for this email; try again in \d+ seconds\.", errors[0]
             ), errors
         assert ui.TOKEN_KEY not in at.session_state
+
+
+async def test_an_unknown_operator_email_is_not_audited_as_typed(
+    admin_service: AdminService, database: Database
+) -> None:
+    """A sign-in with an email no operator has: its record keeps a digest, never the text (S4)."""
+    typed = f"Hunter2-{uuid.uuid4().hex[:8]}"  # a password typed into the email field
+    with pytest.raises(ServiceError) as refused:
+        await admin_service.sign_in(typed, "not the password")
+    assert refused.value.status == 401
+    async with database.read() as db:
+        actor, details = (
+            await db.execute(
+                select(AuditRecord.actor, AuditRecord.details)
+                .where(AuditRecord.event == "operator_login_failed")
+                .order_by(AuditRecord.seq.desc())
+                .limit(1)
+            )
+        ).one()
+    assert actor == "operator" and "email_digest" in json.loads(details), (actor, details)
+    assert typed.lower() not in (actor + details).lower()
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -186,12 +186,21 @@ class Accounts(ServiceCore):
         actor: str,
         stored_pepper: str | None = None,
     ) -> str:
-        """The counted attempt's verdict: refused while blocked, else the password's check."""
+        """The counted attempt's verdict: refused while blocked, else the password's check.
+
+        Its audit record names the email only when it is an account's (or an operator's): an
+        unknown one is kept as a keyed digest, which still tells repeats apart, since what was
+        typed there may be a password, and the log keeps every record for good (S4).
+        """
+        digest = self.keyring.digest("audited-email", email)[:16]  # either way: same work (S7)
+        typed: dict[str, Any] = (
+            {"email": email} if stored_hash is not None else {"email_digest": digest}
+        )
         if attempt.blocked_until is not None:
             async with self.db.write() as db:
                 await audit.append(
-                    db, f"{scope}_refused", account_id=account_id, actor=actor, email=email,
-                    reason="blocked",
+                    db, f"{scope}_refused", account_id=account_id, actor=actor, reason="blocked",
+                    **typed,
                 )  # fmt: skip
             raise errors.TOO_MANY_ATTEMPTS(
                 retry_after=math.ceil((attempt.blocked_until - attempt.at).total_seconds())
@@ -204,10 +213,10 @@ class Accounts(ServiceCore):
                 f"{scope}_failed",
                 account_id=account_id,
                 actor=actor,
-                email=email,
                 reason="invalid_credentials",
                 failures_in_a_row=attempt.failures,
                 blocked_seconds=attempt.block_seconds,
+                **typed,
             )
         raise errors.INVALID_CREDENTIALS()
 
