@@ -517,7 +517,8 @@ async def test_history_tells_the_story_with_engine_detail_one_click_away(
     database: Database,
     client: Client,
 ) -> None:
-    user = await api.activated(new_user(), device_name="Carol laptop")
+    name = "Carol ![pixel](http://127.0.0.1:9/p) :red[laptop]"  # users choose these names
+    user = await api.activated(new_user(), device_name=name)
     login = await api.login_ok(user)
     assert (await api.pin(login["login_id"], "11112222")).status_code == 400  # one wrong PIN
     await at_rest(database, client, user.account_id)  # no record lands between page and check
@@ -529,19 +530,21 @@ async def test_history_tells_the_story_with_engine_detail_one_click_away(
     story = story_rows(at)
     records = await admin_service.audit_trail(user.account_id)
     assert [row[0] for row in story] == [r.seq for r in records]  # one line per audit record
-    said = {row[2] for row in story}
+    said = {row[2] for row in story}  # Markdown the table renders: user text shown literally
     for sentence in (
         "Account registered",
         "2FA enabled; the user is logged out to enter the code",
         "Activation code accepted",
         "2FA activated",
-        "Browser “Carol laptop” enrolled at activation",
+        f"Browser “{name}” enrolled at activation",
         "Logged in with the PIN",
         "Wrong PIN, 4 attempts left",
     ):
-        assert sentence in said, (sentence, said)
-    assert any(re.fullmatch(r"Activation code #1 emailed, valid until .* UTC", w) for w in said)
-    wrong_pin = next(row for row in story if row[2] == "Wrong PIN, 4 attempts left")
+        assert ui.md(sentence) in said, (sentence, said)
+    assert not [w for w in said if name in w]
+    emailed = re.escape(ui.md("Activation code #1 emailed, valid until "))
+    assert any(re.fullmatch(emailed + r".* UTC", w) for w in said)
+    wrong_pin = next(row for row in story if row[2] == ui.md("Wrong PIN, 4 attempts left"))
     assert next(r for r in records if r.seq == wrong_pin[0]).event == "pin_rejected"
     assert {row[3] for row in story} >= {"the user"}
 
@@ -588,12 +591,12 @@ async def test_history_says_locks_and_admin_actions(
     at = await open_page(operators["auditor"], "history.py", user.account_id)
     said = [row[2] for row in story_rows(at)]
     for left in (4, 3, 2):
-        assert f"Wrong PIN, {left} attempts left" in said
-    assert "Wrong PIN, 1 attempt left" in said  # not "1 attempts"
-    assert "Wrong PIN: 2FA locked" in said
-    assert f"2FA locked until {ui.when(locked_until)} UTC" in said
+        assert ui.md(f"Wrong PIN, {left} attempts left") in said
+    assert ui.md("Wrong PIN, 1 attempt left") in said  # not "1 attempts"
+    assert ui.md("Wrong PIN: 2FA locked") in said
+    assert ui.md(f"2FA locked until {ui.when(locked_until)} UTC") in said
     admin = operators["admin"].view.email
-    assert f"2FA disabled by admin {admin}" in said
+    assert ui.md(f"2FA disabled by admin {admin}") in said
     assert any(w.endswith("revoked as 2FA was disabled") for w in said), said
 
 

@@ -78,8 +78,9 @@ if story:
                 {
                     "record": line.seq,
                     "time (UTC)": ui.when(line.time),
-                    "what happened": line.what,
-                    "by": line.by,
+                    # st.table renders its cells as Markdown: a browser's name is the user's
+                    "what happened": ui.md(line.what),
+                    "by": ui.md(line.by),
                 }
                 for line in story
             ]
