@@ -22,7 +22,6 @@ from twofa.service import TwoFactorService, state_of, utcnow
 from twofa.store import (
     account_queries,
     admin_queries,
-    device_queries,
     operator_queries,
     session_queries,
     throttle_queries,
@@ -295,12 +294,9 @@ class AdminService:
         """R11: one browser revoked by an admin; the others keep working."""
         if not operator.can_act:
             raise errors.READ_ONLY()
-        async with self.db.write() as db:
-            revoked = await device_queries.revoke_devices(
-                db, account_id, utcnow(), actor=operator.actor, reason="admin", device_id=device_id
-            )
-        if not revoked:
-            raise errors.DEVICE_NOT_FOUND()
+        await self.users.revoke_one_device(
+            account_id, device_id, actor=operator.actor, reason="admin"
+        )
 
     async def unlock(self, operator: OperatorView, account_id: str) -> None:
         if not operator.can_act:

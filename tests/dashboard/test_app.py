@@ -425,6 +425,16 @@ async def test_admin_revokes_one_device_and_it_no_longer_connects(
     login = await api.login_ok(user)
     assert login["outcome"] == "browser_not_trusted", login
 
+    # repeated after a lost answer: answered as the revocation was, and recorded once (S9)
+    admin = operators["admin"].view
+    assert user.device_id
+    await admin_service.revoke_device(admin, user.account_id, user.device_id)
+    again = await admin_service.audit_trail(user.account_id)
+    assert [r.event for r in again].count("device_removed") == 1
+    with pytest.raises(ServiceError) as unknown:  # an id that never named one of its browsers
+        await admin_service.revoke_device(admin, user.account_id, str(uuid.uuid4()))
+    assert unknown.value.code == "device_not_found"
+
 
 async def test_admin_unlocks_a_locked_account(
     api: Api,

@@ -273,17 +273,23 @@ class AccountSettings(ServiceCore):
         ]
 
     async def delete_device(self, current: CurrentSession, device_id: str) -> None:
-        """R11: one browser goes; the others keep working. A browser of the account already
-        gone (this deletion repeated after a lost answer, S9) answers as its deletion did."""
-        account_id = current.account.id
+        """R11: one browser goes; the others keep working."""
+        await self.revoke_one_device(current.account.id, device_id, actor="user", reason="user")
+
+    async def revoke_one_device(
+        self, account_id: str, device_id: str, *, actor: str, reason: str
+    ) -> None:
+        """One browser of the account revoked, by its user or an admin (R11). A browser of the
+        account already gone (the request repeated after a lost answer, S9) answers as its
+        revocation did; 404 only for an id that never named one of the account's browsers."""
         async with self.db.write() as db:
             revoked = await device_queries.revoke_devices(
-                db, account_id, utcnow(), actor="user", reason="user", device_id=device_id
+                db, account_id, utcnow(), actor=actor, reason=reason, device_id=device_id
             )
             if not revoked and not await device_queries.revoked_device(db, account_id, device_id):
                 raise errors.DEVICE_NOT_FOUND()
         if revoked:
-            log.info("device %s of account %s deleted by its user", device_id, account_id)
+            log.info("device %s of account %s revoked by %s", device_id, account_id, actor)
 
     async def health(self) -> dict[str, bool]:
         checks = {"database": False, "temporal": False}
