@@ -160,10 +160,13 @@ class AdminService:
         return OperatorView(id=row.id, email=row.email, role=row.role)
 
     async def sign_out(self, token: str) -> None:
+        """Audited as the sign-in is (S5); a repeat, or a session already over, writes nothing."""
         async with self.db.write() as db:
-            await operator_queries.end_operator_session(
+            ended = await operator_queries.end_operator_session(
                 db, self.keyring.digests("operator-session", token), utcnow()
             )
+            if ended is not None:
+                await audit.append(db, "operator_signed_out", actor=f"{ended.role}:{ended.email}")
 
     # -- reading (admins and auditors)
 

@@ -226,7 +226,7 @@ async def test_an_unknown_operator_email_is_not_audited_as_typed(
 
 @pytest.mark.parametrize("role", ROLES)
 async def test_sign_in_and_sign_out(
-    role: Role, dashboard_env: dict[str, str], admin_service: AdminService
+    role: Role, dashboard_env: dict[str, str], admin_service: AdminService, database: Database
 ) -> None:
     operator = await _operator(admin_service, role)
     at = await open_page(None)
@@ -248,6 +248,23 @@ async def test_sign_in_and_sign_out(
     with pytest.raises(ServiceError) as refused:
         await admin_service.operator(token)
     assert refused.value.status == 401
+    await admin_service.sign_out(token)  # a repeat: nothing more to record
+    assert await operator_events(database, operator.view.actor) == [
+        "operator_signed_in",  # _operator's own sign-in
+        "operator_signed_in",
+        "operator_signed_out",
+    ]
+
+
+async def operator_events(database: Database, actor: str) -> list[str]:
+    """An operator's own records (sign-ins and -outs, which name no account), oldest first."""
+    async with database.read() as db:
+        found = await db.scalars(
+            select(AuditRecord.event)
+            .where(AuditRecord.actor == actor, AuditRecord.account_id.is_(None))
+            .order_by(AuditRecord.seq)
+        )
+    return list(found)
 
 
 # -- overview

@@ -7,6 +7,7 @@ Pages never query the store or Temporal themselves: every read and action goes t
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ import pandas as pd
 import streamlit as st
 from pydantic import BaseModel
 
-from twofa.admin import AdminService
+from twofa.admin import OPERATOR_SESSION_TTL, AdminService
 from twofa.dashboard import session_cookie
 from twofa.dashboard.runtime import get_runtime
 from twofa.errors import ServiceError
@@ -49,6 +50,9 @@ KEPT_WIDGETS = (
 )
 #: The stored state names, said the way people say them ("pending code").
 STATE_LABELS: dict[str, str] = {state: state.replace("_", " ") for state in STORED_STATES}
+
+#: How long a dashboard session lasts, as the sign-out notice says it.
+SESSION_HOURS = round(OPERATOR_SESSION_TTL.total_seconds() / 3600)
 
 
 def call(make: Callable[[AdminService], Coroutine[Any, Any, T]]) -> T:
@@ -124,16 +128,26 @@ def signed_in(token: str) -> None:
 
 
 def sign_out() -> None:
-    """The sidebar's button: ends the session in the store, then the browser's cookie."""
+    """The sidebar's button: the browser lets go of its cookie whatever happens, and the
+    session ends in the store; if the store cannot be written now, the operator is told that
+    the session lapses on its own (no one else holds its token)."""
     token, _ = _session_token()
     st.session_state.pop(TOKEN_KEY, None)
-    if token:
-        call(lambda a: a.sign_out(token))
     for key in (ACCOUNT_KEY, FLASH_KEY, PENDING_KEY):
         st.session_state.pop(key, None)
     st.session_state[COOKIE_SPENT_KEY] = True
     st.session_state[COOKIE_ACTION_KEY] = {"action": "forget"}
     st.session_state[NOTICE_KEY] = "Signed out."
+    if not token:
+        return
+    try:
+        call(lambda a: a.sign_out(token))
+    except Exception:
+        logging.getLogger("twofa.dashboard").exception("the session could not be ended")
+        st.session_state[NOTICE_KEY] = (
+            "Signed out of this browser, but the session could not be ended on the server "
+            f"(the dashboard's log says why): it ends by itself within {SESSION_HOURS} hours."
+        )
 
 
 def clear_notice() -> None:

@@ -97,12 +97,15 @@ async def operator_of_session(
 
 async def end_operator_session(
     db: AsyncSession, token_digests: Sequence[str], now: datetime
-) -> None:
-    await db.execute(
+) -> Operator | None:
+    """The operator whose open session this call ended; ``None`` when none was open."""
+    ended = await db.scalar(
         update(OperatorSession)
         .where(
             OperatorSession.token_digest.in_(token_digests),
             OperatorSession.ended_at.is_(None),
         )
         .values(ended_at=now)
+        .returning(OperatorSession.operator_id)
     )
+    return None if ended is None else await db.get(Operator, ended)
