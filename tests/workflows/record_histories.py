@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from tests.conftest import ApiFactory
 from tests.support.journey import Api, User, at_rest, eventually, new_user
@@ -145,6 +145,49 @@ async def test_mail_refused(
         user = new_user("relay-refused")
         await api.enabled(user)
     await save(client, "pending_code_mail_refused", user)
+
+
+async def test_mail_refused_on_a_retry(
+    start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
+) -> None:
+    """Since 614187c: the relay was busy at the first try and refused the address for good on
+    a retry after the step, so the code was burnt (no code is out)."""
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    async with api_on_relay(handler, client, base_settings, database, start_api) as api:
+        user = new_user("relay-refused-later")
+        await api.enabled(user)
+        handler.refuse = {"RCPT": "550 5.1.1 mailbox unavailable"}
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+
+        async def code_burnt() -> bool:
+            return not (await handle.query(TwoFactorWorkflow.progress_now)).code_digest
+
+        await eventually(code_burnt, "the refusal on a retry")
+        await at_rest(database, client, user.account_id)
+    await save(client, "pending_code_mail_refused_on_retry", user)
+
+
+async def test_disabled_while_mailing(
+    start_api: ApiFactory, client: Client, base_settings: Settings, database: Database
+) -> None:
+    """Since 614187c: a disable while the relay kept the mail waiting called its retries off,
+    and the run ended once they stopped."""
+    handler = RelayHandler(refuse={"RCPT": "451 4.3.0 try again later"})
+    async with api_on_relay(handler, client, base_settings, database, start_api) as api:
+        user = new_user("disabled-mailing")
+        await api.enabled(user)
+        await eventually(lambda: handler.mail_commands >= 2, "a retry", interval=0.05)
+        r = await api.call(
+            "PUT", "/v1/account/two-factor", user, json={"enabled": False, "confirm": True}
+        )
+        assert r.status_code == 200, r.text
+        handle = client.get_workflow_handle(workflow_id(user.account_id))
+
+        async def run_ended() -> bool:
+            return (await handle.describe()).status != WorkflowExecutionStatus.RUNNING
+
+        await eventually(run_ended, "the run's end")
+    await save(client, "disabled_while_mailing", user)
 
 
 async def test_pending_activation(api: Api, client: Client) -> None:
