@@ -41,6 +41,9 @@ RELEASES_BEFORE_MAIL_SCENARIOS = {"be3d6ff", "2026-12-01", "2026-12-02"}
 #: Recorded since release ea0e2f8 (the mail's retries after the step): retries called off.
 CALLED_OFF_SCENARIOS = {"pending_code_mail_called_off"}
 RELEASES_BEFORE_CALLED_OFF = RELEASES_BEFORE_MAIL_SCENARIOS | {"ea117d1", "855e7da"}
+#: Recorded since release 2026-12-04: a retry refused for good, and a disable calling retries off.
+RETRY_SCENARIOS = {"pending_code_mail_refused_on_retry", "disabled_while_mailing"}
+RELEASES_BEFORE_RETRY_SCENARIOS = RELEASES_BEFORE_CALLED_OFF | {"ea0e2f8"}
 
 pytestmark = pytest.mark.single_backend
 
@@ -55,6 +58,8 @@ def test_each_release_covers_every_state(release: str) -> None:
     expected = SCENARIOS | (set() if release in RELEASES_BEFORE_MAIL_SCENARIOS else MAIL_SCENARIOS)
     if release not in RELEASES_BEFORE_CALLED_OFF:
         expected |= CALLED_OFF_SCENARIOS
+    if release not in RELEASES_BEFORE_RETRY_SCENARIOS:
+        expected |= RETRY_SCENARIOS
     assert names >= expected, expected - names
 
 
