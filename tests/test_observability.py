@@ -18,6 +18,7 @@ from tests.support.processes import TWOFA, environment, free_port, started, wait
 from twofa.api import create_app
 from twofa.api import router as api_routes
 from twofa.config import Settings
+from twofa.observability import METHODS
 from twofa.web import router as pages
 
 AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
@@ -67,6 +68,8 @@ async def test_metrics_count_a_journey_and_name_no_one(api: Api, base_settings: 
     assert r.status_code == 423 and r.json()["error"] == "locked", r.text
     async with httpx.AsyncClient(base_url=api.http.base_url, timeout=30) as browser:
         assert (await browser.get("/login")).status_code == 200
+        for token in ("XQZ1", "XQZ2"):  # any token is a method to the parser, no token needed
+            assert (await browser.request(token, "/v1/login")).status_code == 401
     text, after = await scrape(api)
 
     def moved(name: str, **labels: str) -> float:
@@ -85,6 +88,10 @@ async def test_metrics_count_a_journey_and_name_no_one(api: Api, base_settings: 
     latency = dict(method="POST", route="/v1/login/pin", status="200")
     assert moved("twofa_http_request_duration_seconds_count", **latency) >= 3
     assert moved("twofa_http_request_duration_seconds_sum", **latency) > 0
+    methods = {dict(labels).get("method") for (_, labels) in after} - {None}
+    assert methods <= {*METHODS, "other"}, methods  # bounded: a made-up method adds no series
+    other = dict(method="other", route="unmatched", status="401")
+    assert moved("twofa_http_request_duration_seconds_count", **other) >= 2
 
     # Labels hold route templates and codes: never a path with an id, an email or a secret.
     routes = {dict(labels).get("route") for (_, labels) in after} - {None}

@@ -52,6 +52,9 @@ LOGIN_STEPS = {
 }
 #: A label value taken from an answer must look like one of our codes: bounded cardinality.
 LABEL = re.compile(r"[a-z][a-z_]{0,39}")
+#: The methods the latency histogram names; any other token a client sends is "other", so no
+#: request line, token or not, can add series (bounded cardinality).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 #: Enough for any answer of a login step; longer bodies are not parsed for metrics.
 CAPTURE_BYTES = 8 * 1024
 
@@ -160,7 +163,8 @@ class Metrics:
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float, body: bytes) -> None:
-        self.latency.labels(method, route, str(status)).observe(seconds)
+        named = method if method in METHODS else "other"
+        self.latency.labels(named, route, str(status)).observe(seconds)
         if method == "PUT" and route == "/v1/account/two-factor" and status == 202:
             self.mails.labels("activation_code").inc()
         step = LOGIN_STEPS.get(route) if method == "POST" else None
