@@ -10,15 +10,28 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.client import Client
 
 from tests.conftest import ApiFactory
 from tests.support.browser import launch
-from tests.support.journey import Api, User, eventually, new_user, parse_time, sleep_until
+from tests.support.journey import (
+    Api,
+    User,
+    account_row,
+    eventually,
+    new_user,
+    parse_time,
+    sleep_until,
+)
+from twofa.config import Settings
+from twofa.store.db import Database
+from twofa.temporal import build_worker
 
 #: The product's own 10 seconds: the pages say it, and no test waits for it to pass.
 AUTO_LOGOUT = 10
@@ -293,6 +306,52 @@ async def test_cookie_flags(start_api: ApiFactory) -> None:
                 assert "; path=/" in cookie, cookie
         finally:
             await visitor.close()
+
+
+async def test_enable_and_disable_repeated_after_an_outage(
+    start_api: ApiFactory, base_settings: Settings, client: Client, database: Database
+) -> None:
+    """With no worker, the enable's and the disable's pages answer 503 and offer the same
+    button again, which, once a worker is back, finishes the step (S9): the disable's too,
+    whose session the first try kept for it (it serves nothing else meanwhile)."""
+    queue = f"pages-held-{uuid.uuid4().hex[:8]}"
+    api = await start_api(
+        temporal_task_queue=queue, workflow_call_timeout_seconds=1, auto_logout_seconds=60
+    )
+    worker = lambda: build_worker(  # noqa: E731
+        client, base_settings.model_copy(update={"temporal_task_queue": queue}), database
+    )
+    async with worker():
+        trusted = await api.activated(new_user("pages-disable-503"))
+        login = await api.login_ok(trusted)
+        r = await api.pin(login["login_id"], trusted.pin)
+        assert r.status_code == 200, r.text
+    plain = await api.register(new_user("pages-enable-503"))
+    disabling, enabling = Visitor(str(api.http.base_url)), Visitor(str(api.http.base_url))
+    try:
+        disabling.http.cookies.set("twofa_session", r.json()["session_token"])
+        at(await disabling.get("/settings/disable"), "/settings/disable", "Yes")
+        await enabling.get("/login")
+        r = await enabling.post("/login", {"email": plain.email, "password": plain.password})
+        at(r, "/", "You are connected to Cockpit")
+
+        r = await enabling.post("/settings/two-factor/enable", {})
+        assert r.status_code == 503 and "try again" in r.text, r.text
+        assert 'action="/settings/two-factor/enable"' in r.text  # the button, to repeat it
+        for _ in range(2):  # the repeat reaches the disable, not the login page, and so on
+            r = await disabling.post("/settings/two-factor/disable", {"confirm": "yes"})
+            assert r.status_code == 503 and "try again" in r.text, r.text
+            assert 'name="confirm" value="yes"' in r.text  # the Yes, to repeat it
+        async with worker():
+            r = await enabling.post("/settings/two-factor/enable", {})
+            at(r, "/settings/enabled", "logged out")
+            r = await disabling.post("/settings/two-factor/disable", {"confirm": "yes"})
+            at(r, "/settings", DISABLED_SENTENCE)
+        assert (await account_row(database, plain.account_id)).two_factor_state == "pending_code"
+        assert (await account_row(database, trusted.account_id)).two_factor_state == "disabled"
+    finally:
+        await disabling.close()
+        await enabling.close()
 
 
 async def test_login_id_and_device_token_cookies(start_api: ApiFactory) -> None:

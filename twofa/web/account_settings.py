@@ -13,10 +13,13 @@ from twofa import errors
 from twofa.errors import ServiceError
 from twofa.service import CurrentSession, TwoFactorService
 from twofa.web.core import (
+    Disabling,
+    Enabling,
     Form,
     Service,
     User,
     duration_text,
+    in_page_words,
     optional_session,
     redirect,
     render,
@@ -53,13 +56,15 @@ async def settings_view(
 
 
 @router.post("/settings/two-factor/enable")
-async def enable(request: Request, form: Form, current: User, svc: Service) -> Response:
-    """R1, R3: the code is mailed and the notice counts down to the automatic logout."""
+async def enable(request: Request, form: Form, current: Enabling, svc: Service) -> Response:
+    """R1, R3: the code is mailed and the notice counts down to the automatic logout. After a
+    503 the settings page says so, and its button repeats the enable (S9)."""
     try:
         await svc.enable(current)
     except ServiceError as error:
-        if error.status == 422:
-            return await settings_view(request, current, svc, 422, error.message)
+        if error.status in (422, 503):
+            message = in_page_words(error.message)
+            return await settings_view(request, current, svc, error.status, message)
         if error.code == errors.ALREADY_ENABLED.code:
             return redirect(request, "/settings")
         raise
@@ -88,11 +93,18 @@ async def disable_confirmation(request: Request, current: User) -> Response:
 
 
 @router.post("/settings/two-factor/disable")
-async def disable(request: Request, form: Form, current: User, svc: Service) -> Response:
-    """R10: only the Yes of the confirmation page gets here; every trusted browser goes."""
+async def disable(request: Request, form: Form, current: Disabling, svc: Service) -> Response:
+    """R10: only the Yes of the confirmation page gets here; every trusted browser goes. After
+    a 503 the confirmation is asked again, saying why, and its Yes repeats the disable (S9)."""
     if form.get("confirm") != "yes":
         return redirect(request, "/settings")
-    await svc.disable(current.account, confirm=True, keep=current.session)
+    try:
+        await svc.disable(current.account, confirm=True, keep=current.session)
+    except ServiceError as error:
+        if error.status != 503:
+            raise
+        message = in_page_words(error.message)
+        return render(request, "disable.html", 503, current=current, error=message)
     response = await after_revocation(request, svc, "/settings", "disabled")
     clear_cookie(response, request, DEVICE_COOKIE)  # revoked with every other browser
     return response

@@ -278,9 +278,24 @@ async def signed_in(request: Request) -> CurrentSession:
     return await service_of(request).current_session(request.cookies.get(SESSION_COOKIE))
 
 
+async def signed_in_to_disable(request: Request) -> CurrentSession:
+    """As ``signed_in``, and also the session a disable not yet taken effect kept: the disable's
+    repeat, after a 503, must reach it (S9), as the API's repeat does."""
+    svc = service_of(request)
+    return await svc.current_session(request.cookies.get(SESSION_COOKIE), repeating_disable=True)
+
+
+async def signed_in_to_enable(request: Request) -> CurrentSession:
+    """As ``signed_in``, and also the session the browser's own enable cut while it waited:
+    the enable's repeat, after a 503, gets that enable's answer (S9), as the API's does."""
+    return await service_of(request).session_for_enable(request.cookies.get(SESSION_COOKIE))
+
+
 Service = Annotated[TwoFactorService, Depends(current_service)]
 Form = Annotated[PageForm, Depends(checked_form)]
 User = Annotated[CurrentSession, Depends(signed_in)]
+Disabling = Annotated[CurrentSession, Depends(signed_in_to_disable)]
+Enabling = Annotated[CurrentSession, Depends(signed_in_to_enable)]
 
 
 async def optional_session(request: Request, svc: TwoFactorService) -> CurrentSession | None:
