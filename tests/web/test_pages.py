@@ -400,6 +400,19 @@ async def test_forms_refused_without_csrf_token(start_api: ApiFactory) -> None:
         r = await visitor.post("/login", {**credentials, "csrf_token": "x" * 43}, csrf=False)
         assert r.status_code == 403
         assert "twofa_session" not in visitor.http.cookies
+        # a matching token from another origin's page (a sibling subdomain may set the
+        # cookie): refused when the browser says where the post came from
+        token = {"csrf_token": visitor.http.cookies["twofa_csrf"]}
+        for where in ("same-site", "cross-site"):
+            r = await visitor.http.post(
+                "/login", data={**credentials, **token}, headers={"Sec-Fetch-Site": where}
+            )
+            assert r.status_code == 403 and "did not come from this site" in r.text, where
+        assert "twofa_session" not in visitor.http.cookies
+        r = await visitor.http.post(
+            "/login", data={**credentials, **token}, headers={"Sec-Fetch-Site": "same-origin"}
+        )
+        assert r.status_code == 303, r.text
         r = await visitor.post("/login", credentials)
         at(r, "/", user.email)
         for path, form in [

@@ -99,7 +99,16 @@ class PageForm:
 
 
 async def checked_form(request: Request) -> PageForm:
-    """Every form post passes here first: no matching CSRF token, nothing happens (403)."""
+    """Every form post passes here first: no matching CSRF token, nothing happens (403).
+
+    A browser that says the post came from another origin is refused even with a matching
+    token: a page on a sibling subdomain is same-site, so SameSite cookies reach us from it,
+    and it may have set the CSRF cookie itself. Browsers too old to say (no
+    ``Sec-Fetch-Site``) rely on the token alone; ``Origin`` cannot serve instead, as the pages'
+    ``no-referrer`` policy makes a browser send ``Origin: null`` with every post.
+    """
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise CsrfRefused
     async with request.form(max_files=0, max_fields=20) as form:
         values = _strings(form)
     cookie = request.cookies.get(CSRF_COOKIE, "")
