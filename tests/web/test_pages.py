@@ -241,6 +241,8 @@ async def test_pages_journey_without_javascript(start_api: ApiFactory) -> None:
         r = await first.post("/settings/browsers/delete", form)
         at(r, "/settings/browsers", "The browser “Tablet” was deleted from your trusted devices.")
         assert "Tablet" not in r.text.split("</h1>", 1)[1] and "Laptop" in r.text  # the list
+        r = await first.post("/settings/browsers/delete", form)  # repeated: already gone (S9)
+        at(r, "/settings/browsers", "That browser is no longer among your trusted devices.")
         at(await second.get("/"), "/login", "Your session has ended.")
         r = await second.post("/login", {"email": user.email, "password": user.password})
         at(r, "/login/not-trusted")

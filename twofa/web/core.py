@@ -64,7 +64,7 @@ FLASH: dict[str, tuple[str, str]] = {
         "Cockpit account with two-factor authentication.",
     ),
     "browser_deleted": ("success", "The browser “{name}” was deleted from your trusted devices."),
-    "browser_gone": ("info", "This browser is no longer among your trusted devices."),
+    "browser_gone": ("info", "That browser is no longer among your trusted devices."),
     "this_browser_deleted": (
         "info",
         "This browser (“{name}”) was deleted from your trusted devices, and you are logged out.",
