@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 from temporalio.client import Client
 
 from tests.conftest import ApiFactory
@@ -31,6 +33,7 @@ from tests.support.journey import (
 )
 from twofa.config import Settings
 from twofa.store.db import Database
+from twofa.store.models import Account
 from twofa.temporal import build_worker
 
 #: The product's own 10 seconds: the pages say it, and no test waits for it to pass.
@@ -856,6 +859,39 @@ async def test_issue_13_pages_in_chromium(
             await expect(page.locator("header summary")).to_have_text(ann.email)
         finally:
             await browser.close()
+
+
+async def test_a_pin_posted_while_another_is_checked_gets_the_pin_page(
+    start_api: ApiFactory, database: Database
+) -> None:
+    """A double click on Connect: the second post finds the first one's check under way (429)
+    and gets the PIN page again, with the seal, instead of an error page; typed again, the
+    password connects."""
+    api = await start_api()
+    user = await api.activated(new_user("pin-double-click"))
+    visitor = Visitor(str(api.http.base_url))
+    visitor.http.cookies.set("twofa_device", user.device_token or "")
+    try:
+        await visitor.get("/login")
+        r = await visitor.post("/login", {"email": user.email, "password": user.password})
+        at(r, "/login/pin", user.seal)
+        async with database.write() as db:  # the first click's check, holding the slot
+            await db.execute(
+                update(Account)
+                .where(Account.id == user.account_id)
+                .values(pin_check_until=datetime.now(UTC) + timedelta(seconds=60))
+            )
+        r = await visitor.post("/login/pin", {"pin": user.pin})
+        assert r.status_code == 429 and r.request.url.path == "/login/pin", r.text
+        assert user.seal in r.text and "being checked" in r.text, r.text
+        async with database.write() as db:  # that check over
+            await db.execute(
+                update(Account).where(Account.id == user.account_id).values(pin_check_until=None)
+            )
+        r = await visitor.post("/login/pin", {"pin": user.pin})
+        at(r, "/", "You are securely connected")
+    finally:
+        await visitor.close()
 
 
 async def test_third_lock_in_a_row_says_an_admin_unlocks(start_api: ApiFactory) -> None:

@@ -256,6 +256,9 @@ async def pin(request: Request, form: Form, svc: Service) -> Response:
             return pin_page(request, flow, 400, message)
         if error.status == 422:
             return pin_page(request, flow, 422, in_page_words(error.message))
+        if error.code == errors.PIN_CHECK_IN_PROGRESS.code:  # a double click's second post:
+            # the page again, and the password typed again gets the first one's session (S9)
+            return pin_page(request, flow, 429, in_page_words(error.message))
         raise
     response = redirect(request, "/", "enrolled" if view.device_token else "connected")
     start_session(request, response, view)
