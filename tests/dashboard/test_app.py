@@ -9,6 +9,7 @@ drives Debian's chromium with playwright against ``streamlit run`` on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -604,6 +605,69 @@ async def test_history_tells_the_story_with_engine_detail_one_click_away(
     assert [int(r["seq"]) for r in read] == [r.seq for r in records]
     assert list(read[0]) == list(AuditRow.model_fields)
     assert ui.as_csv([], TimelineRow).strip() == ",".join(TimelineRow.model_fields)
+
+
+class Forwarder:
+    """A TCP forwarder to the dev server that can be cut: Temporal, as a client sees it, gone."""
+
+    def __init__(self, target: str) -> None:
+        self.host, port = target.rsplit(":", 1)
+        self.port = int(port)
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._pair, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.cut()
+
+    async def cut(self) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _pair(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self.writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_history_reads_without_temporal(
+    api: Api,
+    dashboard_env: dict[str, str],
+    operators: dict[Role, Operator],
+    base_settings: Settings,
+) -> None:
+    """Temporal gone: the History page still tells the story from the audit trail, and says
+    the engine's steps cannot be read now, instead of failing as a whole."""
+    user = await api.activated(new_user())
+    forwarder = Forwarder(base_settings.temporal_address)
+    async with forwarder as address:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("TWOFA_TEMPORAL_ADDRESS", address)  # a runtime of its own, through it
+            at = await open_page(operators["auditor"], "history.py", user.account_id)
+            assert [e.label for e in at.expander][1].startswith("Engine detail")
+            assert not at.warning
+            await forwarder.cut()
+            at = await open_page(operators["auditor"], "history.py", user.account_id)
+            assert [str(w.value) for w in at.warning] == [
+                "Engine detail: the workflow history cannot be read now (Temporal does not "
+                "answer). The story and the audit records above are complete; reload later "
+                "for the engine's steps."
+            ]
+            assert story_rows(at) and ui.md("2FA activated") in {r[2] for r in story_rows(at)}
+            assert len(at.expander) == 1, [e.label for e in at.expander]
+            assert at.expander[0].label.startswith("Audit records as stored")
 
 
 async def test_history_says_locks_and_admin_actions(

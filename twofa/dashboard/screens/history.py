@@ -14,21 +14,30 @@ import streamlit as st
 from pydantic import BaseModel
 
 from twofa.dashboard import history_story, ui
+from twofa.errors import ServiceError
 from twofa.views import AccountDetail, AuditRow, TimelineRow
 
 ui.require_operator()
 st.title("History")
 
 
-def _history(account_id: str) -> tuple[AccountDetail, list[TimelineRow], list[AuditRow]]:
-    return (
-        ui.call(lambda a: a.account(account_id)),
-        ui.call(lambda a: a.timeline(account_id)),
-        ui.call(lambda a: a.audit_trail(account_id)),
-    )
+def _history(account_id: str) -> tuple[AccountDetail, list[AuditRow]]:
+    return ui.call(lambda a: a.account(account_id)), ui.call(lambda a: a.audit_trail(account_id))
 
 
-detail, timeline, trail = ui.load_account("history_pick", "history.py", _history)
+def _timeline(account_id: str) -> list[TimelineRow] | None:
+    """The engine's steps; ``None`` while Temporal does not answer: the story and the audit
+    trail come from the store, and an auditor still reads them."""
+    try:
+        return ui.call(lambda a: a.timeline(account_id))
+    except ServiceError as error:
+        if error.status != 503:
+            raise
+        return None
+
+
+detail, trail = ui.load_account("history_pick", "history.py", _history)
+timeline = _timeline(detail.account.id)
 account_id = detail.account.id
 
 
@@ -116,34 +125,42 @@ with st.expander(f"Audit records as stored ({len(trail)})", icon=":material/rece
         )
     downloads("audit-trail", trail, AuditRow, "audit")
 
-with st.expander(
-    f"Engine detail: workflow history ({history_story.plural(len(timeline), 'step')})",
-    icon=":material/account_tree:",
-):
-    st.caption(
-        "Every run of the account's Temporal workflow: requests, effects, timers and state "
-        "changes, without payloads."
+if timeline is None:
+    st.warning(
+        "Engine detail: the workflow history cannot be read now (Temporal does not answer). "
+        "The story and the audit records above are complete; reload later for the engine's "
+        "steps.",
+        icon=":material/cloud_off:",
     )
-    if timeline:
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "time (UTC)": ui.when(row.time),
-                        "run": row.run,
-                        "step": row.step,
-                        "details": row.details,
-                    }
-                    for row in timeline
-                ]
-            ),
-            hide_index=True,
-            height="content",
-            column_config={
-                "run": st.column_config.NumberColumn(width="small"),
-                "details": st.column_config.TextColumn(width="large"),
-            },
+else:
+    with st.expander(
+        f"Engine detail: workflow history ({history_story.plural(len(timeline), 'step')})",
+        icon=":material/account_tree:",
+    ):
+        st.caption(
+            "Every run of the account's Temporal workflow: requests, effects, timers and state "
+            "changes, without payloads."
         )
-    else:
-        st.caption("No workflow yet: 2FA was never enabled for this account.")
-    downloads("timeline", timeline, TimelineRow, "timeline")
+        if timeline:
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "time (UTC)": ui.when(row.time),
+                            "run": row.run,
+                            "step": row.step,
+                            "details": row.details,
+                        }
+                        for row in timeline
+                    ]
+                ),
+                hide_index=True,
+                height="content",
+                column_config={
+                    "run": st.column_config.NumberColumn(width="small"),
+                    "details": st.column_config.TextColumn(width="large"),
+                },
+            )
+        else:
+            st.caption("No workflow yet: 2FA was never enabled for this account.")
+        downloads("timeline", timeline, TimelineRow, "timeline")
