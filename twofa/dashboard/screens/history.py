@@ -8,6 +8,7 @@ click away, in expanders. Both download as JSON and CSV.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -39,6 +40,19 @@ def _timeline(account_id: str) -> list[TimelineRow] | None:
 detail, trail = ui.load_account("history_pick", "history.py", _history)
 timeline = _timeline(detail.account.id)
 account_id = detail.account.id
+
+
+def records_table(rows: list[dict[str, Any]], numbered: str) -> None:
+    """Records in full, plain text (``st.dataframe`` renders no Markdown), details wide."""
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        height="content",
+        column_config={
+            numbered: st.column_config.NumberColumn(width="small"),
+            "details": st.column_config.TextColumn(width="large"),
+        },
+    )
 
 
 def downloads(name: str, rows: Sequence[BaseModel], model: type[BaseModel], key: str) -> None:
@@ -102,26 +116,19 @@ else:
 with st.expander(f"Audit records as stored ({len(trail)})", icon=":material/receipt_long:"):
     st.caption("Match a line above by its number; `twofa audit verify` checks the chain.")
     if trail:
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "#": row.seq,
-                        "time (UTC)": ui.when(row.time),
-                        "actor": row.actor,
-                        "event": row.event,
-                        "details": row.details,
-                        "request id": row.request_id,
-                    }
-                    for row in trail
-                ]
-            ),
-            hide_index=True,
-            height="content",
-            column_config={
-                "#": st.column_config.NumberColumn(width="small"),
-                "details": st.column_config.TextColumn(width="large"),
-            },
+        records_table(
+            [
+                {
+                    "#": row.seq,
+                    "time (UTC)": ui.when(row.time),
+                    "actor": row.actor,
+                    "event": row.event,
+                    "details": row.details,
+                    "request id": row.request_id,
+                }
+                for row in trail
+            ],
+            numbered="#",
         )
     downloads("audit-trail", trail, AuditRow, "audit")
 
@@ -142,24 +149,17 @@ else:
             "changes, without payloads."
         )
         if timeline:
-            st.dataframe(
-                pd.DataFrame(
-                    [
-                        {
-                            "time (UTC)": ui.when(row.time),
-                            "run": row.run,
-                            "step": row.step,
-                            "details": row.details,
-                        }
-                        for row in timeline
-                    ]
-                ),
-                hide_index=True,
-                height="content",
-                column_config={
-                    "run": st.column_config.NumberColumn(width="small"),
-                    "details": st.column_config.TextColumn(width="large"),
-                },
+            records_table(
+                [
+                    {
+                        "time (UTC)": ui.when(row.time),
+                        "run": row.run,
+                        "step": row.step,
+                        "details": row.details,
+                    }
+                    for row in timeline
+                ],
+                numbered="run",
             )
         else:
             st.caption("No workflow yet: 2FA was never enabled for this account.")
