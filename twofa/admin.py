@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.json_format import MessageToDict
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from twofa import audit, errors
 from twofa.crypto import new_token
@@ -48,6 +48,12 @@ from twofa.workflows.messages import STATE_SEARCH_ATTRIBUTE, ActorRequest, workf
 from twofa.workflows.two_factor import TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
+#: Temporal away or overloaded: worth a "read it later"; any other refusal is a bug to see.
+_NOT_ANSWERING = (
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+)
 
 OPERATOR_SESSION_TTL = timedelta(hours=8)
 MAX_PAGE_SIZE = 200
@@ -279,6 +285,8 @@ class AdminService:
         try:
             return await self._timeline(workflow_id(account_id))
         except RPCError as error:
+            if error.status not in _NOT_ANSWERING:
+                raise
             log.warning("account %s: its workflow history could not be read: %s", account_id, error)
             raise errors.UNAVAILABLE() from None
 

@@ -320,7 +320,9 @@ async def test_enable_and_disable_repeated_after_an_outage(
     button again, which, once a worker is back, finishes the step (S9): the disable's too,
     whose session the first try kept for it (it serves nothing else meanwhile)."""
     queue = f"pages-held-{uuid.uuid4().hex[:8]}"
-    api = await start_api(
+    api = await start_api(temporal_task_queue=queue, auto_logout_seconds=60)
+    # the same queue, but its workflow calls give up after a second: for the posts that 503
+    impatient = await start_api(
         temporal_task_queue=queue, workflow_call_timeout_seconds=1, auto_logout_seconds=60
     )
     worker = lambda: build_worker(  # noqa: E731
@@ -333,6 +335,7 @@ async def test_enable_and_disable_repeated_after_an_outage(
         assert r.status_code == 200, r.text
     plain = await api.register(new_user("pages-enable-503"))
     disabling, enabling = Visitor(str(api.http.base_url)), Visitor(str(api.http.base_url))
+    held = str(impatient.http.base_url).rstrip("/")  # cookies are per host, not per port
     try:
         disabling.http.cookies.set("twofa_session", r.json()["session_token"])
         at(await disabling.get("/settings/disable"), "/settings/disable", "Yes")
@@ -340,11 +343,11 @@ async def test_enable_and_disable_repeated_after_an_outage(
         r = await enabling.post("/login", {"email": plain.email, "password": plain.password})
         at(r, "/", "You are connected to Cockpit")
 
-        r = await enabling.post("/settings/two-factor/enable", {})
+        r = await enabling.post(f"{held}/settings/two-factor/enable", {})
         assert r.status_code == 503 and "try again" in r.text, r.text
         assert 'action="/settings/two-factor/enable"' in r.text  # the button, to repeat it
         for _ in range(2):  # the repeat reaches the disable, not the login page, and so on
-            r = await disabling.post("/settings/two-factor/disable", {"confirm": "yes"})
+            r = await disabling.post(f"{held}/settings/two-factor/disable", {"confirm": "yes"})
             assert r.status_code == 503 and "try again" in r.text, r.text
             assert 'name="confirm" value="yes"' in r.text  # the Yes, to repeat it
         async with worker():
