@@ -29,7 +29,7 @@ from twofa.store import (
     throttle_queries,
 )
 from twofa.store.admin_queries import SortKey
-from twofa.store.models import Account
+from twofa.store.models import Account, Operator
 from twofa.views import (
     AccountDetail,
     AccountPage,
@@ -154,8 +154,9 @@ class AdminService:
                 created_at=now,
                 expires_at=now + OPERATOR_SESSION_TTL,
             )
-            await audit.append(db, "operator_signed_in", actor=f"{operator.role}:{email}")
-        return token, OperatorView(id=operator.id, email=operator.email, role=operator.role)
+            signed_in = _operator_view(operator)
+            await audit.append(db, "operator_signed_in", actor=signed_in.actor)
+        return token, signed_in
 
     async def operator(self, token: str | None) -> OperatorView:
         """The operator of a live dashboard session; sessions expire after 8 hours."""
@@ -167,7 +168,7 @@ class AdminService:
             )
         if row is None:
             raise errors.DASHBOARD_SESSION_ENDED()
-        return OperatorView(id=row.id, email=row.email, role=row.role)
+        return _operator_view(row)
 
     async def sign_out(self, token: str) -> None:
         """Audited as the sign-in is (S5); a repeat, or a session already over, writes nothing."""
@@ -176,7 +177,7 @@ class AdminService:
                 db, self.keyring.digests("operator-session", token), utcnow()
             )
             if ended is not None:
-                await audit.append(db, "operator_signed_out", actor=f"{ended.role}:{ended.email}")
+                await audit.append(db, "operator_signed_out", actor=_operator_view(ended).actor)
 
     # -- reading (admins and auditors)
 
@@ -335,6 +336,11 @@ class AdminService:
         if account is None:
             raise errors.ACCOUNT_NOT_FOUND()
         return await self.users.disable(account, confirm=True, actor=operator.actor)
+
+
+def _operator_view(operator: Operator) -> OperatorView:
+    """An operator as the dashboard and the audit trail (its ``actor``) name it."""
+    return OperatorView(id=operator.id, email=operator.email, role=operator.role)
 
 
 def _event_details(event: HistoryEvent) -> str:

@@ -64,8 +64,7 @@ async def enable(request: Request, form: Form, current: Enabling, svc: Service) 
     except ServiceError as error:
         if error.status in (422, 503):
             message = in_page_words(error.message)
-            session = current.session
-            if session.ended_at is None and session.expires_at > datetime.now(UTC):
+            if await optional_session(request, svc):
                 return await settings_view(request, current, svc, error.status, message)
             # cut by this very enable: its repeat gets the enable's answer, and nothing else
             return render(request, "error.html", error.status, message=message)
