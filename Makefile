@@ -36,11 +36,9 @@ admin: $(STAMP)  # a dashboard operator: make admin EMAIL=you@example.com [ROLE=
 seed: $(STAMP)  # demo accounts in every 2FA state: make seed [N=200]
 	$(BIN)/twofa seed --accounts $(N)
 
-user:  # an end user for the pages: make user EMAIL=ann@example.com PASSWORD='correct horse'
-	@curl -sS -X POST "http://$${TWOFA_HOST:-127.0.0.1}:$${TWOFA_API_PORT:-8000}/v1/accounts" \
-	  -H "Authorization: Bearer $${TWOFA_SERVICE_TOKEN:-$$(cat "$${TWOFA_DATA_DIR:-.data}/service-token")}" \
-	  -H "content-type: application/json" -d '{"email":"$(EMAIL)","password":"$(PASSWORD)"}'
-	@echo
+# Without PASSWORD, twofa asks for it (and a PASSWORD given here shows in `ps` while it runs).
+user: $(STAMP)  # an end user for the pages: make user EMAIL=ann@example.com [PASSWORD='correct horse']
+	@$(if $(PASSWORD),printf '%s\n' '$(subst ','\'',$(PASSWORD))' |) $(BIN)/twofa user create --email '$(EMAIL)'
 
 # Debian packages the tests use: PostgreSQL (second database backend) and Chromium (browser tests).
 system-packages:

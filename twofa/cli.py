@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 import uvicorn
@@ -18,6 +19,8 @@ from twofa.config import Settings
 
 if TYPE_CHECKING:
     from twofa import pepper
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Cockpit 2FA: two-factor authentication engine.",
@@ -314,26 +317,59 @@ def admin_create(
     role: str = typer.Option(..., help="admin or auditor"),
 ) -> None:
     """Create a dashboard operator; the password is prompted, or read from stdin when piped."""
-    from twofa.errors import ServiceError
     from twofa.temporal import exit_without_teardown
     from twofa.wiring import services
 
-    if sys.stdin.isatty():
-        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        password = sys.stdin.readline().rstrip("\n")
+    password = _new_password()
 
     async def create() -> None:
         async with services(Settings(), migrated=True) as built:
             await built.admin.create_operator(email, role, password)
 
+    _refused_exits(create)
+    typer.echo(f"{role} {email} created")
+    exit_without_teardown()
+
+
+user_app = typer.Typer(help="End users, to try the pages with.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("create")
+def user_create(email: str = typer.Option(..., help="the user's email")) -> None:
+    """Register an end user as POST /v1/accounts does, and print the account as it answers;
+    the password is prompted, or read from stdin when piped."""
+    from twofa.temporal import exit_without_teardown
+    from twofa.views import AccountView
+    from twofa.wiring import services
+
+    password = _new_password()
+
+    async def create() -> AccountView:
+        async with services(Settings(), migrated=True) as built:
+            return await built.users.register(email, password)
+
+    typer.echo(_refused_exits(create).model_dump_json())
+    exit_without_teardown()
+
+
+def _new_password() -> str:
+    """Prompted twice on a terminal; else the first line of stdin, so it stays out of ``ps``."""
+    if sys.stdin.isatty():
+        return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _refused_exits(step: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Runs ``step``; a refusal (a rule, a taken email) is one line on stderr and exit 1."""
+    from twofa.errors import ServiceError
+    from twofa.temporal import exit_without_teardown
+
     try:
-        asyncio.run(create())
+        return asyncio.run(step())
     except ServiceError as error:
         typer.echo(f"refused: {error.message}", err=True)
         exit_without_teardown(1)
-    typer.echo(f"{role} {email} created")
-    exit_without_teardown()
 
 
 @app.command()

@@ -64,6 +64,11 @@ def second_shell(env: dict[str, str]) -> None:
     pages, a dashboard operator, demo accounts."""
     created = json.loads(make(env, "user", "EMAIL=ann@example.com", "PASSWORD=correct horse"))
     assert created["email"] == "ann@example.com" and created["two_factor"] == "disabled"
+    again = subprocess.run(
+        ["make", "-s", "user", "EMAIL=Ann@example.com", "PASSWORD=it's another"],
+        cwd=REPO, env=env, capture_output=True,
+    )  # fmt: skip
+    assert again.returncode != 0 and b"refused: " in again.stderr, again
     out = make(env, "admin", "EMAIL=alice@example.com", stdin="operator password\n")
     assert "admin alice@example.com created" in out
     out = make(env, "seed", "N=3")
