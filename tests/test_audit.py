@@ -1,4 +1,5 @@
-"""SPEC S5: the audit trail records what happened and `twofa audit verify` catches tampering."""
+"""S5 (docs/rules.md): the audit trail records what happened; `twofa audit verify` catches
+tampering."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,14 @@ from sqlalchemy.orm import Session as OrmSession
 from tests.conftest import PEPPER
 from tests.support.journey import Api, audit_trail, eventually, new_user
 from tests.support.stores import (
+    TWOFA,
     Store,
     chain_in,
     clone_store,
     drop_guards,
     empty_store,
     sql,
+    verify,
 )
 from twofa import audit
 from twofa.config import Settings
@@ -158,6 +161,11 @@ TAMPERING = {
         "version) SELECT 7, at, account_id, 'forger', event, details, prev_hash, hash, version "
         "FROM audit_log WHERE seq = 8",
     ],
+    # the same parsed content, so the same hash: only the stored text shows the edit
+    "respaced": ["UPDATE audit_log SET details = replace(details, ': ', ':') WHERE seq = 7"],
+    "duplicate_key": [
+        'UPDATE audit_log SET details = \'{"i": "forged", \' || substr(details, 2) WHERE seq = 7'
+    ],
     "reorder": [
         "UPDATE audit_log SET seq = -1 WHERE seq = 7",
         "UPDATE audit_log SET seq = 7 WHERE seq = 8",
@@ -220,7 +228,7 @@ def _rebuild(url: str, *, edit: int, unkeyed_from: int | None) -> None:
             "BROKEN at record 7: record 7's keyed hash does not match: rebuilt or edited "
             "without the key",
         ),
-        (7, "BROKEN at record 7: record 7 is unkeyed after keyed records, and no keyed record"),
+        (7, "BROKEN at record 7: record 7 is unkeyed after keyed records: written without the"),
         (1, "BROKEN at record 20: record 20's keyed hash does not match the anchor: rebuilt"),
     ],
     ids=["keyed_label_kept", "unkeyed_from_the_edit", "unkeyed_throughout"],
@@ -249,6 +257,28 @@ def test_verify_distrusts_a_forged_or_missing_anchor(chain: Store, tmp_path: Pat
     assert "is missing, yet the log holds keyed records" in result.stderr, result.stderr
 
 
+@pytest.mark.single_backend
+def test_verify_that_could_not_check_exits_2_not_1(chain: Store, tmp_path: Path) -> None:
+    """A monitor must tell an outage from tampering: no database, an anchor it cannot read,
+    no pepper are "not checked" (exit 2), never "broken" (exit 1)."""
+    copy = clone_store(chain, "unchecked", tmp_path)
+    gone = verify(f"sqlite:///{tmp_path / 'no-such-dir' / 'twofa.db'}", copy.data_dir)
+    assert gone.returncode == 2, gone
+    assert gone.stderr.startswith("audit chain NOT CHECKED: OperationalError: "), gone.stderr
+    copy.chain.anchor_path.unlink()
+    copy.chain.anchor_path.mkdir()  # unreadable even for root, unlike a chmod
+    unreadable = copy.verify()
+    assert unreadable.returncode == 2, unreadable
+    assert "NOT CHECKED: IsADirectoryError" in unreadable.stderr, unreadable.stderr
+    env = {**os.environ, "TWOFA_DATABASE_URL": copy.url, "TWOFA_DATA_DIR": str(copy.data_dir)}
+    env.pop("TWOFA_PEPPER", None)
+    unpeppered = subprocess.run(
+        [TWOFA, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert unpeppered.returncode == 2, unpeppered
+    assert "NOT CHECKED: no pepper" in unpeppered.stderr, unpeppered.stderr
+
+
 @pytest.mark.parametrize(
     "statement",
     [
@@ -271,30 +301,48 @@ def test_the_database_refuses_to_change_or_delete_audit_records(
 _V1_COLUMNS = ("seq", "at", "account_id", "actor", "event", "details", "prev_hash", "hash")
 
 
-def test_records_from_before_the_key_still_verify_as_a_prefix(
-    database_url: str, tmp_path: Path
-) -> None:
-    """Version 1 records (public SHA-256, as 0006 wrote them), then keyed records after them."""
-    store = empty_store(database_url, "audit_legacy", tmp_path)
-    prev, rows = audit.GENESIS, []
-    for seq in range(1, 4):
+def _insert_unkeyed(url: str, count: int, at: datetime, actor: str = "system") -> None:
+    """``count`` version 1 records (public SHA-256, as 0006 wrote them) at the head, with a
+    plain INSERT: what be3d6ff's API writes, and what the triggers let anyone write."""
+    head = sql(url, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    seq, prev = (int(str(head[0][0])), str(head[0][1])) if head else (0, audit.GENESIS)
+    rows = []
+    for n in range(1, count + 1):
         record = AuditRecord(
-            seq=seq,
-            at=datetime(2026, 11, 1, 12, seq, tzinfo=UTC),
+            seq=seq + n,
+            at=at,
             account_id=None,
-            actor="system",
+            actor=actor,
             event="old_event",
             details="{}",
             prev_hash=prev,
         )
         record.hash = prev = audit.public_hash(prev, record)
         rows.append({c: getattr(record, c) for c in _V1_COLUMNS})
-    engine = create_engine(sync_url(store.url))
+    engine = create_engine(sync_url(url))
     try:
         with engine.begin() as connection:  # no version given: the column's default, 1
             connection.execute(insert(AuditRecord.__table__), rows)
     finally:
         engine.dispose()
+
+
+async def _append_keyed(store: Store, at: datetime) -> None:
+    """One record as the new release writes it, stamped ``at``."""
+    database = Database(store.url, audit=store.chain)
+    try:
+        async with database.write() as s:
+            await audit.append(s, "new_event", at=at)
+    finally:
+        await database.dispose()
+
+
+def test_records_from_before_the_key_still_verify_as_a_prefix(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Version 1 records (public SHA-256, as 0006 wrote them), then keyed records after them."""
+    store = empty_store(database_url, "audit_legacy", tmp_path)
+    _insert_unkeyed(store.url, 3, datetime(2026, 11, 1, 12, tzinfo=UTC))
     result = store.verify()
     assert result.returncode == 0, result.stderr
     assert "intact: 3 records (0 keyed, 3 unkeyed" in result.stdout, result.stdout
@@ -304,6 +352,46 @@ def test_records_from_before_the_key_still_verify_as_a_prefix(
     assert result.returncode == 0, result.stderr
     assert "intact: 5 records (2 keyed, 3 unkeyed" in result.stdout, result.stdout
     assert "anchored at record 5" in result.stdout, result.stdout
+
+
+def test_an_unkeyed_record_inserted_at_the_head_stays_a_break_once_covered(
+    chain: Store, tmp_path: Path
+) -> None:
+    """An INSERT needs no guard dropped; the app's next keyed record then chains over it. On a
+    chain that began keyed, no unkeyed record may ever follow a keyed one."""
+    copy = clone_store(chain, "forged_head", tmp_path)
+    _insert_unkeyed(copy.url, 1, datetime.now(UTC), actor="admin:alice@example.com")
+    _write(copy, writers=1, each=1)
+    result = copy.verify()
+    assert result.returncode == 1, result.stdout
+    assert "BROKEN at record 21: record 21 is unkeyed after keyed records" in result.stderr, (
+        result.stderr
+    )
+
+
+async def test_an_upgraded_chain_takes_the_old_releases_records_only_for_an_hour(
+    database_url: str, tmp_path: Path
+) -> None:
+    """During a rolling upgrade from be3d6ff its API still writes unkeyed records beside the
+    new workers' keyed ones: they verify under a keyed record written within the hour after
+    the first keyed one, and never after it (the keyed times cannot be set without the key)."""
+    store = empty_store(database_url, "audit_upgrade", tmp_path)
+    upgraded = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    _insert_unkeyed(store.url, 3, upgraded - timedelta(days=1))
+    await _append_keyed(store, upgraded)  # record 4: the new release's first
+    _insert_unkeyed(store.url, 2, upgraded + timedelta(minutes=5))  # 5, 6: the old API
+    result = store.verify()
+    assert result.returncode == 1, result.stdout
+    assert "BROKEN at record 5: record 5 is unkeyed" in result.stderr, result.stderr
+    await _append_keyed(store, upgraded + timedelta(minutes=50))  # 7 covers them
+    result = store.verify()
+    assert result.returncode == 0, result.stderr
+    assert "intact: 7 records (2 keyed, 5 unkeyed" in result.stdout, result.stdout
+    _insert_unkeyed(store.url, 1, upgraded + timedelta(minutes=55))  # 8
+    await _append_keyed(store, upgraded + timedelta(minutes=61))  # 9: past the hour
+    result = store.verify()
+    assert result.returncode == 1, result.stdout
+    assert "BROKEN at record 8: record 8 is unkeyed" in result.stderr, result.stderr
 
 
 async def test_append_in_a_failed_transaction_leaves_no_record_nor_anchor(

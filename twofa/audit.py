@@ -1,4 +1,5 @@
-"""The append-only, keyed hash chain of the audit log, anchored outside the database (SPEC S5).
+"""The append-only, keyed hash chain of the audit log, anchored outside the database
+(docs/rules.md S5).
 
 Each record's hash covers the previous record's hash and the record's canonical content, so
 editing, deleting, inserting or reordering any record breaks the chain from there on. Since
@@ -6,9 +7,14 @@ version 2 the hash is an HMAC under a key derived from the pepper, which never e
 database: someone who can write the database cannot rebuild the chain after an edit. The head of
 the chain (its newest sequence number and keyed hash) is also kept in an anchor file in the data
 dir, so cutting off the newest records shows too. Records written before the key (version 1,
-public SHA-256) still verify, as a prefix; during a rolling upgrade an older release may still
-append some after keyed ones, which verify as long as a keyed record follows them (its keyed
-hash covers theirs), so no unkeyed record can stand at the end of a keyed chain.
+public SHA-256) still verify as a prefix. Anyone can compute an unkeyed record, and the triggers
+allow an INSERT at the head, which the next keyed record then covers; so after a keyed record an
+unkeyed one is a break, with one exception: a chain that began unkeyed (an install upgraded
+from be3d6ff) accepts them for ``UPGRADE_WINDOW`` after its first keyed record, while the old
+release's API still runs beside the new workers (README "Upgrading"), as long as a keyed record
+follows them. The window is read off keyed records' times, which no one without the key can set.
+The stored details must read exactly as ``append`` writes them: the hash covers their parsed
+content, and a respaced or duplicated key would change what a reader sees without changing it.
 
 After a pepper rotation, records are keyed under the new pepper's key while the older ones
 still verify under the previous peppers' keys; a record keyed under an older pepper than one
@@ -38,7 +44,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,8 @@ GENESIS = "0" * 64
 UNKEYED, KEYED = 1, 2
 #: Where a write session carries the chain it appends with, and the head it leaves to anchor.
 CHAIN_INFO, HEAD_INFO = "twofa_audit_chain", "twofa_audit_head"
+#: How long after its first keyed record an upgraded chain takes the old release's records.
+UPGRADE_WINDOW = timedelta(hours=1)
 #: The most often one process moves the anchor (see Chain.advance_soon).
 ANCHOR_INTERVAL = 0.2
 #: Two writers must not read the same chain head: PostgreSQL takes this transaction lock, while
@@ -248,7 +256,7 @@ async def append(
         account_id=account_id,
         actor=actor,
         event=event,
-        details=json.dumps(details, sort_keys=True, default=_json_default),
+        details=_details(details),
         prev_hash=head.hash if head else GENESIS,
         version=KEYED,
         request_id=REQUEST_ID.get(),
@@ -257,6 +265,18 @@ async def append(
     await db.execute(_NEW_RECORD, column_values(record))
     db.info[HEAD_INFO] = Anchor(record.seq, record.hash)  # anchored once the transaction commits
     return record
+
+
+def _details(details: dict[str, Any]) -> str:
+    """The one spelling of a record's details: every release has written them so."""
+    return json.dumps(details, sort_keys=True, default=_json_default)
+
+
+def _as_written(details: str) -> bool:
+    try:
+        return _details(json.loads(details)) == details
+    except ValueError:
+        return False
 
 
 def _json_default(value: Any) -> Any:
@@ -298,7 +318,8 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
     expected_prev, expected_seq, count, keyed = GENESIS, 1, 0, 0
     newest_key: int | None = None  # the newest pepper a record was keyed under so far
     anchored_hash: str | None = None
-    uncovered: int | None = None  # the first of the unkeyed records after keyed ones, if any
+    upgraded_at: datetime | None = None  # the first keyed record's time, after unkeyed ones
+    uncovered: int | None = None  # the first unkeyed record after keyed ones, if any
 
     def verdict(broken: Break | None) -> Verdict:
         return Verdict(count, broken, keyed, anchor)
@@ -308,10 +329,16 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
             return verdict(Break(expected_seq, f"record {expected_seq} is missing"))
         if record.seq < expected_seq:
             return verdict(Break(record.seq, "its number is out of sequence"))
-        if record.version == UNKEYED and keyed and uncovered is None:
-            uncovered = record.seq  # an older release's writer, if a keyed record follows
+        if record.version == UNKEYED and keyed:
+            if upgraded_at is None:
+                return verdict(Break(record.seq, _unkeyed_after_keyed(record.seq)))
+            uncovered = uncovered or record.seq
         if record.prev_hash != expected_prev:
             return verdict(Break(record.seq, "its previous-hash does not match the record before"))
+        if not _as_written(record.details):
+            return verdict(
+                Break(record.seq, f"record {record.seq}'s details are not as they were written")
+            )
         if record.version == UNKEYED:
             if not hmac.compare_digest(chain.expected_hash(record), record.hash):
                 return verdict(Break(record.seq, "its content does not match its hash"))
@@ -337,16 +364,14 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
         if anchor is not None and record.seq == anchor.seq:
             anchored_hash = record.hash
         if record.version != UNKEYED:
+            if not keyed and count:
+                upgraded_at = record.at
+            if uncovered and upgraded_at and record.at - upgraded_at > UPGRADE_WINDOW:
+                return verdict(Break(uncovered, _unkeyed_after_keyed(uncovered)))
             keyed, uncovered = keyed + 1, None
         expected_prev, expected_seq, count = record.hash, expected_seq + 1, count + 1
     if uncovered is not None:
-        return verdict(
-            Break(
-                uncovered,
-                f"record {uncovered} is unkeyed after keyed records, and no keyed record follows: "
-                "rebuilt without the key (or written by an older release still running)",
-            )
-        )
+        return verdict(Break(uncovered, _unkeyed_after_keyed(uncovered)))
     if anchor is None:
         if keyed:
             return verdict(
@@ -373,6 +398,15 @@ async def verify(db: AsyncSession, chain: Chain) -> Verdict:
             )
         )
     return verdict(None)
+
+
+def _unkeyed_after_keyed(seq: int) -> str:
+    hours = f"{UPGRADE_WINDOW.total_seconds() / 3600:g}"
+    return (
+        f"record {seq} is unkeyed after keyed records: written without the key (a chain "
+        f"upgraded from unkeyed records takes them only in the {hours} h after its first keyed "
+        "record, and under a keyed one)"
+    )
 
 
 async def history(db: AsyncSession, account_id: str) -> list[AuditRecord]:

@@ -125,13 +125,16 @@ def migrate() -> None:
         raise typer.Exit(1) from None
 
 
-audit_app = typer.Typer(help="The hash-chained audit log (SPEC S5).", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log (docs/rules.md S5).", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Exit 0 when the chain is intact up to its anchor; exit 1 naming the first bad record."""
+    """Exit 0 when the chain is intact up to its anchor; exit 1 naming the first bad record;
+    exit 2 when it could not be checked, so a monitor tells an outage from tampering."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from twofa import audit
     from twofa.crypto import Keyring
     from twofa.store.db import Database
@@ -139,10 +142,11 @@ def audit_verify() -> None:
     settings = Settings()
     if not settings.pepper and not (settings.data_dir / "pepper").exists():
         typer.echo(
-            f"no pepper in {settings.data_dir} nor TWOFA_PEPPER: the audit key derives from it",
+            f"audit chain NOT CHECKED: no pepper in {settings.data_dir} nor TWOFA_PEPPER: the "
+            "audit key derives from it",
             err=True,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     chain = audit.chain_for(settings, Keyring.of(settings))
 
     async def check() -> audit.Verdict:
@@ -153,7 +157,12 @@ def audit_verify() -> None:
         finally:
             await db.dispose()
 
-    verdict = asyncio.run(check())
+    try:
+        verdict = asyncio.run(check())
+    except (OSError, SQLAlchemyError) as error:
+        cause = getattr(error, "orig", None) or error  # the driver's words, not the SQL
+        typer.echo(f"audit chain NOT CHECKED: {type(cause).__name__}: {cause}", err=True)
+        raise typer.Exit(2) from None
     if verdict.broken is not None:
         where = "" if verdict.broken.seq is None else f" at record {verdict.broken.seq}"
         typer.echo(
