@@ -119,6 +119,34 @@ async def test_s8_no_login_id_or_secret_in_any_url_or_log_line(
     assert not in_urls, in_urls[:5]
 
 
+async def test_s8_secrets_sent_in_a_query_string_count_for_nothing_and_are_not_logged(
+    api: Api, logs: LogCapture
+) -> None:
+    """A caller that puts a login id, a PIN or a session token in the URL is refused as if they
+    were not there, and the access line keeps the path only (S4)."""
+    user = await api.activated(new_user("s8query"))
+    login = await api.login_ok(user)
+    login_id, token = login["login_id"], user.session_token
+    assert token is not None
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(logs)
+    first = len(logs.lines)
+    try:
+        r = await api.http.post(f"/v1/login/pin?login_id={login_id}&pin={user.pin}")
+        assert assert_error(r, 422, "invalid_request")["field"] == "body"
+        r = await api.http.get(f"/v1/session?session_token={token}")
+        assert r.status_code == 401, r.text
+    finally:
+        access.removeHandler(logs)
+    # the server's lines: httpx logs the URL this test itself sent
+    lines = [line for line in logs.lines[first:] if not line.startswith("HTTP Request: ")]
+    assert any('"POST /v1/login/pin?… HTTP' in line for line in lines), lines
+    leaks = [line for line in lines for s in (login_id, user.pin, token) if s in line]
+    assert not leaks, leaks
+    r = await api.pin(login_id, user.pin)  # the login is still there, untouched
+    assert r.status_code == 200, r.text
+
+
 # -- bounded input
 
 
