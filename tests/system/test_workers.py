@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.support.journey import (
     Api,
     User,
     account_row,
+    audit_trail,
     count,
     eventually,
     new_user,
@@ -161,7 +163,7 @@ async def test_the_api_runs_with_several_uvicorn_workers(
 async def test_python_worker_py_serves_the_queue_as_temporal_samples_do(
     start_api: ApiFactory, base_settings: Settings, tmp_path: Path
 ) -> None:
-    """The design card's entry point: ``python worker.py`` at the repository's top."""
+    """``python worker.py`` at the repository's top, the entry point Temporal's samples use."""
     queue = f"worker-py-{uuid.uuid4().hex[:8]}"
     api = await start_api(temporal_task_queue=queue)
     env = environment(base_settings, temporal_task_queue=queue)
@@ -319,6 +321,9 @@ async def test_an_enable_an_operator_terminated_after_its_cut_strands_no_one(
     r = await api.call("GET", "/v1/session", user)
     assert r.status_code == 200, r.text
     assert (await account_row(database, user.account_id)).auto_logout_at is None
+    trail = await audit_trail(database, user.account_id)
+    cleared = [(r.actor, json.loads(r.details)) for r in trail if r.event == "session_cut_cleared"]
+    assert cleared == [("system", {"cut": stray.auto_logout_at.isoformat()})], cleared
 
     env = environment(base_settings, temporal_task_queue=queue)
     async with started([TWOFA, "worker"], env, tmp_path / "next.log"):

@@ -192,6 +192,9 @@ SENTENCES: dict[str, Callable[[dict[str, Any], str], str]] = {
         f"Could not tell the user by mail ({_notice(d)}): {d.get('reason', 'refused')}"
     ),
     "session_kept": lambda d, by: "The session that asked to disable 2FA is kept open",
+    "session_cut_cleared": lambda d, by: (
+        "Cleared the auto-logout of an enable whose workflow was stopped before 2FA was on"
+    ),
 }
 
 

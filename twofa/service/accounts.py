@@ -296,6 +296,9 @@ class Accounts(ServiceCore):
             await self._unanswered(account, passed)
         async with self.db.write() as db:
             if await session_queries.forget_cut(db, account.id, account.auto_logout_run):
+                await audit.append(
+                    db, "session_cut_cleared", account_id=account.id, cut=account.auto_logout_at
+                )
                 log.info("account %s: a session cut its closed run left behind cleared", account.id)
 
     async def _unanswered(self, account: Account, passed: str) -> NoReturn:
