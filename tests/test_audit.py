@@ -289,13 +289,14 @@ def test_verify_that_could_not_check_exits_2_not_1(chain: Store, tmp_path: Path)
     ],
 )
 def test_the_database_refuses_to_change_or_delete_audit_records(
-    chain: Store, statement: str
+    chain: Store, tmp_path: Path, statement: str
 ) -> None:
     if statement.startswith("TRUNCATE") and chain.url.startswith("sqlite"):
         pytest.skip("SQLite has no TRUNCATE; its DELETE without WHERE is refused above")
+    copy = clone_store(chain, f"guarded_{uuid.uuid4().hex[:8]}", tmp_path)  # spoils no other test
     with pytest.raises(DBAPIError, match="audit_log is append-only"):
-        sql(chain.url, statement)
-    assert sql(chain.url, "SELECT count(*), min(actor) FROM audit_log") == [(20, "writer-0")]
+        sql(copy.url, statement)
+    assert sql(copy.url, "SELECT count(*), min(actor) FROM audit_log") == [(20, "writer-0")]
 
 
 _V1_COLUMNS = ("seq", "at", "account_id", "actor", "event", "details", "prev_hash", "hash")
