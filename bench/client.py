@@ -1,4 +1,4 @@
-"""The bench's view of the API: a lean HTTP client, the SMTP sink's mail, and the SPEC journey."""
+"""The bench's view of the API: a lean HTTP client, the SMTP sink's mail, and the whole journey."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import aiohttp
 
 T = TypeVar("T")
 CODE_LINE = re.compile(r"^Activation code: (\S+)\r?$", re.MULTILINE)
-#: The journey's steps, in order (SPEC "The whole journey").
+#: The journey's steps, in order (README "The whole journey with curl").
 JOURNEY_STEPS = (
     "register",
     "login",
@@ -182,7 +182,7 @@ def epoch(timestamp: str) -> float:
 
 
 async def journey(api: ApiClient, mails: MailWatcher, user: BenchUser) -> dict[str, float]:
-    """The SPEC journey through the HTTP API; the seconds each step took."""
+    """The whole journey (README) through the HTTP API; the seconds each step took."""
     took: dict[str, float] = {}
 
     async def timed(step: str, call: Awaitable[T]) -> T:

@@ -1,4 +1,4 @@
-"""Journey: the whole SPEC journey through the HTTP API, against the engine floor in one run."""
+"""Journey: the README's whole journey through the HTTP API, against the engine floor in one run."""
 
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ def test_r2_never_accepts_a_character_outside_the_set(email: str) -> None:
     ],
 )
 def test_r2_refuses_a_space_inside_or_around_naming_it(email: str, named: str) -> None:
-    """SPEC R2 lists the space among the characters refused "with an error naming the
+    """docs/rules.md R2 lists the space among the characters refused "with an error naming the
     character", judging the address as typed: one around it is not trimmed away."""
     with pytest.raises(RuleViolation) as refused:
         check_two_factor_email(email)
@@ -293,7 +293,7 @@ def test_s2_password_block_property(failures: int) -> None:
         assert block == 0  # no new block between two multiples of 4
 
 
-# -- the settings' defaults (SPEC "Running it")
+# -- the settings' defaults (docs/api.md "Settings")
 
 
 def test_settings_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

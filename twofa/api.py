@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC "HTTP API contract v1"): a thin mapping of the service layer."""
+"""The HTTP API (docs/api.md, the HTTP API contract v1): a thin mapping of the service layer."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ async def user(
 
 User = Annotated[CurrentSession, Depends(user)]
 V1: dict[str, Any] = {"dependencies": [Depends(caller)]}
-#: A login's outcome carries only the fields that outcome has (SPEC's outcome table).
+#: A login's outcome carries only the fields that outcome has (docs/api.md "Login outcomes").
 LOGIN_STEP: dict[str, Any] = {**V1, "response_model_exclude_none": True}
 
 

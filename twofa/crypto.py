@@ -1,6 +1,6 @@
-"""Codes, keyed digests, argon2id hashes, tokens and the sealed seal (SPEC S1, S3).
+"""Codes, keyed digests, argon2id hashes, tokens and the sealed seal (docs/rules.md S1, S3).
 
-Named ``crypto`` rather than DESIGN's ``secrets`` so it never shadows the standard library module.
+Named ``crypto`` rather than ``secrets`` so it never shadows the standard library module.
 
 Everything is keyed with the current pepper; the previous peppers of a rotation stay in the
 keyring only to read what was made under them (a hash, a digest, a seal, an audit record), which

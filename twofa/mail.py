@@ -1,4 +1,5 @@
-"""The mails (SPEC "Email", S10) and their delivery over SMTP, to the sink or a real relay."""
+"""The mails (docs/api.md "The activation email", docs/rules.md S10) and their delivery over
+SMTP, to the sink or a real relay."""
 
 from __future__ import annotations
 

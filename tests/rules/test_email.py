@@ -1,4 +1,5 @@
-"""SPEC R2 on the address as typed, at enable and at activation; one account per address."""
+"""docs/rules.md R2 on the address as typed, at enable and at activation; one account per
+address."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def test_a_database_name_that_no_longer_resolves_did_not_answer() -> None:
 async def test_a_database_that_does_not_answer_gets_503_and_then_the_repeat_works(
     start_api: ApiFactory,
 ) -> None:
-    """SPEC: any call may answer 503 ``temporarily_unavailable`` with a ``Retry-After`` when
+    """docs/api.md: any call may answer 503 ``temporarily_unavailable`` with a ``Retry-After`` when
     the database does not answer; the caller repeats it once the database is back (S9)."""
     with (
         postgres.throwaway_directory("twofa-outage-") as directory,

@@ -1,4 +1,4 @@
-"""The security rules (SPEC S1-S4, S6, S7) and the HTTP contract's error shapes, end to end.
+"""The security rules (docs/rules.md S1-S4, S6, S7) and docs/api.md's error shapes, end to end.
 
 Every test goes through the real HTTP API on real parts (Temporal dev server, SMTP sink, SQLite);
 a few then look where a secret must not be: the SQLite file, workflow histories, logs.

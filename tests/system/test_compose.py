@@ -1,4 +1,4 @@
-"""docker-compose.yml, .env.example, the Dockerfile and deploy/: checked without a Docker engine.
+"""docker-compose.yml, its two env examples, the Dockerfile and deploy/: no Docker engine needed.
 
 `docker compose config` validates the file where the Compose plugin exists; everywhere, the
 structure is checked with PyYAML, and the deploy scripts run against stand-in commands.
@@ -28,7 +28,9 @@ from twofa.store.db import async_url, sync_url
 pytestmark = pytest.mark.single_backend
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+#: compose's own settings (its ${...}), and the app services' environment
 ENV_EXAMPLE = REPO / ".env.example"
+APP_ENV_EXAMPLE = REPO / "twofa.env.example"
 DEPLOY = REPO / "deploy"
 
 ONE_SHOT = {"temporal-schema", "temporal-namespace", "migrate"}
@@ -48,7 +50,10 @@ APP_COMMANDS = {
     "api": ["twofa", "api"],
     "dashboard": ["twofa", "dashboard"],
 }
-SECRETS = ("POSTGRES_PASSWORD", "TEMPORAL_DB_PASSWORD", "TWOFA_SERVICE_TOKEN", "TWOFA_PEPPER")
+SECRETS = ("POSTGRES_PASSWORD", "TEMPORAL_DB_PASSWORD", "TWOFA_SERVICE_TOKEN")
+APP_SECRETS = ("TWOFA_PEPPER",)
+#: what only the database and Temporal may see, never an app container
+COMPOSE_ONLY_SECRETS = ("POSTGRES_PASSWORD", "TEMPORAL_DB_PASSWORD")
 PLACEHOLDER = "change-me"
 
 # "$$" is a literal dollar; "${NAME...}" and "$NAME" are interpolated by Compose.
@@ -124,8 +129,23 @@ def env_example() -> dict[str, str]:
     return parse_env_file(ENV_EXAMPLE)
 
 
+@pytest.fixture(scope="module")
+def app_env_example() -> dict[str, str]:
+    return parse_env_file(APP_ENV_EXAMPLE)
+
+
+def app_environment(
+    service: dict[str, Any], env_example: dict[str, str], app_env_example: dict[str, str]
+) -> dict[str, str]:
+    """What an app container's environment holds: twofa.env, then compose's `environment`."""
+    given = {
+        name: interpolate(str(value), env_example) for name, value in service["environment"].items()
+    }
+    return app_env_example | given
+
+
 def test_docker_compose_config_accepts_the_file() -> None:
-    """The real validator, where the Compose plugin is installed (this machine has none)."""
+    """The real validator, where the Compose plugin is installed (skipped where it is not)."""
     docker = shutil.which("docker")
     if docker is None:
         pytest.skip("no docker CLI")
@@ -184,6 +204,8 @@ def test_app_services_run_the_project_image(services: dict[str, dict[str, Any]])
         assert service["command"][: len(command)] == command, name
         assert command[1] in cli_commands, f"`twofa {command[1]}` does not exist"
         assert service["init"] is True
+    # one uvicorn process: Prometheus scrapes api:8000, and the counters live in each process
+    assert services["api"]["command"] == ["twofa", "api"]
 
 
 def test_long_running_services_have_health_checks(services: dict[str, dict[str, Any]]) -> None:
@@ -264,8 +286,8 @@ def test_every_variable_is_defined_in_env_example(
         interpolate(text, env_example)  # every required (:?) variable has a value
 
 
-def test_twofa_names_are_real_settings(env_example: dict[str, str]) -> None:
-    texts = [COMPOSE_FILE.read_text(), ENV_EXAMPLE.read_text()]
+def test_twofa_names_are_real_settings() -> None:
+    texts = [COMPOSE_FILE.read_text(), ENV_EXAMPLE.read_text(), APP_ENV_EXAMPLE.read_text()]
     texts += [script.read_text() for script in DEPLOY.rglob("*.sh")]
     names = set(re.findall(r"\bTWOFA_[A-Z0-9_]+", "\n".join(texts)))
     assert {"TWOFA_DATABASE_URL", "TWOFA_PEPPER", "TWOFA_SERVICE_TOKEN"} <= names
@@ -274,17 +296,135 @@ def test_twofa_names_are_real_settings(env_example: dict[str, str]) -> None:
     assert not unknown, f"not fields of twofa.config.Settings: {unknown}"
 
 
-def test_env_example_points_the_app_at_the_compose_services(
+def test_the_app_gets_its_own_env_file_and_no_compose_secret(
+    compose: dict[str, Any],
+    services: dict[str, dict[str, Any]],
     env_example: dict[str, str],
+    app_env_example: dict[str, str],
+) -> None:
+    """.env is compose's own; the app services get twofa.env and the few values they share."""
+    used = set().union(*(variables(text) for text in strings(compose)))
+    assert set(env_example) == used, (
+        f".env.example beyond compose's ${{...}}: {set(env_example) - used}"
+    )
+    assert all(
+        name.startswith("TWOFA_") or name == "FORWARDED_ALLOW_IPS" for name in app_env_example
+    ), sorted(app_env_example)
+    assert not set(app_env_example) & set(env_example), "each value has one home"
+    for name, service in services.items():
+        env_files = service.get("env_file", [])
+        paths = [entry if isinstance(entry, str) else entry["path"] for entry in env_files]
+        assert ".env" not in paths, f"{name} must not get .env whole"
+        given = " ".join(str(value) for value in (service.get("environment") or {}).values())
+        if name in APP_COMMANDS:
+            assert paths == ["twofa.env"], name
+            for secret in COMPOSE_ONLY_SECRETS:
+                assert secret not in given, f"{name} gets {secret}"
+        else:
+            assert not paths, f"{name} gets the app's env file"
+    # what compose hands the app from .env is not also in twofa.env, where it would be ignored
+    assert not set(services["api"]["environment"]) & set(app_env_example)
+
+
+@pytest.mark.parametrize("missing", ["TWOFA_PEPPER", "TWOFA_TEMPORAL_ADDRESS"])
+def test_app_services_refuse_to_start_without_their_required_settings(
+    services: dict[str, dict[str, Any]], app_env_example: dict[str, str], missing: str
+) -> None:
+    """A missing pepper would be generated in the data volume; a missing address, loopback."""
+    entrypoint = [interpolate(part, {}) for part in services["api"]["entrypoint"]]
+    for name in APP_COMMANDS:
+        assert services[name]["entrypoint"] == services["api"]["entrypoint"], name
+    env = {"PATH": os.environ["PATH"], **app_env_example}
+    started = subprocess.run(
+        [*entrypoint, "printf", "%s|", "twofa", "a b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert (started.returncode, started.stdout) == (0, "twofa|a b|"), started.stderr
+    del env[missing]
+    refused = subprocess.run(
+        [*entrypoint, "true"], env=env, capture_output=True, text=True, check=False, timeout=30
+    )
+    assert refused.returncode != 0
+    assert f"{missing}: is not set: add it to twofa.env" in refused.stderr
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_worker_healthcheck_connects_as_the_worker_does(
+    services: dict[str, dict[str, Any]], bin_dir: Path, tmp_path: Path, remote: bool
+) -> None:
+    """The bundled plaintext server, or a cluster with TLS and an API key: the CLI gets them."""
+    check = services["worker"]["healthcheck"]["test"]
+    assert check[0] == "CMD-SHELL"
+    calls = tmp_path / "temporal.env"
+    stand_in(
+        bin_dir,
+        "temporal",
+        f"""\
+        {{ echo "$*"; env | grep '^TEMPORAL_' | sort; }} > {calls}
+        echo "Pollers: 1@$(python -c 'import socket; print(socket.gethostname())')"
+        """,
+    )
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "TWOFA_TEMPORAL_ADDRESS": "temporal:7233",
+        "TWOFA_TEMPORAL_NAMESPACE": "twofa",
+    }
+    if remote:
+        env |= {
+            "TWOFA_TEMPORAL_ADDRESS": "acme.tmprl.cloud:7233",
+            "TWOFA_TEMPORAL_TLS": "True",
+            "TWOFA_TEMPORAL_TLS_CLIENT_CERT": "/etc/twofa/client.pem",
+            "TWOFA_TEMPORAL_TLS_CLIENT_KEY": "/etc/twofa/client.key",
+            "TWOFA_TEMPORAL_TLS_SERVER_CA": "/etc/twofa/ca.pem",
+            "TWOFA_TEMPORAL_TLS_SERVER_NAME": "acme.tmprl.cloud",
+            "TWOFA_TEMPORAL_API_KEY": "key-value",
+        }
+    result = subprocess.run(
+        ["sh", "-c", interpolate(check[1], {})],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    args, *handed_over = calls.read_text().splitlines()
+    assert f"--address {env['TWOFA_TEMPORAL_ADDRESS']} --namespace twofa" in args
+    assert "--task-queue two-factor" in args and "key-value" not in args
+    expected = (
+        [
+            "TEMPORAL_API_KEY=key-value",
+            "TEMPORAL_TLS=true",
+            "TEMPORAL_TLS_CLIENT_CERT_PATH=/etc/twofa/client.pem",
+            "TEMPORAL_TLS_CLIENT_KEY_PATH=/etc/twofa/client.key",
+            "TEMPORAL_TLS_SERVER_CA_CERT_PATH=/etc/twofa/ca.pem",
+            "TEMPORAL_TLS_SERVER_NAME=acme.tmprl.cloud",
+        ]
+        if remote
+        else []
+    )
+    assert handed_over == expected
+
+
+def test_env_examples_point_the_app_at_the_compose_services(
+    env_example: dict[str, str],
+    app_env_example: dict[str, str],
     services: dict[str, dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert env_example["TWOFA_TEMPORAL_ADDRESS"] == "temporal:7233"
-    assert env_example["TWOFA_SMTP_HOST"] == "mailpit"
-    assert env_example["TWOFA_SMTP_PORT"] == "1025"
-    assert env_example["TWOFA_HOST"] == "0.0.0.0"
-    assert env_example["TWOFA_SMTP_SINK"] == "false"
-    url = urlsplit(env_example["TWOFA_DATABASE_URL"])
+    app_env = app_environment(services["api"], env_example, app_env_example)
+    assert app_env["TWOFA_TEMPORAL_ADDRESS"] == "temporal:7233"
+    assert app_env["TWOFA_SMTP_HOST"] == "mailpit"
+    assert app_env["TWOFA_SMTP_PORT"] == "1025"
+    assert app_env["TWOFA_HOST"] == "0.0.0.0"
+    assert app_env["TWOFA_SMTP_SINK"] == "false"
+    assert app_env["TWOFA_PEPPER"] == app_env_example["TWOFA_PEPPER"]
+    assert app_env["TWOFA_SERVICE_TOKEN"] == env_example["TWOFA_SERVICE_TOKEN"]
+    url = urlsplit(app_env["TWOFA_DATABASE_URL"])
     assert (url.scheme, url.hostname, url.port, url.path) == (
         "postgresql",
         "postgresql",
@@ -296,7 +436,7 @@ def test_env_example_points_the_app_at_the_compose_services(
     # the app reads these values as they are
     for name in [n for n in os.environ if n.startswith("TWOFA_")]:
         monkeypatch.delenv(name)
-    for name, value in env_example.items():
+    for name, value in app_env.items():
         if name.startswith("TWOFA_"):
             monkeypatch.setenv(name, value)
     settings = Settings()
@@ -306,24 +446,30 @@ def test_env_example_points_the_app_at_the_compose_services(
     assert sync_url(settings.resolved_database_url).startswith("postgresql+psycopg://")
 
 
-def test_env_example_holds_no_real_secret(env_example: dict[str, str]) -> None:
-    for name in SECRETS:
-        assert PLACEHOLDER in env_example[name], f"{name} must be a placeholder"
+def test_env_examples_hold_no_real_secret(
+    env_example: dict[str, str], app_env_example: dict[str, str]
+) -> None:
+    for example, secrets in ((env_example, SECRETS), (app_env_example, APP_SECRETS)):
+        for name in secrets:
+            assert PLACEHOLDER in example[name], f"{name} must be a placeholder"
     db_password = urlsplit(env_example["TWOFA_DATABASE_URL"]).password or ""
     assert PLACEHOLDER in db_password
-    for name, value in env_example.items():
+    for name, value in (env_example | app_env_example).items():
         if re.search(r"PASSWORD|TOKEN|PEPPER|SECRET|KEY", name):
             assert PLACEHOLDER in value, name
         # nothing that looks generated: long runs of letters and digits
         for run in re.findall(r"[A-Za-z0-9+/=_]{24,}", value):
             pytest.fail(f"{name} holds {run!r}, which looks like a real secret")
-    assert ".env" in REPO.joinpath(".gitignore").read_text().split()
+    gitignore = REPO.joinpath(".gitignore").read_text().split()
     ignore = [
         line.strip()
         for line in REPO.joinpath(".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert ignore[0] == "*" and "!.env" not in ignore, ".env must stay out of the image"
+    assert ignore[0] == "*", "everything stays out of the image unless let in"
+    for real in (".env", "twofa.env"):
+        assert real in gitignore, f"{real} must never be committed"
+        assert not [line for line in ignore if line.startswith("!") and real in line], real
 
 
 def test_bind_mounts_exist(services: dict[str, dict[str, Any]]) -> None:

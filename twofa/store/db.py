@@ -466,7 +466,7 @@ _AWAY_OR_BUSY = ("08", "53", "57P", "40")
 
 def did_not_answer(error: BaseException) -> bool:
     """The database was away or busy past its timeout, rather than refusing the statement: the
-    request's outcome is unknown and repeating it is safe (SPEC S9: 503)."""
+    request's outcome is unknown and repeating it is safe (docs/rules.md S9, docs/api.md: 503)."""
     if isinstance(error, OSError | PoolTimeout):
         # a new connection failing comes out unwrapped: refused, timed out, a name that no
         # longer resolves (socket.gaierror), or every address of a name refusing at once
