@@ -24,6 +24,7 @@ from twofa.policy import (
     Policy,
     RuleViolation,
     check_activation,
+    check_email_shape,
     check_pin,
     check_pin_confirmation,
     check_pin_shape,
@@ -147,6 +148,29 @@ def test_r2_refuses_a_space_inside_or_around_naming_it(email: str, named: str) -
         check_two_factor_email(email)
     assert refused.value.code == "unsupported_email", refused.value.code
     assert refused.value.details.get("character") == named
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("  Jane.Doe@Example.com\t", "Jane.Doe@Example.com"),
+        ("\njane@example.com ", "jane@example.com"),
+    ],
+)
+def test_r2_registration_trims_only_the_whitespace_around_the_address(
+    typed: str, stored: str
+) -> None:
+    """What is stored is what R2 judges at enable: trimmed, never lowercased or otherwise
+    changed, so it passes where the same address typed at activation with a space would not."""
+    assert check_email_shape(typed) == stored
+    assert check_two_factor_email(check_email_shape(typed)) == stored
+
+
+@pytest.mark.parametrize("typed", ["jane doe@example.com", "jane@exa\tmple.com"])
+def test_r2_registration_refuses_whitespace_inside_the_address(typed: str) -> None:
+    with pytest.raises(RuleViolation) as refused:
+        check_email_shape(typed)
+    assert refused.value.code == "invalid_email", refused.value.code
 
 
 def test_r2_refuses_the_kelvin_sign() -> None:
