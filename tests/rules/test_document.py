@@ -1,4 +1,4 @@
-"""The product document's rules R1-R11 (SPEC.md), one or more end-to-end tests each.
+"""The product document's rules R1-R11 (docs/rules.md), one or more end-to-end tests each.
 
 Every test drives the real HTTP API (uvicorn + FastAPI) on a real Temporal dev server, SQLite
 store and SMTP sink, with fresh users, and reads codes from the mails the sink received.
@@ -36,6 +36,10 @@ from twofa.devstack import read_mails
 from twofa.store.db import Database
 from twofa.store.models import ActivationDraft, Session
 from twofa.workflows.messages import workflow_id
+
+#: The product's own auto-logout time (R3), for the test that waits for it: the session's
+#: 1.5 s may be over before a loaded machine has answered the enable.
+AUTO_LOGOUT = 10
 
 # -- helpers
 
@@ -132,8 +136,10 @@ VALID_ACTIVATION = {"pin": "27182818", "pin_confirmation": "27182818", "seal": "
 
 
 async def test_r1_enable_mails_one_code_and_starts_the_workflow(
-    api: Api, client: Client, database: Database
+    start_api: ApiFactory, client: Client, database: Database
 ) -> None:
+    # A minute before the auto-logout: the session reads the 2FA status after the enable
+    api = await start_api(auto_logout_seconds=60)
     user = await api.registered_and_logged_in(new_user("r1"))
     assert await workflow_status(client, user.account_id) is None
     assert api.activation_mails_to(user.email) == []
@@ -171,8 +177,10 @@ async def test_r1_enable_mails_one_code_and_starts_the_workflow(
 
 
 async def test_r1_enable_twice_makes_one_identity_and_sends_no_second_mail(
-    api: Api, client: Client
+    start_api: ApiFactory, client: Client
 ) -> None:
+    # A minute before the auto-logout: the session enables again after the mail came
+    api = await start_api(auto_logout_seconds=60)
     user = await api.registered_and_logged_in(new_user("r1twice"))
     # A double click: two enables at once make one identity and one mail, and both clicks
     # get that enable's answer (a repeated request tells the step's real outcome, S9).
@@ -322,8 +330,11 @@ def test_r3_default_auto_logout_is_ten_seconds() -> None:
 
 
 async def test_r3_sessions_end_exactly_at_auto_logout(
-    api: Api, database: Database, client: Client
+    start_api: ApiFactory, database: Database, client: Client
 ) -> None:
+    # The product's own 10 s, not the session's 1.5 s: the enable's answer and a request on
+    # the session must come before the end, or nothing shows the session working until then.
+    api = await start_api(auto_logout_seconds=AUTO_LOGOUT)
     user = await api.registered_and_logged_in(new_user("r3"))
     other = User(email=user.email, password=user.password, account_id=user.account_id)
     await api.login_ok(other)  # a second session of the same user, e.g. another browser
@@ -331,9 +342,11 @@ async def test_r3_sessions_end_exactly_at_auto_logout(
 
     before = now()
     enabled = await api.enable(user)
+    after = now()
     auto_logout_at = parse_time(enabled["auto_logout_at"])
-    # The test settings shorten the 10 s to 1.5 s.
-    assert timedelta(seconds=1.4) <= auto_logout_at - before <= timedelta(seconds=3)
+    # The enable's own clock, between the request and its answer, plus the auto-logout time.
+    enabled_at = auto_logout_at - timedelta(seconds=AUTO_LOGOUT)
+    assert before - timedelta(seconds=0.1) <= enabled_at <= after, (before, auto_logout_at, after)
 
     seen_ok = 0
     ended_at: datetime | None = None
@@ -374,7 +387,9 @@ async def test_r3_sessions_end_exactly_at_auto_logout(
     assert (await api.login_ok(user))["outcome"] == "activation_code_required"
 
 
-async def test_r3_auto_logout_button_ends_the_session_at_once(api: Api) -> None:
+async def test_r3_auto_logout_button_ends_the_session_at_once(start_api: ApiFactory) -> None:
+    # A minute before the auto-logout: the steps must all come before the timer would end it
+    api = await start_api(auto_logout_seconds=60)
     user = await api.registered_and_logged_in(new_user("r3button"))
     enabled = await api.enable(user)
     auto_logout_at = parse_time(enabled["auto_logout_at"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from temporalio.client import Client
 
@@ -42,6 +43,9 @@ from twofa.workflows.messages import workflow_id
 #: How many journeys run at once in the crowd test: the machine has 2 cores.
 CROWD = 100
 CROWD_PARALLELISM = 20
+#: How long a crowd journey's step may be answered 503 (S9: no answer, repeat it) before the
+#: test calls it stuck: each 503 is mostly the API's whole wait on the workflow (20 s here).
+UNANSWERED_SECONDS = 300
 
 
 # -- helpers
@@ -288,11 +292,21 @@ class MailBox:
 async def definite(request: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
     """What S9 tells a caller: a 503 is no answer, so repeat after its Retry-After; the repeat
     answers with the step's real outcome. A hundred journeys on a loaded machine may outlast
-    the API's wait on the workflow; what they must never do is end inconsistent."""
+    the API's wait on the workflow; what they must never do is end inconsistent, or never end:
+    a step still answered 503 after ``UNANSWERED_SECONDS`` is stuck, not slow."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNANSWERED_SECONDS
+    unanswered = 0
     while True:
         r = await request()
         if r.status_code != 503:
             return r
+        unanswered += 1
+        if loop.time() >= deadline:
+            pytest.fail(
+                f"{r.request.method} {r.request.url.path} still unanswered after "
+                f"{UNANSWERED_SECONDS} s ({unanswered} 503s): {r.text}"
+            )
         await asyncio.sleep(float(r.headers["retry-after"]))
 
 

@@ -43,8 +43,9 @@ def revision(engine: Engine) -> str:
 
 
 def wait_for_lock_waits(engine: Engine, backends: int = 1) -> None:
-    """Until so many other backends have been seen waiting for a lock: the migrations, waiting
-    for the release's read.
+    """Until so many other backends of this database have been seen waiting for a lock: the
+    migrations, waiting for the release's read. The server's other databases (the session's
+    store, other tests') are not looked at: a wait there says nothing of the migration's.
 
     Autocommit: PostgreSQL shows one snapshot of ``pg_stat_activity`` per transaction."""
     seen: set[int] = set()
@@ -54,7 +55,7 @@ def wait_for_lock_waits(engine: Engine, backends: int = 1) -> None:
                 watcher.execute(
                     text(
                         "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND pid <> pg_backend_pid()"
+                        "AND pid <> pg_backend_pid() AND datname = current_database()"
                     )
                 ).scalars()
             )

@@ -92,20 +92,37 @@ async def test_a_failed_write_leaves_its_connection_to_the_thread_again(
 async def test_a_write_waiting_for_another_writer_leaves_the_loop_free(
     database: Database, tmp_path: Path
 ) -> None:
-    """The other writer lets go only once this loop has run on, or after 5 s: a loop stalled
-    in the waiting ``BEGIN IMMEDIATE`` could not tell it in time."""
+    """The other writer lets go only once this loop has run on while the write waits for its
+    lock, or 5 s after the write began: a loop stalled in the waiting ``BEGIN IMMEDIATE`` could
+    not tell it in time. The wait is seen, not assumed: SQLite traces the write's ``BEGIN
+    IMMEDIATE`` as it starts on the connection's thread, which the held lock keeps it on."""
     # the store's own SQLite library: two libraries in one process do not see each other's locks
     other = sqlite3.connect(tmp_path / "writes.db", isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another process's writer, as SQLite sees it
+    loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
+    began = threading.Event()  # the write's BEGIN IMMEDIATE started, on either thread
+    waiting = asyncio.Event()  # ... on the connection's thread, where it waits for the lock
     loop_ran_on = threading.Event()
     told_in_time: list[bool] = []
 
+    def traced(sql: str) -> None:
+        if sql == "BEGIN IMMEDIATE":
+            began.set()
+            if threading.get_ident() != loop_thread:
+                loop.call_soon_threadsafe(waiting.set)
+
+    @event.listens_for(database.engine.sync_engine, "checkout")
+    def trace(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_connection.driver_connection._conn.set_trace_callback(traced)
+
     def let_go() -> None:
+        began.wait()
         told_in_time.append(loop_ran_on.wait(timeout=5))
         other.execute("ROLLBACK")
 
     releaser = threading.Thread(target=let_go)
     releaser.start()
+    waited = asyncio.create_task(waiting.wait())
     try:
 
         async def write() -> None:
@@ -113,11 +130,14 @@ async def test_a_write_waiting_for_another_writer_leaves_the_loop_free(
                 await session.execute(text("INSERT INTO things (id) VALUES (3)"))
 
         writing = asyncio.create_task(write())
-        await asyncio.sleep(0.3)  # the write takes its pooled connection and waits for the lock
+        await asyncio.wait({writing, waited}, return_when=asyncio.FIRST_COMPLETED)
+        assert waited.done(), f"the write never waited on its connection's thread: {writing}"
         loop_ran_on.set()
         assert not writing.done()
         await asyncio.wait_for(writing, timeout=10)
     finally:
+        waited.cancel()
+        began.set()
         loop_ran_on.set()
         releaser.join()
         other.close()

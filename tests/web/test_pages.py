@@ -28,7 +28,6 @@ from tests.support.journey import (
     account_row,
     eventually,
     new_user,
-    parse_time,
     sleep_until,
 )
 from twofa.config import Settings
@@ -56,6 +55,9 @@ DISABLED_SENTENCE = (
     "Two-factor authentication is disabled for your account, and automatically for all the "
     "browsers you had enrolled as trusted devices."
 )
+#: What the code page says after a login that mailed a new code, and after an expired one.
+NEW_CODE_SENT = "An email with a new activation code was sent"
+CODE_EXPIRED = "Log in to Cockpit again to receive another email with a new activation"
 #: Where forms post (each also a page path above, or one of these).
 FORM_PATHS = {
     "/logout",
@@ -445,27 +447,54 @@ async def test_forms_refused_without_csrf_token(start_api: ApiFactory) -> None:
         await visitor.close()
 
 
-async def test_expired_code_means_logging_in_again(start_api: ApiFactory) -> None:
+async def test_expired_code_means_logging_in_again(
+    start_api: ApiFactory, database: Database
+) -> None:
     """R4 as the code page tells it: an expired code sends the browser back to the login page,
-    and the next login mails a new code."""
+    and the next login mails a new code.
+
+    Every code of the enrollment lives 2 s (the workflow's policy), so where a loaded machine
+    lands is read from the clock and the store, never assumed: which code a login waits for,
+    and when it expires."""
     api = await start_api(code_ttl_seconds=2)
     user = new_user("expired")
-    enabled = await api.enabled(user)
-    code = await api.code_mail(user)
+    await api.enabled(user)
+    await api.code_mail(user)
     visitor = Visitor(str(api.http.base_url))
+
+    async def code_in_force(r: httpx.Response, mails_before: int) -> tuple[str, int, datetime]:
+        """The code this login waits for, how many codes were mailed, and its expiry."""
+        mails = mails_before + (NEW_CODE_SENT in r.text)
+        code = await api.code_mail(user, count=mails)
+        expires_at = (await account_row(database, user.account_id)).code_expires_at
+        assert expires_at is not None
+        return code, mails, expires_at
+
     try:
         await visitor.get("/login")
         credentials = {"email": user.email, "password": user.password}
         r = await visitor.post("/login", credentials)
         at(r, "/login/code", "valid during 2 seconds")
+        # the enable's code, or a new one if the enable's had expired by this login
+        code, mails, expires_at = await code_in_force(r, 1)
         # the code's expiry is on the clock: the page must refuse it from that instant on
-        await sleep_until(parse_time(enabled["code_expires_at"]))
+        await sleep_until(expires_at)
         r = await visitor.post("/login/code", {"code": code})
-        at(r, "/login", "Log in to Cockpit again to receive another email with a new activation")
+        at(r, "/login", CODE_EXPIRED)
         r = await visitor.post("/login", credentials)
-        at(r, "/login/code", "An email with a new activation code was sent")
-        r = await visitor.post("/login/code", {"code": await api.code_mail(user, count=2)})
-        at(r, "/login/activate")
+        at(r, "/login/code", NEW_CODE_SENT)
+        new_code, _, new_expires_at = await code_in_force(r, mails)
+        assert new_code != code and new_expires_at > expires_at
+        # the new code is taken while it lasts, and refused as expired after: the clock at the
+        # request says which, as the workflow judged it between `before` and `after`
+        before = datetime.now(UTC)
+        r = await visitor.post("/login/code", {"code": new_code})
+        after = datetime.now(UTC)
+        if r.request.url.path == "/login/activate":
+            assert before < new_expires_at, f"a code expired at {new_expires_at} was taken"
+        else:
+            at(r, "/login", CODE_EXPIRED)
+            assert after >= new_expires_at, f"a code valid until {new_expires_at} was refused"
     finally:
         await visitor.close()
 

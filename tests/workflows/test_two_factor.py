@@ -9,7 +9,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer
 
 from tests.conftest import ApiFactory
-from tests.support.journey import Api, new_user
+from tests.support.journey import Api, eventually, new_user
 from twofa.activities.effects import Effects
 from twofa.config import Settings
 from twofa.crypto import Keyring
@@ -34,10 +34,15 @@ async def test_histories_replay_deterministically(api: Api, client: Client) -> N
 async def test_state_is_a_search_attribute(api: Api, client: Client) -> None:
     user = await api.activated(new_user())
     wid = workflow_id(user.account_id)
-    found = [
-        w.id
-        async for w in client.list_workflows(f'TwoFactorState = "active" AND WorkflowId = "{wid}"')
-    ]
+    found: list[str] = []
+
+    async def listed() -> bool:
+        # the visibility store takes the upserted attribute after the workflow task, not with it
+        query = f'TwoFactorState = "active" AND WorkflowId = "{wid}"'
+        found[:] = [w.id async for w in client.list_workflows(query)]
+        return bool(found)
+
+    await eventually(listed, lambda: f"{wid} listed as active, found {found}")
     assert found == [wid]
 
 
