@@ -378,6 +378,33 @@ async def test_a_locking_pin_whose_answer_was_lost_is_not_sent_again_after_the_l
         assert r.status_code == 200, r.text
 
 
+async def test_a_wrong_pin_kept_through_a_disable_counts_nothing_in_the_next_enrollment(
+    held: HeldQueue, database: Database
+) -> None:
+    """A wrong PIN answered 503 (no worker) is kept for the workflow to count; the disable
+    that lands before any PIN check revokes the enrollment it was typed against and lets go of
+    it, so the next enrollment's logins neither send it again nor audit it (S2, R10)."""
+    api, user = held.api, new_user("s2-kept-disable")
+    async with held.worker():
+        await api.activated(user)
+    login = await held.impatient.login_ok(user)
+    unavailable(await held.impatient.pin(login["login_id"], "13572468"))
+    assert (await account_row(database, user.account_id)).pin_failure_unrecorded is not None
+    async with held.worker():
+        r = await api.call("PUT", "/v1/account/two-factor", user, json=DISABLE)
+        assert r.status_code == 200, r.text
+        assert (await account_row(database, user.account_id)).pin_failure_unrecorded is None
+        before = len(await audited(database, user.account_id, "pin_rejected"))
+        await api.login_ok(user)
+        await api.enable(user)
+        await api.activated_with(user, await api.code_mail(user, count=2))
+        again = await api.login_ok(user)
+        r = await api.pin(again["login_id"], "24681357")
+        assert r.status_code == 400 and r.json()["attempts_left"] == 4, r.text
+    rejected = (await audited(database, user.account_id, "pin_rejected"))[before:]
+    assert [r["attempts_left"] for r in rejected] == [4], rejected
+
+
 async def test_disable_sent_while_an_enable_is_under_way_is_the_last_word(
     held: HeldQueue, database: Database, client: Client
 ) -> None:
