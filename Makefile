@@ -56,7 +56,7 @@ system-packages:
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy twofa bench
+	$(BIN)/mypy twofa bench tests
 	$(BIN)/pytest
 	TWOFA_TEST_DATABASE=postgresql $(BIN)/pytest -m "not single_backend"
 

@@ -33,6 +33,7 @@ from twofa import audit
 from twofa.config import Settings
 from twofa.store.db import Database, migrate, sync_url
 from twofa.store.models import AuditRecord
+from twofa.store.statements import table_of
 
 
 async def _events(database: Database, account_id: str) -> list[tuple[str, str]]:
@@ -323,7 +324,7 @@ def _insert_unkeyed(url: str, count: int, at: datetime, actor: str = "system") -
     engine = create_engine(sync_url(url))
     try:
         with engine.begin() as connection:  # no version given: the column's default, 1
-            connection.execute(insert(AuditRecord.__table__), rows)
+            connection.execute(insert(table_of(AuditRecord)), rows)
     finally:
         engine.dispose()
 

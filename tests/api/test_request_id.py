@@ -41,6 +41,7 @@ from twofa.observability import REQUEST_ID
 from twofa.service import TwoFactorService
 from twofa.store.db import Database, sync_url
 from twofa.store.models import AuditRecord
+from twofa.store.statements import table_of
 from twofa.temporal_context import HEADER, RequestIdWorker, request_id_in
 from twofa.workflows.messages import workflow_id
 from twofa.workflows.two_factor import TwoFactorWorkflow
@@ -133,8 +134,10 @@ def headers_stripped(message: Message) -> list[Header]:
     for field, value in message.ListFields():
         if field.type != FieldDescriptor.TYPE_MESSAGE:
             continue
-        if field.message_type.GetOptions().map_entry:
-            is_message = field.message_type.fields_by_name["value"].message_type is not None
+        message_type = field.message_type
+        assert message_type is not None  # a TYPE_MESSAGE field has one
+        if message_type.GetOptions().map_entry:
+            is_message = message_type.fields_by_name["value"].message_type is not None
             values = list(value.values()) if is_message else []
         else:
             values = list(value) if field.is_repeated else [value]
@@ -249,15 +252,15 @@ async def test_a_known_request_id_follows_its_steps_into_the_worker(stack: Stack
     ids = {*called, first_pin}
     activities: list[tuple[str, str | None]] = []
     in_headers: set[str | None] = set()
-    for event in history.events:
+    for history_event in history.events:
         stripped = HistoryEvent()
-        stripped.CopyFrom(event)
+        stripped.CopyFrom(history_event)
         found = {header_id(h) for h in headers_stripped(stripped)}
         in_headers |= found
         rest = stripped.SerializeToString()
-        assert not [i for i in ids if i.encode() in rest], event
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            scheduled = event.activity_task_scheduled_event_attributes
+        assert not [i for i in ids if i.encode() in rest], history_event
+        if history_event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled = history_event.activity_task_scheduled_event_attributes
             activities.append((scheduled.activity_type.name, header_id(scheduled.header)))
     assert called <= in_headers, in_headers
     # Every effect ran as a local activity, recorded as a marker that keeps no header (their
@@ -348,7 +351,7 @@ async def test_the_chain_covers_request_ids_and_still_verifies_older_records(
     engine = create_engine(sync_url(store.url))
     try:
         with engine.begin() as connection:
-            connection.execute(insert(AuditRecord.__table__), rows)
+            connection.execute(insert(table_of(AuditRecord)), rows)
     finally:
         engine.dispose()
     store.chain.advance(audit.Anchor(2, prev))

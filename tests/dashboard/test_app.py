@@ -587,7 +587,7 @@ async def test_history_tells_the_story_with_engine_detail_one_click_away(
     steps = [row[2] for row in timeline]
     assert steps[0] == "run started" and "timer set" in steps and "request answered" in steps
     assert any(row[3] == "now active" for row in timeline)
-    labels = [(b.key, b.label) for b in at.get("download_button")]
+    labels = [(b.key, b.label) for b in at.download_button]
     assert labels == [
         ("audit_json", "Download JSON"),
         ("audit_csv", "Download CSV"),
@@ -657,6 +657,7 @@ async def test_history_reads_without_temporal(
     """Temporal gone: the History page still tells the story from the audit trail, and says
     the engine's steps cannot be read now, instead of failing as a whole."""
     user = await api.activated(new_user())
+    assert base_settings.temporal_address is not None
     forwarder = Forwarder(base_settings.temporal_address)
     async with forwarder as address:
         with pytest.MonkeyPatch.context() as patch:
@@ -731,6 +732,7 @@ async def test_seed_spreads_accounts_like_real_traffic(
     running = [a for a in locked if a.locked_until is not None]
     assert len({a.locked_until for a in running}) == len(running)  # not one second for all
     for account in running:  # a lock ends 15 minutes after it began, which was its last change
+        assert account.locked_until is not None  # as ``running`` kept only these
         assert account.locked_until > now
         lock = timedelta(seconds=users.policy.pin_lock_seconds)
         assert account.locked_until - account.updated_at == lock

@@ -195,8 +195,14 @@ class OldApi:
 
     async def login(self, user: User, device_token: str | None = None) -> dict[str, Any]:
         token = user.device_token if device_token is None else device_token
-        body = {"email": user.email, "password": user.password}
-        return await self.expect(200, "POST", "/v1/login", **body, device_token=token or None)
+        return await self.expect(
+            200,
+            "POST",
+            "/v1/login",
+            email=user.email,
+            password=user.password,
+            device_token=token or None,
+        )
 
     async def code(self, user: User, count: int) -> str:
         """The newest code once ``count`` activation mails reached the user."""
@@ -204,8 +210,9 @@ class OldApi:
 
     async def enabled(self, user: User) -> None:
         """Registered, logged in, 2FA enabled: the code is in the mailbox."""
-        body = {"email": user.email, "password": user.password}
-        user.account_id = (await self.expect(201, "POST", "/v1/accounts", **body))["id"]
+        user.account_id = (
+            await self.expect(201, "POST", "/v1/accounts", email=user.email, password=user.password)
+        )["id"]
         user.session_token = (await self.login(user))["session_token"]
         await self.expect(202, "PUT", "/v1/account/two-factor", user, enabled=True)
         await self.code(user, 1)

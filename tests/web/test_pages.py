@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import httpx
 import pytest
@@ -265,8 +266,8 @@ async def test_pages_journey_without_javascript(start_api: ApiFactory) -> None:
             assert_no_secret_in_urls(visitor, user)
             for path, page in visitor.pages:
                 audit = PageAudit(page.text)
-                for field in audit.fields:
-                    assert field.get("id") in audit.labels, (path, field)
+                for form_field in audit.fields:
+                    assert form_field.get("id") in audit.labels, (path, form_field)
                 assert audit.scripts == (1 if path == "/settings/enabled" else 0), path
                 assert page.headers["cache-control"] == "no-store"
                 assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -691,7 +692,22 @@ async def test_countdown_logs_out_with_and_without_javascript(start_api: ApiFact
 
 # -- issue 13: the pages as a person meets them, at a desktop width and on a 375 px phone
 
-VIEWPORTS = {
+
+class Viewport(TypedDict):
+    width: int
+    height: int
+
+
+class ContextOptions(TypedDict):
+    """The keyword arguments of Playwright's ``Browser.new_context`` that a form factor sets."""
+
+    viewport: Viewport
+    is_mobile: NotRequired[bool]
+    has_touch: NotRequired[bool]
+    device_scale_factor: NotRequired[float]
+
+
+VIEWPORTS: dict[str, ContextOptions] = {
     "desktop": {"viewport": {"width": 1280, "height": 800}},
     "phone": {
         "viewport": {"width": 375, "height": 740},
@@ -739,7 +755,7 @@ async def test_issue_13_pages_in_chromium(
     api = await pages_api(start_api)
     base = str(api.http.base_url).rstrip("/")
     shots = screenshots(tmp_path)
-    width = VIEWPORTS[form_factor]["viewport"]["width"]  # type: ignore[index]
+    width = VIEWPORTS[form_factor]["viewport"]["width"]
 
     async def shot(page: Page, name: str) -> None:
         await page.screenshot(path=shots / f"{form_factor}-{name}.png", full_page=True)
