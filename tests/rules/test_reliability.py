@@ -26,6 +26,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from tests.conftest import ApiFactory, LogCapture
@@ -51,6 +52,7 @@ from tests.support.journey import (
 )
 from tests.support.processes import free_port
 from tests.support.relay import silent_server
+from twofa.activities.effects import Effects
 from twofa.config import Settings
 from twofa.crypto import Keyring
 from twofa.devstack import start_smtp_sink
@@ -68,7 +70,7 @@ from twofa.store.models import (
 from twofa.temporal import build_worker
 from twofa.web.security import SESSION_COOKIE
 from twofa.wiring import Services
-from twofa.workflows.messages import ActorRequest, workflow_id
+from twofa.workflows.messages import ActorRequest, SessionCut, workflow_id
 
 ENABLE, DISABLE = {"enabled": True}, {"enabled": False, "confirm": True}
 #: Password logins looping while the user enables 2FA (R3).
@@ -347,6 +349,32 @@ async def test_disable_repeated_after_a_503_answers_disabled_and_no_session_outl
     assert again.status_code == 200, again.text
     assert again.json() == {"state": "disabled", "revoked_devices": 0}
     assert await trusted_devices(database, user.account_id) == 0
+    assert (await api.call("GET", "/v1/session", user)).status_code == 200
+
+
+async def test_the_session_kept_for_a_disable_outlives_the_enables_auto_logout(
+    held: HeldQueue, database: Database
+) -> None:
+    """A disable racing its enable's auto-logout: the disable unties the asking session from
+    its browser, then the timer's effect ends the sessions 2FA did not open before the disable
+    reaches the workflow. That session was opened by a trusted browser after the enable, so it
+    is not one of them: it stays open and the disable's repeat is answered (R3, S9). Here the
+    timer's effect runs in between, as the worker would; CI once met it when a quick journey
+    disabled just as its 1.5 s auto-logout fired, and the repeat got 401."""
+    api, user = held.api, new_user("s9-kept-vs-cut")
+    before_enable = datetime.now(UTC)
+    async with held.worker():
+        await api.activated(user)
+    unavailable(await held.impatient.call("PUT", "/v1/account/two-factor", user, json=DISABLE))
+    effects = Effects(held.settings, database, Keyring(held.settings.pepper_bytes))
+    cut = SessionCut(user.account_id, datetime.now(UTC), opened_before=before_enable)
+    await ActivityEnvironment().run(effects.end_sessions, cut)
+    open_now = Session.account_id == user.account_id, Session.ended_at.is_(None)
+    assert await count(database, Session, *open_now) == 1
+    async with held.worker():
+        again = await api.call("PUT", "/v1/account/two-factor", user, json=DISABLE)
+    assert again.status_code == 200, again.text
+    assert again.json()["state"] == "disabled", again.text
     assert (await api.call("GET", "/v1/session", user)).status_code == 200
 
 

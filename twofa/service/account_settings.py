@@ -21,15 +21,13 @@ from twofa.policy import RuleViolation, check_two_factor_email
 from twofa.service.core import CurrentSession, ServiceCore, state_of, utcnow
 from twofa.store import account_queries, device_queries, pepper_queries, session_queries
 from twofa.store.models import Account, Session
+from twofa.store.session_queries import KEPT_FOR_DISABLE
 from twofa.views import DeviceView, DisabledView, EnabledView, SessionView, TwoFactorView
 from twofa.vocabulary import TwoFactorState as S
 from twofa.workflows.messages import ActorRequest, Progress, Projection, TwoFactorInput, workflow_id
 from twofa.workflows.two_factor import TASK_TIMEOUT, TwoFactorWorkflow
 
 log = logging.getLogger(__name__)
-#: ``Session.end_reason`` of an open session untied from its browser by the disable it asked
-#: for (see ``disable``): while 2FA is still on, it serves only that disable's repeat.
-KEPT_FOR_DISABLE = "kept_for_disable"
 #: The states in which every session comes from a trusted browser.
 ON = (S.ACTIVE, S.LOCKED)
 

@@ -166,7 +166,7 @@ class Session(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    #: Why it ended; on an open session, "kept_for_disable" (see AccountSettings.disable).
+    #: Why it ended; on an open session, "kept_for_disable" (see session_queries.KEPT_FOR_DISABLE).
     end_reason: Mapped[str | None] = mapped_column(String(20))
     pepper_id: Mapped[str | None] = mapped_column(String(16))  # of the token's digest
 

@@ -21,6 +21,10 @@ from twofa.store.statements import (
 from twofa.workflows.messages import TwoFactorState
 
 _sessions = table_of(Session)
+#: ``Session.end_reason`` of an open session untied from its browser by the disable it asked
+#: for (see ``AccountSettings.disable``): while 2FA is still on, it serves only that disable's
+#: repeat.
+KEPT_FOR_DISABLE = "kept_for_disable"
 #: Built once: every login ends in a new session, every user's call checks one (see
 #: store.statements).
 _NEW_SESSION = insert(_sessions)
@@ -73,12 +77,17 @@ def _before_two_factor(account_id: str, opened_before: datetime) -> Any:
     """Sessions the 2FA steps did not open: older than the enable, or without a trusted browser.
 
     The second half catches a password-only login that raced the enable and wrote its session
-    after the enable's first cut (R3 holds by state, not by a time window).
+    after the enable's first cut (R3 holds by state, not by a time window). A session a disable
+    untied from its browser was a trusted browser's: the auto-logout that races that disable
+    leaves it open for the disable's repeat (S9).
     """
+    password_only = and_(
+        Session.device_id.is_(None), Session.end_reason.is_distinct_from(KEPT_FOR_DISABLE)
+    )
     return and_(
         Session.account_id == account_id,
         Session.ended_at.is_(None),
-        or_(Session.created_at < opened_before, Session.device_id.is_(None)),
+        or_(Session.created_at < opened_before, password_only),
     )
 
 
